@@ -1,0 +1,120 @@
+"""Loading the training table from a file, a SQL database or the synthetic generator.
+
+Every source goes through `validate_frame`, which refuses a table that lacks a column,
+has a non-numeric or non-integral column where the schema wants numbers or integers,
+has NaNs, or holds physically impossible values — before any training starts, with
+the column named in the error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .schema import DROPPED_COLUMNS, FEATURE_BY_NAME, FEATURE_NAMES, TARGET, CROSS_FIELD_RULES
+from .synthetic import generate_flats
+
+DEFAULT_TABLE = "clean_flats"
+
+
+class DataError(ValueError):
+    """The training data cannot be used as it is; the message names the column."""
+
+
+@dataclass
+class LoadedData:
+    frame: pd.DataFrame  # the 15 features and price, validated
+    source: str  # human-readable description of where it came from
+    dropped_rows: int  # rows removed for breaking a cross-field rule
+
+    @property
+    def sha256(self) -> str:
+        """Hash of the validated table's content, to tie a model to its data."""
+        hashed = pd.util.hash_pandas_object(self.frame, index=False).to_numpy()
+        return hashlib.sha256(hashed.tobytes()).hexdigest()
+
+
+def is_database_url(source: str) -> bool:
+    return "://" in source
+
+
+def read_source(source: str | None, *, table: str = DEFAULT_TABLE, rows: int | None = None, seed: int = 42) -> tuple[pd.DataFrame, str]:
+    """The raw table and a description of its source."""
+    if source is None:
+        n = rows or 130_755
+        return generate_flats(n, seed), f"synthetic(rows={n}, seed={seed})"
+    if is_database_url(source):
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(source)
+        try:
+            frame = pd.read_sql_table(table, engine)
+        except ValueError as exc:  # pandas raises ValueError for a missing table
+            raise DataError(f"table {table!r} not found in {engine.url.render_as_string(hide_password=True)}") from exc
+        finally:
+            engine.dispose()
+        description = f"{engine.url.render_as_string(hide_password=True)} table {table}"
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise DataError(f"data file {path} does not exist")
+        if path.suffix == ".csv":
+            frame = pd.read_csv(path)
+        elif path.suffix in (".parquet", ".pq"):
+            frame = pd.read_parquet(path)
+        else:
+            raise DataError(f"unsupported data file {path}: use .csv, .parquet or a database URL")
+        description = str(path)
+    if rows is not None:
+        frame = frame.head(rows)
+    return frame, description
+
+
+def validate_frame(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """The table reduced to the schema's columns in order; raises DataError naming the column."""
+    frame = frame.drop(columns=[c for c in DROPPED_COLUMNS if c in frame.columns])
+    missing = [c for c in (*FEATURE_NAMES, TARGET) if c not in frame.columns]
+    if missing:
+        raise DataError(f"missing column(s): {', '.join(missing)}")
+    if frame.empty:
+        raise DataError("the table has no rows")
+    for name in (*FEATURE_NAMES, TARGET):
+        column = frame[name]
+        if not pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+            raise DataError(f"column {name!r} has type {column.dtype}, expected numbers")
+        nans = int(column.isna().sum())
+        if nans:
+            raise DataError(f"column {name!r} has {nans} NaN value(s)")
+        values = column.to_numpy(dtype=np.float64)
+        if not np.isfinite(values).all():
+            raise DataError(f"column {name!r} has infinite value(s)")
+        wants_int = name == TARGET or FEATURE_BY_NAME[name].kind is int
+        if wants_int and not np.array_equal(values, np.round(values)):
+            raise DataError(f"column {name!r} has non-integer value(s), expected integers")
+        if name == TARGET:
+            if (values <= 0).any():
+                raise DataError(f"column {name!r} has {(values <= 0).sum()} non-positive price(s)")
+            continue
+        feature = FEATURE_BY_NAME[name]
+        outside = (values < feature.low) | (values > feature.high)
+        if outside.any():
+            raise DataError(
+                f"column {name!r} has {int(outside.sum())} value(s) outside [{feature.low}, {feature.high}], "
+                f"e.g. {values[outside][0]}"
+            )
+    frame = frame[[*FEATURE_NAMES, TARGET]].astype({n: "int64" for n in FEATURE_NAMES if FEATURE_BY_NAME[n].kind is int} | {TARGET: "int64"})
+    frame = frame.astype({n: "float64" for n in FEATURE_NAMES if FEATURE_BY_NAME[n].kind is float})
+    broken = np.zeros(len(frame), dtype=bool)
+    for _field, _reason, rule_broken in CROSS_FIELD_RULES:
+        broken |= rule_broken(frame).to_numpy()
+    return frame.loc[~broken].reset_index(drop=True), int(broken.sum())
+
+
+def load(source: str | None = None, *, table: str = DEFAULT_TABLE, rows: int | None = None, seed: int = 42) -> LoadedData:
+    raw, description = read_source(source, table=table, rows=rows, seed=seed)
+    frame, dropped = validate_frame(raw)
+    return LoadedData(frame=frame, source=description, dropped_rows=dropped)

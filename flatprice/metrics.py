@@ -1,0 +1,102 @@
+"""The service's own Prometheus metrics: names, labels and buckets, defined once.
+
+They are plain prometheus_client metrics created at import; BentoML runs its workers
+in prometheus_client's multiprocess mode, so they appear, summed over workers, on
+BentoML's own /metrics next to its request metrics (which share the `flat_price`
+prefix through the service's metrics namespace). Every gauge states how the values
+of several workers combine. Custom collectors, Gauge.set_function and Info do not
+survive multiprocess mode, so none are used.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from .reference import PREDICTION
+from .schema import FEATURE_NAMES
+
+NAMESPACE = "flat_price"  # BentoML's request metrics use it too (see service.py)
+
+# Log-spaced (1-1.5-2-3-4-5-7 per decade) from 1M to 500M rubles: Moscow prices span
+# two orders of magnitude, and linear 20M-wide buckets put most flats in one bucket.
+PRICE_BUCKETS = (
+    1e6, 1.5e6, 2e6, 3e6, 4e6, 5e6, 7e6,
+    1e7, 1.5e7, 2e7, 3e7, 4e7, 5e7, 7e7,
+    1e8, 1.5e8, 2e8, 3e8, 5e8,
+)
+BATCH_ROWS_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+BODY_FIELD = "body"  # label for errors not tied to one field (malformed JSON, empty batch...)
+REJECTED_FIELDS = (*FEATURE_NAMES, BODY_FIELD)
+MODES = {  # multiprocess mode per gauge: how several workers' values combine
+    "drift": "livemax",  # worst live worker window: alert if any worker sees drift
+    "model_info": "livemax",  # every live worker sets 1 for the same tag
+    "start_time": "min",  # earliest worker start = when the service started
+    "memory": "livesum",  # total resident memory of the live workers
+}
+
+PREDICTED_PRICE = Histogram(
+    f"{NAMESPACE}_predicted_price_rubles",
+    "Predicted flat prices, rubles (one observation per flat priced)",
+    buckets=PRICE_BUCKETS,
+)
+BATCH_ROWS = Histogram(
+    f"{NAMESPACE}_batch_rows",
+    "Flats per prediction call (1 for /predict and /random)",
+    buckets=BATCH_ROWS_BUCKETS,
+)
+REJECTED_INPUTS = Counter(
+    f"{NAMESPACE}_rejected_inputs",
+    "Validation errors in refused requests, by the field at fault (body = not tied to a field)",
+    ["field"],
+)
+OUT_OF_RANGE = Counter(
+    f"{NAMESPACE}_out_of_range_values",
+    "Accepted feature values outside the training data's min/max",
+    ["feature"],
+)
+FEATURE_DRIFT = Gauge(
+    f"{NAMESPACE}_feature_drift_psi",
+    "PSI of the recent values of a feature against its training distribution (max over workers)",
+    ["feature"],
+    multiprocess_mode=MODES["drift"],
+)
+PREDICTION_DRIFT = Gauge(
+    f"{NAMESPACE}_prediction_drift_psi",
+    "PSI of recent predicted prices against the predictions on the training data (max over workers)",
+    multiprocess_mode=MODES["drift"],
+)
+MODEL_INFO = Gauge(
+    f"{NAMESPACE}_model_info",
+    "1 for the model being served, described by its labels",
+    ["model_tag", "trained_at", "holdout_r2"],
+    multiprocess_mode=MODES["model_info"],
+)
+START_TIME = Gauge(
+    f"{NAMESPACE}_start_time_seconds",
+    "Unix time the service started (earliest worker start)",
+    multiprocess_mode=MODES["start_time"],
+)
+WORKER_MEMORY = Gauge(
+    f"{NAMESPACE}_worker_resident_memory_bytes",
+    "Resident memory of the service's live worker processes, summed",
+    multiprocess_mode=MODES["memory"],
+)
+WORKER_CPU = Counter(
+    f"{NAMESPACE}_worker_cpu_seconds",
+    "CPU time (user + system) used by the service's worker processes",
+)
+
+DRIFT_GAUGE_SUBJECTS = {PREDICTION: PREDICTION_DRIFT} | {name: FEATURE_DRIFT.labels(feature=name) for name in FEATURE_NAMES}
+# (name as exposed, type) of every metric above, for tests and docs to check against /metrics.
+EXPOSED = {
+    f"{NAMESPACE}_predicted_price_rubles": "histogram",
+    f"{NAMESPACE}_batch_rows": "histogram",
+    f"{NAMESPACE}_rejected_inputs": "counter",
+    f"{NAMESPACE}_out_of_range_values": "counter",
+    f"{NAMESPACE}_feature_drift_psi": "gauge",
+    f"{NAMESPACE}_prediction_drift_psi": "gauge",
+    f"{NAMESPACE}_model_info": "gauge",
+    f"{NAMESPACE}_start_time_seconds": "gauge",
+    f"{NAMESPACE}_worker_resident_memory_bytes": "gauge",
+    f"{NAMESPACE}_worker_cpu_seconds": "counter",
+}

@@ -1,0 +1,123 @@
+"""Saving the Pipeline to the BentoML model store, and loading it back with checks.
+
+The Pipeline is pickled with joblib into a model created by `bentoml.models.create`,
+next to a sample of training rows (what `/random` draws from). The files' SHA-256, the
+library versions and the feature schema go into the model's metadata. `load_pipeline`
+refuses a model whose files do not match their checksums, that was trained with other
+library versions or on other features, and says what to run to fix it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import sys
+from dataclasses import dataclass
+from importlib.metadata import version
+
+import bentoml
+import joblib
+import numpy as np
+
+from .schema import FEATURE_NAMES
+
+MODEL_NAME = "flat_price"
+PICKLE_FILE = "pipeline.joblib"
+SAMPLE_FILE = "training_sample.npy"  # (n, 15) float64, schema order
+TRAIN_COMMAND = "python -m train"
+# Libraries whose version must match between training and serving (pickle compatibility).
+PINNED_LIBRARIES = ("catboost", "scikit-learn", "numpy")
+
+
+class ModelError(RuntimeError):
+    """The model cannot be served; the message says what to run."""
+
+
+def library_versions() -> dict[str, str]:
+    return {name: version(name) for name in PINNED_LIBRARIES} | {"python": sys.version.split()[0]}
+
+
+def save_pipeline(pipeline, training_sample: np.ndarray, metadata: dict, name: str = MODEL_NAME) -> bentoml.Model:
+    files = {PICKLE_FILE: _joblib_bytes(pipeline), SAMPLE_FILE: _npy_bytes(training_sample.astype(np.float64))}
+    metadata = metadata | {
+        "file_sha256": {file: hashlib.sha256(payload).hexdigest() for file, payload in files.items()},
+        "library_versions": library_versions(),
+        "feature_names": list(FEATURE_NAMES),
+    }
+    with bentoml.models.create(
+        name,
+        labels={"task": "flat-price-regression", "framework": "scikit-learn+catboost"},
+        metadata=metadata,
+    ) as model:
+        for file, payload in files.items():
+            with open(model.path_of(file), "wb") as f:
+                f.write(payload)
+    return bentoml.models.get(model.tag)
+
+
+def _joblib_bytes(obj) -> bytes:
+    buffer = io.BytesIO()
+    joblib.dump(obj, buffer)
+    return buffer.getvalue()
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+@dataclass
+class LoadedModel:
+    pipeline: object
+    training_sample: np.ndarray
+    tag: str
+    metadata: dict
+
+
+def verified_files(model: bentoml.Model) -> dict[str, bytes]:
+    """The model's files, after checking schema, library versions and checksums.
+
+    Cheap (no unpickling): the service runs it at import, so that `bentoml serve` stops
+    at once with this message instead of restarting workers that cannot load the model.
+    """
+    tag = str(model.tag)
+    metadata = model.info.metadata
+    fix = f"retrain with `{TRAIN_COMMAND}` (it saves a new {MODEL_NAME}:latest)"
+    if metadata.get("feature_names") != list(FEATURE_NAMES):
+        raise ModelError(f"model {tag} was not trained on this service's 15 features; {fix}")
+    trained_with = metadata.get("library_versions", {})
+    installed = library_versions()
+    differing = [f"{lib} {trained_with.get(lib)} (installed {installed[lib]})" for lib in PINNED_LIBRARIES if trained_with.get(lib) != installed[lib]]
+    if differing:
+        raise ModelError(f"model {tag} was trained with {', '.join(differing)}; {fix}, or install the versions it was trained with")
+    payloads = {}
+    for file in (PICKLE_FILE, SAMPLE_FILE):
+        try:
+            with open(model.path_of(file), "rb") as f:
+                payloads[file] = f.read()
+        except FileNotFoundError:
+            raise ModelError(f"model {tag} has no {file}: it was not saved by {TRAIN_COMMAND}; {fix}") from None
+        if hashlib.sha256(payloads[file]).hexdigest() != metadata.get("file_sha256", {}).get(file):
+            raise ModelError(f"model {tag}: {file} does not match its saved checksum (corrupted or altered); {fix}")
+    return payloads
+
+
+def load_pipeline(model: bentoml.Model) -> LoadedModel:
+    """The Pipeline and training sample of a stored model, after `verified_files`."""
+    payloads = verified_files(model)
+    return LoadedModel(
+        pipeline=joblib.load(io.BytesIO(payloads[PICKLE_FILE])),
+        training_sample=np.load(io.BytesIO(payloads[SAMPLE_FILE]), allow_pickle=False),
+        tag=str(model.tag),
+        metadata=dict(model.info.metadata),
+    )
+
+
+def latest_model(name: str = MODEL_NAME) -> bentoml.Model:
+    try:
+        return bentoml.models.get(f"{name}:latest")
+    except bentoml.exceptions.NotFound:
+        home = os.environ.get("BENTOML_HOME", "~/bentoml")
+        raise ModelError(f"no model {name!r} in the BentoML model store (BENTOML_HOME={home}); train one with `{TRAIN_COMMAND}`") from None

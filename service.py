@@ -1,0 +1,99 @@
+"""Flat-price service: the Yandex Realty price model behind BentoML.
+
+Serve it with `bentoml serve` (see README). The model is referenced at class level, so
+`bentoml build` packs it into the Bento; it is loaded and checked once per worker.
+"""
+
+from __future__ import annotations
+
+import gc
+
+import bentoml
+import numpy as np
+
+from flatprice.http_guard import RequestGuard, bound_endpoint_labels
+from flatprice.metrics import NAMESPACE
+from flatprice.monitor import PredictionMonitor, publish_static
+from flatprice.payloads import BatchPrediction, Flat, FlatBatch, Prediction, RandomPrediction, flat_from_row
+from flatprice.schema import EXAMPLE_FLAT, FEATURE_NAMES
+from flatprice.store import MODEL_NAME, latest_model, load_pipeline, verified_files
+
+# Fail here, in `bentoml serve` itself, when the store has no usable model: a worker
+# that fails in __init__ is restarted forever and the message drowns in the log.
+verified_files(latest_model(MODEL_NAME))
+
+
+def feature_matrix(flats) -> np.ndarray:
+    """(n, 15) float64 rows in schema order from validated Flat objects."""
+    return np.array([[getattr(flat, name) for name in FEATURE_NAMES] for flat in flats], dtype=np.float64)
+
+
+@bentoml.service(
+    name="flat_price",
+    workers=2,
+    metrics={"enabled": True, "namespace": NAMESPACE},
+    traffic={"timeout": 10},
+)
+class FlatPriceService:
+    model_ref = bentoml.models.BentoModel(f"{MODEL_NAME}:latest")
+
+    def __init__(self) -> None:
+        loaded = load_pipeline(self.model_ref)
+        self.tag = loaded.tag
+        self.pipeline = loaded.pipeline
+        self.training_sample = loaded.training_sample
+        self.rng = np.random.default_rng()
+        self.monitor = PredictionMonitor(loaded.metadata["reference"])
+        metrics = loaded.metadata["metrics"]
+        publish_static(self.tag, loaded.metadata["trained_at"], metrics["r2"])
+        # Checked, not just loaded: the original's example flat must get a positive price.
+        example = np.array([[EXAMPLE_FLAT[name] for name in FEATURE_NAMES]], dtype=np.float64)
+        if not self.price(example)[0] > 0:
+            raise RuntimeError(f"model {self.tag} gives a non-positive price for the example flat")
+        self.monitor.start()
+        # Long-lived objects (model, numpy, pydantic) leave the GC's generations: fewer and
+        # shorter collection pauses on the request path.
+        gc.freeze()
+        self.ready = True
+
+    def __is_ready__(self) -> bool:
+        return getattr(self, "ready", False)
+
+    @bentoml.on_shutdown
+    def flush_metrics(self) -> None:
+        self.monitor.stop()
+
+    def price(self, rows: np.ndarray) -> np.ndarray:
+        """Prices for (n, 15) rows; CatBoost on one thread (its thread pool costs more than it saves here)."""
+        return self.pipeline.predict(rows, thread_count=1)
+
+    def _priced(self, rows: np.ndarray) -> np.ndarray:
+        prices = self.price(rows)
+        self.monitor.record(rows, prices)
+        return prices
+
+    @bentoml.api(route="/predict", input_spec=Flat, output_spec=Prediction)
+    async def predict(self, **flat) -> Prediction:
+        """Price of one flat, in rubles."""
+        row = np.array([[flat[name] for name in FEATURE_NAMES]], dtype=np.float64)
+        price = float(self._priced(row)[0])
+        return Prediction(price=price, score=price, model=self.tag)
+
+    @bentoml.api(route="/predict_batch", input_spec=FlatBatch, output_spec=BatchPrediction)
+    async def predict_batch(self, flats: list[Flat]) -> BatchPrediction:
+        """Prices of up to 1,000 flats, in the order sent."""
+        return BatchPrediction(prices=self._priced(feature_matrix(flats)).tolist(), model=self.tag)
+
+    @bentoml.api(route="/random", output_spec=RandomPrediction)
+    async def random(self) -> RandomPrediction:
+        """A flat drawn from the model's training data, and its price (also answers GET)."""
+        row = self.training_sample[self.rng.integers(len(self.training_sample))][None, :]
+        return RandomPrediction(flat=flat_from_row(row[0]), price=float(self._priced(row)[0]), model=self.tag)
+
+
+API_PATHS = ("/predict", "/predict_batch", "/random")
+FlatPriceService.add_asgi_middleware(RequestGuard, api_paths=API_PATHS, get_paths=("/random",))
+bound_endpoint_labels(
+    known_paths=frozenset({*API_PATHS, "/", "/docs.json", "/schema.json", "/metrics", "/livez", "/healthz", "/readyz"}),
+    known_prefixes=("/static_content/", "/assets/"),
+)

@@ -1,0 +1,43 @@
+"""Shared fixtures: a private BentoML home with a small model trained in seconds, and
+real `bentoml serve` processes, each with its own home (and so its own Prometheus
+multiprocess directory)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+# Before bentoml or prometheus_client is imported anywhere: a private model store, and
+# multiprocess metrics for the in-process service (as BentoML's workers have them).
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="flatprice-tests-"))
+os.environ["BENTOML_HOME"] = str(_SESSION_DIR / "bentoml")
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(_SESSION_DIR / "prometheus-inprocess"))
+Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
+os.environ["BENTOML_DO_NOT_TRACK"] = "True"
+
+import pytest  # noqa: E402
+
+from tests.servers import BentoServer  # noqa: E402
+
+SMALL_MODEL = {"rows": 6000, "iterations": 150, "seed": 7}
+
+
+@pytest.fixture(scope="session")
+def session_dir() -> Path:
+    return _SESSION_DIR
+
+
+@pytest.fixture(scope="session")
+def small_model():
+    """flat_price:latest in the session's store, trained on 6,000 synthetic rows."""
+    from train import train
+
+    return train(**SMALL_MODEL)
+
+
+@pytest.fixture(scope="session")
+def served(small_model, session_dir):
+    """A real `bentoml serve` of service.py with its 2 workers, on a free port."""
+    with BentoServer(session_dir / "serve-main") as server:
+        yield server

@@ -1,0 +1,96 @@
+"""Starting real servers for tests and scripts: `bentoml serve` on a free port with its
+own BentoML home, ready when /readyz says so (never a fixed sleep)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.1, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(interval)
+    raise TimeoutError(f"{what} not met within {timeout} s")
+
+
+def private_home(home: Path, models_from: Path | None = None) -> Path:
+    """A BentoML home of its own (so its own metrics directory) sharing a model store."""
+    home.mkdir(parents=True, exist_ok=True)
+    source = models_from or Path(os.environ["BENTOML_HOME"]) / "models"
+    if not (home / "models").exists():
+        (home / "models").symlink_to(source, target_is_directory=True)
+    return home
+
+
+class BentoServer:
+    """`bentoml serve TARGET` in a subprocess; a context manager."""
+
+    def __init__(self, home: Path, target: str = "service:FlatPriceService", cwd: Path = REPO, env: dict | None = None, share_models: bool = True, args: tuple[str, ...] = ()):
+        self.home = private_home(home) if share_models else home
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = home.parent / f"{home.name}.log"
+        self.cmd = [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(self.port), *args]
+        self.cwd = cwd
+        self.env = {**os.environ, "BENTOML_HOME": str(self.home), "BENTOML_DO_NOT_TRACK": "True", **(env or {})}
+        self.env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # BentoML sets its own per home
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 60) -> "BentoServer":
+        self.log = open(self.log_path, "wb")
+        self.process = subprocess.Popen(self.cmd, cwd=self.cwd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_until(self._ready, timeout, what=f"{self.url}/readyz (log: {self.log_path})")
+        return self
+
+    def _ready(self) -> bool:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"bentoml serve exited with {self.process.returncode}:\n{self.log_text()[-3000:]}")
+        try:
+            return httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def worker_pids(self) -> list[int]:
+        """PIDs of the worker processes (children of the arbiter that serve requests)."""
+        out = subprocess.run(["pgrep", "-f", "-s", str(os.getpgid(self.process.pid)), "_bentoml_impl.worker"], capture_output=True, text=True).stdout
+        return sorted(int(p) for p in out.split())
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 30) -> int:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        if hasattr(self, "log"):
+            self.log.close()
+        return self.process.returncode if self.process else 0
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()

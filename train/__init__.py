@@ -1,0 +1,89 @@
+"""Training: data -> Pipeline (features + CatBoost) -> holdout metrics -> BentoML model store."""
+
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from datetime import datetime, timezone
+
+import numpy as np
+from sklearn.metrics import mean_absolute_error, r2_score
+from sklearn.model_selection import train_test_split
+
+from flatprice import data as data_module
+from flatprice.features import as_feature_matrix, build_pipeline
+from flatprice.reference import build_reference
+from flatprice.schema import FEATURE_NAMES, TARGET
+from flatprice.store import MODEL_NAME, save_pipeline
+
+HOLDOUT_SHARE = 0.15
+SAMPLE_ROWS = 2000  # training rows stored with the model, for /random
+
+
+def holdout_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    return {
+        "r2": float(r2_score(y_true, y_pred)),
+        "mae_rub": float(mean_absolute_error(y_true, y_pred)),
+        "median_ape": float(np.median(np.abs(y_pred - y_true) / y_true)),
+    }
+
+
+def train(
+    source: str | None = None,
+    *,
+    table: str = data_module.DEFAULT_TABLE,
+    rows: int | None = None,
+    iterations: int = 1000,
+    depth: int = 6,
+    seed: int = 42,
+    model_name: str = MODEL_NAME,
+    progress=None,
+):
+    """Train, evaluate on a holdout, save to the model store; returns the stored bentoml.Model.
+
+    `progress`, if given, is a rich Progress used to show the steps and the boosting.
+    """
+    step = (lambda text: progress.console.log(text)) if progress else (lambda text: None)
+    started = time.perf_counter()
+    loaded = data_module.load(source, table=table, rows=rows, seed=seed)
+    step(f"loaded {len(loaded.frame):,} rows from {loaded.source} ({loaded.dropped_rows} dropped by cross-field rules)")
+    X, y = loaded.frame[list(FEATURE_NAMES)], loaded.frame[TARGET].to_numpy()
+    X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=HOLDOUT_SHARE, random_state=seed)
+
+    pipeline = build_pipeline(iterations=iterations, depth=depth, seed=seed)
+    task = progress.add_task("boosting", total=iterations) if progress else None
+    callbacks = [_ProgressCallback(progress, task)] if progress else None
+    pipeline.fit(X_train, y_train, regressor__callbacks=callbacks)
+    fit_seconds = time.perf_counter() - started
+
+    predictions = pipeline.predict(X_test)
+    metrics = holdout_metrics(y_test, predictions)
+    step(f"holdout ({len(y_test):,} rows): R² {metrics['r2']:.4f}, MAE {metrics['mae_rub']:,.0f} ₽, median APE {metrics['median_ape']:.2%}")
+    train_matrix = as_feature_matrix(X_train)
+    reference = build_reference(train_matrix, pipeline.predict(X_train))
+    sample_rows = np.random.default_rng(seed).choice(len(train_matrix), size=min(SAMPLE_ROWS, len(train_matrix)), replace=False)
+    model = save_pipeline(
+        pipeline,
+        train_matrix[np.sort(sample_rows)],
+        {
+            "metrics": metrics,
+            "params": {"iterations": iterations, "depth": depth, "seed": seed, "loss": pipeline[-1].get_params()["loss_function"], "learning_rate": pipeline[-1].get_params()["learning_rate"], "holdout_share": HOLDOUT_SHARE},
+            "data": {"source": loaded.source, "sha256": loaded.sha256, "rows": len(loaded.frame), "dropped_rows": loaded.dropped_rows, "train_rows": len(y_train), "holdout_rows": len(y_test)},
+            "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "training_seconds": round(fit_seconds, 2),
+            "reference": reference,
+        },
+        name=model_name,
+    )
+    return model
+
+
+class _ProgressCallback:
+    """CatBoost callback advancing a rich progress bar once per tree."""
+
+    def __init__(self, progress, task):
+        self.progress, self.task = progress, task
+
+    def after_iteration(self, info) -> bool:
+        self.progress.update(self.task, completed=info.iteration)
+        return True  # keep training

@@ -1,0 +1,52 @@
+"""`python -m train`: train the flat-price model and save it to the BentoML model store."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from flatprice.data import DEFAULT_TABLE, DataError
+from flatprice.store import MODEL_NAME, ModelError, latest_model
+
+from . import train
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m train", description=__doc__)
+    parser.add_argument("--data", metavar="SOURCE", help="CSV or Parquet file, or an SQLAlchemy URL (default: built-in synthetic data)")
+    parser.add_argument("--table", default=DEFAULT_TABLE, help=f"table to read from a database URL (default: {DEFAULT_TABLE})")
+    parser.add_argument("--rows", type=int, help="use only this many rows (synthetic: generate this many; default 130,755)")
+    parser.add_argument("--iterations", type=int, default=1000, help="CatBoost trees (default 1000)")
+    parser.add_argument("--depth", type=int, default=6, help="CatBoost tree depth (default 6)")
+    parser.add_argument("--seed", type=int, default=42, help="seed for the split, the model and synthetic data (default 42)")
+    parser.add_argument("--model-name", default=MODEL_NAME, help=f"name in the model store (default {MODEL_NAME})")
+    parser.add_argument("--if-missing", action="store_true", help="do nothing if the store already has a model of this name")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.if_missing:
+        try:
+            print(f"model store already has {latest_model(args.model_name).tag}; not training")
+            return 0
+        except ModelError:
+            pass
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    try:
+        with Progress(*columns) as progress:
+            model = train(
+                args.data, table=args.table, rows=args.rows, iterations=args.iterations,
+                depth=args.depth, seed=args.seed, model_name=args.model_name, progress=progress,
+            )
+    except DataError as exc:
+        print(f"error: cannot train on this data: {exc}", file=sys.stderr)
+        return 2
+    print(f"saved {model.tag}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
