@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Debian packages used by the tests and scripts; installs only what is missing.
+set -euo pipefail
+declare -A package_of=([promtool]=prometheus [chromium]=chromium [docker-compose]=docker-compose [wrk]=wrk)
+missing=()
+for command in "${!package_of[@]}"; do
+  command -v "$command" >/dev/null 2>&1 || missing+=("${package_of[$command]}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing Debian packages: ${missing[*]}"
+  sudo_cmd=""; [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi

@@ -1,0 +1,86 @@
+"""The service through a real `bentoml serve` process (2 workers), as users reach it."""
+
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from flatprice.schema import EXAMPLE_FLAT, FEATURE_NAMES
+from flatprice.synthetic import generate_flats
+from tests.bad_requests import BAD_REQUESTS
+from tests.servers import REPO, BentoServer
+
+ORIGINAL_CURL = ["curl", "-s", "-X", "POST", "-H", "Content-Type: application/json", "-d",
+                 '{"floor": 1, "is_apartment": 0, "kitchen_area": 7.0, "living_area": 27.0, "rooms": 2, '
+                 '"total_area": 40.0, "building_id": 764, "build_year": 1936, "building_type_int": 1, '
+                 '"latitude": 55.74044418334961, "longitude": 37.52492141723633, "ceiling_height": 3.0, '
+                 '"flats_count": 63, "floors_total": 7, "has_elevator": 1}']
+
+
+def test_original_curl_example_gets_a_plausible_price(served):
+    out = subprocess.run([*ORIGINAL_CURL, f"{served.url}/predict", "-w", "\n%{http_code}"], capture_output=True, text=True, check=True).stdout
+    body, status = out.rsplit("\n", 1)
+    assert status == "200", out
+    price = httpx.Response(200, content=body).json()["price"]
+    assert 5e6 < price < 40e6
+
+
+def test_health_endpoints(served):
+    assert httpx.get(f"{served.url}/livez").status_code == 200
+    assert httpx.get(f"{served.url}/readyz").status_code == 200
+
+
+def test_batch_and_random(served):
+    flats = generate_flats(25, seed=12)[list(FEATURE_NAMES)].to_dict("records")
+    batch = httpx.post(f"{served.url}/predict_batch", json={"flats": flats})
+    assert batch.status_code == 200
+    singles = [httpx.post(f"{served.url}/predict", json=f).json()["price"] for f in flats]
+    assert batch.json()["prices"] == singles
+    for answer in (httpx.get(f"{served.url}/random"), httpx.post(f"{served.url}/random")):
+        assert answer.status_code == 200 and answer.json()["price"] > 0
+
+
+@pytest.mark.parametrize("name,path,payload,content_type,status,field", BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS])
+def test_bad_input_through_the_server(served, name, path, payload, content_type, status, field):
+    answer = httpx.post(f"{served.url}{path}", content=payload, headers={"Content-Type": content_type})
+    assert answer.status_code == status, answer.text
+    named = [str(part) for item in answer.json()["detail"] for part in item["loc"]] or ["body"]
+    assert field in named
+
+
+def test_chunked_body_over_the_limit_gets_413(served):
+    def chunks():
+        for _ in range(40):
+            yield b" " * 65536
+
+    answer = httpx.post(f"{served.url}/predict", content=chunks(), headers={"Content-Type": "application/json"})
+    assert answer.status_code == 413
+
+
+def test_chunked_body_within_the_limit_is_served(served):
+    payload = httpx.Request("POST", "/", json=EXAMPLE_FLAT).content
+    answer = httpx.post(f"{served.url}/predict", content=iter([payload[:50], payload[50:]]), headers={"Content-Type": "application/json"})
+    assert answer.status_code == 200, answer.text
+
+
+def test_no_model_in_the_store_stops_the_service_with_the_command_to_run(session_dir):
+    empty_home = session_dir / "empty-home"
+    server = BentoServer(empty_home, share_models=False)
+    process = subprocess.run(server.cmd, cwd=REPO, env=server.env, capture_output=True, text=True, timeout=60)
+    assert process.returncode != 0
+    assert "no model 'flat_price' in the BentoML model store" in process.stderr + process.stdout
+    assert "python -m train" in process.stderr + process.stdout
+
+
+def test_train_command_if_missing_trains_once(session_dir):
+    home = session_dir / "train-cli-home"
+    env = {"BENTOML_HOME": str(home)}
+    run = lambda *args: subprocess.run([sys.executable, "-m", "train", *args], cwd=REPO, env={**__import__("os").environ, **env}, capture_output=True, text=True, timeout=120)
+    first = run("--rows", "3000", "--iterations", "30", "--if-missing")
+    assert first.returncode == 0, first.stderr
+    assert "saved flat_price:" in first.stdout and "R²" in first.stdout + first.stderr
+    second = run("--rows", "3000", "--iterations", "30", "--if-missing")
+    assert "already has flat_price:" in second.stdout and "saved" not in second.stdout
+    bad = run("--data", str(home / "missing.csv"))
+    assert bad.returncode == 2 and "does not exist" in bad.stderr
