@@ -1,0 +1,173 @@
+"""Custom metrics on BentoML's /metrics, scraped from a real `bentoml serve` with 2 workers."""
+
+import random
+import string
+
+import httpx
+import numpy as np
+import pytest
+
+from flatprice import metrics
+from flatprice.reference import PSI_ALERT, PSI_NO_DRIFT
+from flatprice.schema import EXAMPLE_FLAT, FEATURE_NAMES
+from flatprice.synthetic import generate_flats
+from tests.conftest import SMALL_MODEL
+from tests.metrics_scrape import sample_value, scrape, series_count
+from tests.servers import BentoServer, wait_until
+
+PRICE = f"{metrics.NAMESPACE}_predicted_price_rubles"
+
+
+@pytest.fixture(scope="module")
+def server(small_model, session_dir):
+    with BentoServer(session_dir / "serve-metrics") as server:
+        yield server
+
+
+def post(server, path, **kwargs):
+    """One request on a new connection, so that requests spread over both workers."""
+    return httpx.post(f"{server.url}{path}", timeout=10, **kwargs)
+
+
+def price_count(server) -> float:
+    return sample_value(scrape(server.url), PRICE, f"{PRICE}_count")
+
+
+def test_price_histogram_counts_every_prediction_exactly_across_workers(server):
+    before = price_count(server)
+    flats = generate_flats(60, seed=21)[list(FEATURE_NAMES)].to_dict("records")
+    for flat in flats[:40]:
+        assert post(server, "/predict", json=flat).status_code == 200
+    assert post(server, "/predict_batch", json={"flats": flats[40:]}).status_code == 200
+    for _ in range(5):
+        assert httpx.get(f"{server.url}/random").status_code == 200
+    assert post(server, "/predict", json=EXAMPLE_FLAT | {"rooms": "2"}).status_code == 400  # not a prediction
+    expected = before + 40 + 20 + 5
+    wait_until(lambda: price_count(server) >= expected, timeout=10, what="price histogram count")
+    families = scrape(server.url)
+    assert sample_value(families, PRICE, f"{PRICE}_count") == expected
+    assert sample_value(families, PRICE, f"{PRICE}_bucket", le="+Inf") == expected
+    # Both workers answered (BentoML's per-pid gauge shows one series per worker that served).
+    pids = {s.labels["pid"] for s in families[f"{metrics.NAMESPACE}_last_request_timestamp_seconds"].samples}
+    assert len(pids) == 2
+    rows = f"{metrics.NAMESPACE}_batch_rows"
+    assert sample_value(families, rows, f"{rows}_bucket", le="20.0") - sample_value(families, rows, f"{rows}_bucket", le="10.0") >= 1
+
+
+def test_every_declared_metric_is_exposed_with_its_type_and_buckets(server):
+    families = scrape(server.url)
+    for name, kind in metrics.EXPOSED.items():
+        assert name in families, name
+        assert families[name].type == kind, name
+    buckets = [float(s.labels["le"]) for s in families[PRICE].samples if s.name == f"{PRICE}_bucket"]
+    assert buckets == [*metrics.PRICE_BUCKETS, float("inf")]
+    rows = f"{metrics.NAMESPACE}_batch_rows"
+    assert [float(s.labels["le"]) for s in families[rows].samples if s.name == f"{rows}_bucket"] == [*metrics.BATCH_ROWS_BUCKETS, float("inf")]
+    # BentoML's own request metrics carry the same prefix.
+    assert f"{metrics.NAMESPACE}_request" in families and f"{metrics.NAMESPACE}_request_duration_seconds" in families
+
+
+def test_gauges_combine_workers_as_declared(server, small_model):
+    families = scrape(server.url)
+    info = families[f"{metrics.NAMESPACE}_model_info"].samples
+    assert len(info) == 1 and info[0].value == 1  # one series for 2 workers: no pid label
+    assert info[0].labels["model_tag"] == str(small_model.tag)
+    assert float(info[0].labels["holdout_r2"]) == pytest.approx(small_model.info.metadata["metrics"]["r2"], abs=1e-4)
+    start = families[f"{metrics.NAMESPACE}_start_time_seconds"].samples
+    assert len(start) == 1 and start[0].value > 1.7e9
+    memory = families[f"{metrics.NAMESPACE}_worker_resident_memory_bytes"].samples
+    assert len(memory) == 1 and 2 * 50e6 < memory[0].value < 2 * 2e9  # two live workers, summed
+    assert sample_value(families, f"{metrics.NAMESPACE}_worker_cpu_seconds", f"{metrics.NAMESPACE}_worker_cpu_seconds_total") > 0
+    for name in metrics.EXPOSED:
+        for sample in families[name].samples:
+            assert "pid" not in sample.labels, name
+
+
+def test_rejected_inputs_are_counted_by_field(server):
+    name = f"{metrics.NAMESPACE}_rejected_inputs"
+    total = f"{name}_total"
+    before = scrape(server.url)
+    post(server, "/predict", json=EXAMPLE_FLAT | {"total_area": "40"})
+    post(server, "/predict", json=EXAMPLE_FLAT | {"total_area": 0.1, "rooms": 0})
+    post(server, "/predict_batch", json={"flats": [EXAMPLE_FLAT, EXAMPLE_FLAT | {"floor": 99}]})
+    post(server, "/predict", content=b"{not json", headers={"Content-Type": "application/json"})
+    post(server, "/predict", content=b"a=1", headers={"Content-Type": "application/x-www-form-urlencoded"})
+    after = scrape(server.url)
+    delta = lambda field: sample_value(after, name, total, field=field) - sample_value(before, name, total, field=field)
+    assert delta("total_area") == 2 and delta("rooms") == 1 and delta("floors_total") == 1
+    assert delta(metrics.BODY_FIELD) == 2
+    assert {s.labels["field"] for s in after[name].samples if s.name == total} == set(metrics.REJECTED_FIELDS)
+
+
+def test_out_of_range_values_are_counted_by_feature(server, small_model):
+    reference = small_model.info.metadata["reference"]
+    name = f"{metrics.NAMESPACE}_out_of_range_values"
+    total = f"{name}_total"
+    before = scrape(server.url)
+    big = reference["total_area"]["max"] + 100
+    flat = EXAMPLE_FLAT | {"total_area": big, "living_area": 200.0, "kitchen_area": 40.0, "rooms": 5}
+    assert post(server, "/predict", json=flat).status_code == 200
+    count = lambda families, feature: sample_value(families, name, total, feature=feature)
+    wait_until(lambda: count(scrape(server.url), "total_area") > count(before, "total_area"), timeout=10, what="out-of-range count")
+    after = scrape(server.url)
+    assert count(after, "total_area") - count(before, "total_area") == 1
+    assert count(after, "floor") == count(before, "floor")
+
+
+def test_unknown_paths_add_no_series(server):
+    httpx.get(f"{server.url}/no-such-path")  # the one shared label value exists from here on
+    before = series_count(scrape(server.url))
+    with httpx.Client() as client:
+        for _ in range(500):
+            path = "/" + "".join(random.choices(string.ascii_lowercase + "/", k=12))
+            client.request(random.choice(["GET", "POST"]), f"{server.url}{path}")
+    after = scrape(server.url)
+    assert series_count(after) == before
+    endpoints = {s.labels.get("endpoint") for f in after.values() for s in f.samples if "endpoint" in s.labels}
+    assert endpoints <= {"/predict", "/predict_batch", "/random", "/readyz", "/livez", "/metrics", "/docs.json", "/", "/__unknown__"}
+
+
+def test_labels_are_bounded_and_carry_no_request_data(server):
+    allowed = {
+        "feature": set(FEATURE_NAMES),
+        "field": set(metrics.REJECTED_FIELDS),
+        "le": None,
+        "model_tag": None, "trained_at": None, "holdout_r2": None,  # one value per model
+    }
+    for name in metrics.EXPOSED:
+        for sample in scrape(server.url)[name].samples:
+            for label, value in sample.labels.items():
+                assert label in allowed, (name, label)
+                if allowed[label] is not None:
+                    assert value in allowed[label], (name, label, value)
+
+
+def _send_rows(server, rows: list[dict], per_request: int = 50):
+    for start in range(0, len(rows), per_request):
+        answer = post(server, "/predict_batch", json={"flats": rows[start:start + per_request]})
+        assert answer.status_code == 200, answer.text
+
+
+def _drift(server) -> dict:
+    families = scrape(server.url)
+    scores = {s.labels["feature"]: s.value for s in families[f"{metrics.NAMESPACE}_feature_drift_psi"].samples}
+    scores["prediction"] = families[f"{metrics.NAMESPACE}_prediction_drift_psi"].samples[0].value
+    return scores
+
+
+def test_drift_scores_stay_low_in_distribution_and_flag_a_shifted_feature(server):
+    # Traffic from the training distribution: the same synthetic city, other listings.
+    same = generate_flats(4000, seed=SMALL_MODEL["seed"] + 100)[list(FEATURE_NAMES)]
+    _send_rows(server, same.to_dict("records"))
+    wait_until(lambda: _drift(server)["total_area"] > 0, timeout=10, what="drift published")
+    calm = _drift(server)
+    assert max(calm.values()) < PSI_NO_DRIFT, calm
+
+    shifted = generate_flats(4000, seed=SMALL_MODEL["seed"] + 200)[list(FEATURE_NAMES)]
+    shifted["total_area"] = np.round(shifted["total_area"] * 1.5, 1)
+    _send_rows(server, shifted.to_dict("records"))
+    wait_until(lambda: _drift(server)["total_area"] > PSI_ALERT, timeout=10, what="total_area drift over the alert threshold")
+    drifted = _drift(server)
+    others = {k: v for k, v in drifted.items() if k not in ("total_area", "prediction")}
+    assert max(others.values()) < PSI_NO_DRIFT, others
+    print(f"in distribution: {calm}\nshifted: {drifted}")
