@@ -6,7 +6,8 @@
 - a POST whose Content-Type is not JSON gets 415 (BentoML would parse a form body as
   JSON-less input and answer a misleading "Field required");
 - `GET /random` is served by the POST API, as the original service answered GET;
-- every refused request's errors are counted per field in `rejected_inputs_total`.
+- every refused request's errors are counted per field in `rejected_inputs_total`;
+- request and response body sizes are recorded per route.
 
 `bound_endpoint_labels` makes paths that are not routes share one `endpoint` label
 value in BentoML's request metrics, instead of creating one series per path.
@@ -55,7 +56,9 @@ class RequestGuard:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["path"] not in self.api_paths:
             return await self.app(scope, receive, send)
-        if scope["method"] == "GET" and scope["path"] in self.get_paths:
+        path = scope["path"]
+        length = None
+        if scope["method"] == "GET" and path in self.get_paths:
             scope = dict(scope, method="POST")
         elif scope["method"] == "POST":
             headers = dict(scope["headers"])
@@ -70,7 +73,9 @@ class RequestGuard:
                 if body is None:
                     return await self._refuse(send, 413, f"request body over {self.max_body_bytes} bytes", "body_too_large")
                 receive = _replay(body, receive)
-        await self.app(scope, receive, self._counting(send))
+                length = str(len(body)).encode()
+        metrics.REQUEST_SIZE.labels(endpoint=path).observe(int(length or 0))
+        await self.app(scope, receive, self._counting(send, path))
 
     async def _read_limited(self, receive) -> bytes | None:
         chunks, size = [], 0
@@ -85,8 +90,9 @@ class RequestGuard:
             if not message.get("more_body"):
                 return b"".join(chunks)
 
-    def _counting(self, send):
-        """Wrap `send` to count the fields of a 400 answer; 2xx answers pass straight through."""
+    def _counting(self, send, path: str):
+        """Wrap `send` to record the response size (BentoML's JSON answers carry a
+        Content-Length) and count the fields of a 400 answer."""
         status = 0
         chunks: list[bytes] = []
 
@@ -94,6 +100,9 @@ class RequestGuard:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                for key, value in message.get("headers", ()):
+                    if key == b"content-length":
+                        metrics.RESPONSE_SIZE.labels(endpoint=path).observe(int(value))
             elif message["type"] == "http.response.body" and status == 400:
                 chunks.append(message.get("body", b""))
                 if not message.get("more_body"):

@@ -10,7 +10,7 @@ survive multiprocess mode, so none are used.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, Summary
 
 from .reference import PREDICTION
 from .schema import FEATURE_NAMES
@@ -86,6 +86,19 @@ WORKER_CPU = Counter(
     "CPU time (user + system) used by the service's worker processes",
 )
 
+# Mean request and response sizes of the API routes (the original dashboard showed
+# them): a Summary keeps only count and sum, two writes per request.
+REQUEST_SIZE = Summary(
+    f"{NAMESPACE}_http_request_size_bytes",
+    "Body size of requests to the API routes, bytes",
+    ["endpoint"],
+)
+RESPONSE_SIZE = Summary(
+    f"{NAMESPACE}_http_response_size_bytes",
+    "Body size of responses from the API routes, bytes",
+    ["endpoint"],
+)
+
 DRIFT_GAUGE_SUBJECTS = {PREDICTION: PREDICTION_DRIFT} | {name: FEATURE_DRIFT.labels(feature=name) for name in FEATURE_NAMES}
 # (name as exposed, type) of every metric above, for tests and docs to check against /metrics.
 EXPOSED = {
@@ -99,4 +112,6 @@ EXPOSED = {
     f"{NAMESPACE}_start_time_seconds": "gauge",
     f"{NAMESPACE}_worker_resident_memory_bytes": "gauge",
     f"{NAMESPACE}_worker_cpu_seconds": "counter",
+    f"{NAMESPACE}_http_request_size_bytes": "summary",
+    f"{NAMESPACE}_http_response_size_bytes": "summary",
 }

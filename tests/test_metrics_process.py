@@ -50,6 +50,8 @@ def test_price_histogram_counts_every_prediction_exactly_across_workers(server):
     # Both workers answered (BentoML's per-pid gauge shows one series per worker that served).
     pids = {s.labels["pid"] for s in families[f"{metrics.NAMESPACE}_last_request_timestamp_seconds"].samples}
     assert len(pids) == 2
+    size = f"{metrics.NAMESPACE}_http_response_size_bytes"
+    assert sample_value(families, size, f"{size}_sum", endpoint="/predict") > 60 * sample_value(families, size, f"{size}_count", endpoint="/predict") > 0
     rows = f"{metrics.NAMESPACE}_batch_rows"
     assert sample_value(families, rows, f"{rows}_bucket", le="20.0") - sample_value(families, rows, f"{rows}_bucket", le="10.0") >= 1
 
@@ -131,6 +133,7 @@ def test_labels_are_bounded_and_carry_no_request_data(server):
     allowed = {
         "feature": set(FEATURE_NAMES),
         "field": set(metrics.REJECTED_FIELDS),
+        "endpoint": {"/predict", "/predict_batch", "/random"},
         "le": None,
         "model_tag": None, "trained_at": None, "holdout_r2": None,  # one value per model
     }
