@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Debian packages used by the tests and scripts; installs only what is missing.
+# Debian packages used by the tests and scripts (Prometheus, node-exporter, Chromium,
+# docker-compose for validating the compose file, wrk for benchmarks); installs only what is missing.
 set -euo pipefail
-declare -A package_of=([promtool]=prometheus [chromium]=chromium [docker-compose]=docker-compose [wrk]=wrk)
+declare -A package_of=([promtool]=prometheus [prometheus-node-exporter]=prometheus-node-exporter [chromium]=chromium [docker-compose]=docker-compose [wrk]=wrk)
 missing=()
 for command in "${!package_of[@]}"; do
   command -v "$command" >/dev/null 2>&1 || missing+=("${package_of[$command]}")

@@ -1,0 +1,143 @@
+"""The monitoring stack's files, checked without a Docker engine or Grafana."""
+
+import re
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from monitoring import dashboard
+from tests.servers import REPO
+
+MONITORING = REPO / "monitoring"
+PROMETHEUS = MONITORING / "prometheus"
+
+
+def run(*cmd, cwd=None):
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_promtool_checks_config_and_rules():
+    assert "SUCCESS" in run("promtool", "check", "config", str(PROMETHEUS / "prometheus.yml"))
+    assert "SUCCESS" in run("promtool", "check", "rules", str(PROMETHEUS / "alerts.yml"))
+
+
+def test_promtool_unit_tests_of_the_alerts():
+    assert "SUCCESS" in run("promtool", "test", "rules", "alerts_test.yml", cwd=PROMETHEUS)
+
+
+def alert_rules() -> list[dict]:
+    groups = yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())["groups"]
+    return [rule for group in groups for rule in group["rules"]]
+
+
+def test_alerts_are_named_labelled_annotated_and_each_tested():
+    tests = yaml.safe_load((PROMETHEUS / "alerts_test.yml").read_text())["tests"]
+    cases = [case for test in tests for case in test["alert_rule_test"]]
+    names = {rule["alert"] for rule in alert_rules()}
+    assert names >= {"FlatPriceServiceDown", "FlatPriceHighServerErrorRatio", "FlatPriceHighValidationErrorRatio", "FlatPriceHighLatencyP95",
+                     "FlatPriceNoPredictions", "FlatPriceFeatureDrift", "FlatPriceOutOfRangeInputs"}
+    for rule in alert_rules():
+        name = rule["alert"]
+        assert re.fullmatch(r"(?:[A-Z][a-z0-9]*)+(?:P95)?", name), name
+        assert rule["labels"]["severity"] in {"critical", "warning"}
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"]
+        assert "for" in rule
+        outcomes = [bool(case["exp_alerts"]) for case in cases if case["alertname"] == name]
+        assert True in outcomes and False in outcomes, f"{name}: needs a silent and a firing case"
+
+
+@pytest.fixture(scope="module")
+def compose(tmp_path_factory):
+    """The compose file as `docker-compose config` resolves it (with the example env file)."""
+    copy = tmp_path_factory.mktemp("monitoring") / "monitoring"
+    shutil.copytree(MONITORING, copy, ignore=shutil.ignore_patterns("grafana.env", "__pycache__"))
+    shutil.copy(copy / "grafana.env.example", copy / "grafana.env")
+    return yaml.safe_load(run("docker-compose", "-f", str(copy / "docker-compose.yaml"), "config"))
+
+
+def test_compose_services_pinned_restarting_and_healthchecked(compose):
+    services = compose["services"]
+    assert set(services) == {"flat-price", "prometheus", "grafana", "node-exporter"}
+    assert services["flat-price"]["image"] == "flat_price:latest"  # the tag README's containerize gives it
+    for name, service in services.items():
+        assert service["restart"] == "unless-stopped", name
+        if name != "flat-price":
+            assert re.search(r":v?\d+\.\d+\.\d+$", service["image"]), f"{name} image not pinned: {service['image']}"
+    check = " ".join(services["flat-price"]["healthcheck"]["test"])
+    assert "/readyz" in check
+
+
+def published(service) -> list[dict]:
+    """Ports as dicts, whether docker-compose printed the long or the short syntax."""
+    ports = []
+    for port in service.get("ports", []):
+        if isinstance(port, str):  # "127.0.0.1:9090:9090/tcp"
+            parts = port.split("/")[0].split(":")
+            port = {"host_ip": parts[0] if len(parts) == 3 else "0.0.0.0", "published": parts[-2], "target": parts[-1]}
+        ports.append(port)
+    return ports
+
+
+def test_prometheus_and_grafana_on_localhost_only_and_no_port_clash(compose):
+    services = compose["services"]
+    for name in ("prometheus", "grafana"):
+        for port in published(services[name]):
+            assert port.get("host_ip") == "127.0.0.1", name
+    grafana_host_ports = {str(p["published"]) for p in published(services["grafana"])}
+    service_ports = {str(p["published"]) for p in published(services["flat-price"])}
+    assert "3000" not in grafana_host_ports and grafana_host_ports.isdisjoint(service_ports)
+    assert "-" in next(iter(service_ports))  # a range: each scaled replica gets a host port
+
+
+def test_grafana_has_no_default_credentials_anonymous_access_or_sign_up(compose):
+    grafana = compose["services"]["grafana"]
+    env = grafana["environment"]
+    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "false" and env["GF_USERS_ALLOW_SIGN_UP"] == "false"
+    raw = yaml.safe_load((MONITORING / "docker-compose.yaml").read_text())["services"]["grafana"]
+    assert not [key for key in raw["environment"] if key.startswith("GF_SECURITY_ADMIN")]  # only from the env file
+    assert raw["env_file"] == ["grafana.env"]
+    example = (MONITORING / "grafana.env.example").read_text()
+    assert "GF_SECURITY_ADMIN_PASSWORD=" in example and "=admin\n" not in example
+    assert "monitoring/grafana.env" in (REPO / ".gitignore").read_text()
+
+
+def test_prometheus_discovers_every_replica_by_dns(compose):
+    config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+    job = next(j for j in config["scrape_configs"] if j["job_name"] == "flat-price")
+    sd = job["dns_sd_configs"][0]
+    assert sd["names"] == ["flat-price"] and sd["type"] == "A" and sd["port"] == 3000
+    assert "flat-price" in compose["services"]
+    node = next(j for j in config["scrape_configs"] if j["job_name"] == "node")
+    assert node["static_configs"][0]["targets"] == ["node-exporter:9100"]
+    mounts = compose["services"]["prometheus"]["volumes"]
+    assert any(str(m.get("target", m)).endswith("/etc/prometheus/alerts.yml") for m in mounts)
+
+
+def test_grafana_provisioning_matches_the_dashboard_and_the_mounts(compose):
+    datasource = yaml.safe_load((MONITORING / "grafana/provisioning/datasources/prometheus.yml").read_text())["datasources"][0]
+    assert datasource["uid"] == dashboard.DATASOURCE["uid"] and datasource["url"] == "http://prometheus:9090"
+    provider = yaml.safe_load((MONITORING / "grafana/provisioning/dashboards/flat-price.yml").read_text())["providers"][0]
+    targets = {str(m["target"]) for m in compose["services"]["grafana"]["volumes"] if isinstance(m, dict)}
+    assert provider["options"]["path"] in targets and "/etc/grafana/provisioning" in targets
+    built = dashboard.build()
+    for panel in built["panels"]:
+        if panel["type"] != "row":
+            assert panel["datasource"]["uid"] == datasource["uid"]
+            assert panel["description"] and panel["targets"]
+
+
+def test_committed_dashboard_equals_the_generator_output():
+    assert dashboard.OUTPUT.read_text() == dashboard.render(), "run `python -m monitoring.dashboard` and commit the result"
+
+
+def test_dashboard_has_every_panel_of_the_original_and_the_new_ones():
+    titles = " | ".join(p["title"].lower() for p in dashboard.build()["panels"])
+    for word in ["p95", "mean", "p50", "p99", "requests per second by endpoint", "error share", "memory", "cpu", "network",
+                 "request and response size", "predicted price distribution", "start time", "uptime", "predictions in range",
+                 "in flight", "flats per prediction call", "rejected inputs by field", "out-of-range values by feature",
+                 "drift by feature", "live model", "disk"]:
+        assert word in titles, word
