@@ -82,6 +82,11 @@ def published(service) -> list[dict]:
     return ports
 
 
+def mount_targets(service) -> set[str]:
+    """Container paths of the volumes, from the long or the short syntax."""
+    return {m["target"] if isinstance(m, dict) else m.split(":")[1] for m in service.get("volumes", [])}
+
+
 def test_prometheus_and_grafana_on_localhost_only_and_no_port_clash(compose):
     services = compose["services"]
     for name in ("prometheus", "grafana"):
@@ -113,15 +118,14 @@ def test_prometheus_discovers_every_replica_by_dns(compose):
     assert "flat-price" in compose["services"]
     node = next(j for j in config["scrape_configs"] if j["job_name"] == "node")
     assert node["static_configs"][0]["targets"] == ["node-exporter:9100"]
-    mounts = compose["services"]["prometheus"]["volumes"]
-    assert any(str(m.get("target", m)).endswith("/etc/prometheus/alerts.yml") for m in mounts)
+    assert {"/etc/prometheus/alerts.yml", "/etc/prometheus/prometheus.yml"} <= mount_targets(compose["services"]["prometheus"])
 
 
 def test_grafana_provisioning_matches_the_dashboard_and_the_mounts(compose):
     datasource = yaml.safe_load((MONITORING / "grafana/provisioning/datasources/prometheus.yml").read_text())["datasources"][0]
     assert datasource["uid"] == dashboard.DATASOURCE["uid"] and datasource["url"] == "http://prometheus:9090"
     provider = yaml.safe_load((MONITORING / "grafana/provisioning/dashboards/flat-price.yml").read_text())["providers"][0]
-    targets = {str(m["target"]) for m in compose["services"]["grafana"]["volumes"] if isinstance(m, dict)}
+    targets = mount_targets(compose["services"]["grafana"])
     assert provider["options"]["path"] in targets and "/etc/grafana/provisioning" in targets
     built = dashboard.build()
     for panel in built["panels"]:
