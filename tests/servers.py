@@ -94,3 +94,67 @@ class BentoServer:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+class Process:
+    """A background server process with a readiness URL; a context manager."""
+
+    def __init__(self, cmd: list[str], ready_url: str, log_path: Path, cwd: Path | None = None):
+        self.cmd, self.ready_url, self.log_path, self.cwd = cmd, ready_url, log_path, cwd
+        self.process: subprocess.Popen | None = None
+
+    def __enter__(self):
+        self.log = open(self.log_path, "wb")
+        self.process = subprocess.Popen(self.cmd, cwd=self.cwd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_until(self._ready, 60, what=f"{self.ready_url} (log: {self.log_path})")
+        return self
+
+    def _ready(self) -> bool:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"{self.cmd[0]} exited with {self.process.returncode}: {self.log_path.read_text(errors='replace')[-2000:]}")
+        try:
+            return httpx.get(self.ready_url, timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def __exit__(self, *exc):
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+        self.log.close()
+
+
+def node_exporter(workdir: Path) -> tuple[Process, str]:
+    """Debian's prometheus-node-exporter on a free loopback port; (process, host:port)."""
+    target = f"127.0.0.1:{free_port()}"
+    return Process(["prometheus-node-exporter", f"--web.listen-address={target}"], f"http://{target}/metrics", workdir / "node-exporter.log"), target
+
+
+def prometheus(workdir: Path, service_target: str, node_target: str, interval: str = "1s") -> tuple[Process, str]:
+    """Debian's Prometheus with the committed config and alert rules, pointed at local targets.
+
+    The committed prometheus.yml finds replicas by Docker DNS; here the same jobs get
+    static targets, and scrape and rule evaluation run every `interval`.
+    """
+    import shutil
+
+    import yaml
+
+    committed = REPO / "monitoring" / "prometheus"
+    config = yaml.safe_load((committed / "prometheus.yml").read_text())
+    port = free_port()
+    config["global"] = {"scrape_interval": interval, "evaluation_interval": interval}
+    targets = {"flat-price": service_target, "node": node_target, "prometheus": f"127.0.0.1:{port}"}
+    for job in config["scrape_configs"]:
+        job.pop("dns_sd_configs", None)
+        job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
+    workdir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(committed / "alerts.yml", workdir / "alerts.yml")
+    (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
+    url = f"http://127.0.0.1:{port}"
+    cmd = ["prometheus", f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={workdir / 'data'}",
+           f"--web.listen-address=127.0.0.1:{port}", "--web.enable-lifecycle"]
+    return Process(cmd, f"{url}/-/ready", workdir / "prometheus.log"), url

@@ -1,0 +1,80 @@
+"""Every dashboard query and alert expression against a real Prometheus (Debian's)
+scraping a real `bentoml serve` (2 workers) under traffic, and node-exporter."""
+
+import re
+
+import httpx
+import pytest
+
+from monitoring import dashboard
+from tests.servers import node_exporter, prometheus, wait_until
+from tests.test_monitoring_config import alert_rules
+from tests.traffic import Traffic
+
+# Grafana's variables, as Grafana would set them for a short time range at 1 s scrapes.
+GRAFANA_VARIABLES = {"$__rate_interval": "15s", "$__range": "2m"}
+
+
+@pytest.fixture(scope="module")
+def stack(served, session_dir):
+    workdir = session_dir / "prometheus-live"
+    workdir.mkdir(exist_ok=True)
+    exporter, node_target = node_exporter(workdir)
+    server, url = prometheus(workdir, served.url.removeprefix("http://"), node_target)
+    traffic = Traffic(served.url)
+    with exporter, server:
+        traffic.start()
+        try:
+            # Enough scrapes for every rate window, and rules evaluated at least once.
+            wait_until(lambda: _count(url, 'count_over_time(up{job="flat-price"}[1m])') >= 20, timeout=60, what="20 scrapes")
+            yield url
+        finally:
+            traffic.stop()
+
+
+def query(url: str, expr: str) -> list:
+    answer = httpx.get(f"{url}/api/v1/query", params={"query": expr}, timeout=10).json()
+    assert answer["status"] == "success", (expr, answer)
+    return answer["data"]["result"]
+
+
+def _count(url: str, expr: str) -> float:
+    result = query(url, expr)
+    return float(result[0]["value"][1]) if result else 0
+
+
+def test_both_targets_are_up(stack):
+    up = {r["metric"]["job"]: r["value"][1] for r in query(stack, "up")}
+    assert up == {"flat-price": "1", "node": "1", "prometheus": "1"}
+
+
+@pytest.mark.parametrize("title,expr", dashboard.queries(dashboard.build()), ids=[f"{t}:{e[:40]}" for t, e in dashboard.queries(dashboard.build())])
+def test_every_dashboard_query_returns_data(stack, title, expr):
+    for variable, value in GRAFANA_VARIABLES.items():
+        expr = expr.replace(variable, value)
+    result = wait_until(lambda: query(stack, expr), timeout=20, what=f"data for {title!r}: {expr}")
+    assert result
+
+
+def alert_parts(expr: str) -> list[str]:
+    """The measured sides of an alert expression: split at `and`/`or`, thresholds removed."""
+    parts = re.split(r"\)\s*(?:and|or)\s*|\s+(?:and|or)\s+", " ".join(expr.split()))
+    return [re.sub(r"\s*(>|<|==|>=|<=)\s*[0-9.]+\s*$", "", part).strip() for part in parts]
+
+
+@pytest.mark.parametrize("rule", alert_rules(), ids=lambda r: r["alert"])
+def test_every_alert_expression_is_valid_and_measures_data(stack, rule):
+    query(stack, rule["expr"])  # valid PromQL (status success), firing or not
+    for part in alert_parts(rule["expr"]):
+        if part.startswith("absent("):
+            continue  # empty exactly when the service is scraped
+        result = wait_until(lambda: query(stack, part), timeout=20, what=f"data for {part}")
+        assert result, part
+
+
+def test_prometheus_loaded_and_evaluates_every_rule(stack):
+    groups = httpx.get(f"{stack}/api/v1/rules", timeout=10).json()["data"]["groups"]
+    rules = [rule for group in groups for rule in group["rules"]]
+    assert {r["name"] for r in rules} == {r["alert"] for r in alert_rules()}
+    for rule in rules:
+        assert rule["health"] == "ok", rule

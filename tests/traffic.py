@@ -1,0 +1,49 @@
+"""A background mix of realistic and bad requests, to make every metric move."""
+
+from __future__ import annotations
+
+import random
+import threading
+
+import httpx
+
+from flatprice.schema import EXAMPLE_FLAT, FEATURE_NAMES
+from flatprice.synthetic import generate_flats
+
+
+class Traffic(threading.Thread):
+    """Sends predictions, batches, randoms, refused and out-of-range inputs and unknown
+    paths to `url` until stopped."""
+
+    def __init__(self, url: str, seed: int = 0):
+        super().__init__(daemon=True)
+        self.url = url
+        self.flats = generate_flats(2000, seed=seed + 500)[list(FEATURE_NAMES)].to_dict("records")
+        self.rng = random.Random(seed)
+        self.stopped = threading.Event()
+        self.sent = 0
+
+    def run(self):
+        with httpx.Client(base_url=self.url, timeout=10) as client:
+            while not self.stopped.is_set():
+                self.one(client)
+                self.sent += 1
+
+    def one(self, client: httpx.Client):
+        roll = self.rng.random()
+        if roll < 0.55:
+            client.post("/predict", json=self.rng.choice(self.flats))
+        elif roll < 0.65:
+            client.post("/predict_batch", json={"flats": self.rng.sample(self.flats, self.rng.randint(2, 50))})
+        elif roll < 0.75:
+            client.get("/random")
+        elif roll < 0.85:
+            client.post("/predict", json=EXAMPLE_FLAT | {"rooms": "two"})
+        elif roll < 0.95:  # possible but larger than anything in training
+            client.post("/predict", json=EXAMPLE_FLAT | {"total_area": 600.0, "living_area": 400.0, "kitchen_area": 60.0, "rooms": 8})
+        else:
+            client.get(f"/admin/{self.rng.randint(0, 10**6)}")
+
+    def stop(self):
+        self.stopped.set()
+        self.join(10)
