@@ -11,6 +11,7 @@ import gc
 import bentoml
 import numpy as np
 
+from flatprice.faults import FaultInjection
 from flatprice.http_guard import RequestGuard, bound_endpoint_labels
 from flatprice.metrics import NAMESPACE
 from flatprice.monitor import PredictionMonitor, publish_static
@@ -43,6 +44,7 @@ class FlatPriceService:
         self.pipeline = loaded.pipeline
         self.training_sample = loaded.training_sample
         self.rng = np.random.default_rng()
+        self.faults = FaultInjection.from_env()  # off unless FLAT_PRICE_FAULT_* is set
         self.monitor = PredictionMonitor(loaded.metadata["reference"])
         metrics = loaded.metadata["metrics"]
         publish_static(self.tag, loaded.metadata["trained_at"], metrics["r2"])
@@ -87,6 +89,8 @@ class FlatPriceService:
     @bentoml.api(route="/random", output_spec=RandomPrediction)
     async def random(self) -> RandomPrediction:
         """A flat drawn from the model's training data, and its price (also answers GET)."""
+        if self.faults.enabled and (injected := await self.faults.maybe_fail()):
+            return injected
         row = self.training_sample[self.rng.integers(len(self.training_sample))][None, :]
         return RandomPrediction(flat=flat_from_row(row[0]), price=float(self._priced(row)[0]), model=self.tag)
 

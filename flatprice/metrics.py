@@ -99,6 +99,12 @@ RESPONSE_SIZE = Summary(
     ["endpoint"],
 )
 
+INJECTED_FAULTS = Counter(
+    f"{NAMESPACE}_injected_faults",
+    "Faults injected on /random on purpose (FLAT_PRICE_FAULT_* settings): error = a 500 answer, delay = a sleep",
+    ["kind"],
+)
+
 DRIFT_GAUGE_SUBJECTS = {PREDICTION: PREDICTION_DRIFT} | {name: FEATURE_DRIFT.labels(feature=name) for name in FEATURE_NAMES}
 # (name as exposed, type) of every metric above, for tests and docs to check against /metrics.
 EXPOSED = {
@@ -114,4 +120,5 @@ EXPOSED = {
     f"{NAMESPACE}_worker_cpu_seconds": "counter",
     f"{NAMESPACE}_http_request_size_bytes": "summary",
     f"{NAMESPACE}_http_response_size_bytes": "summary",
+    f"{NAMESPACE}_injected_faults": "counter",
 }

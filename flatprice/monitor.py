@@ -102,3 +102,5 @@ def publish_static(model_tag: str, trained_at: str, holdout_r2: float) -> None:
         metrics.OUT_OF_RANGE.labels(feature=name)
     for field in metrics.REJECTED_FIELDS:
         metrics.REJECTED_INPUTS.labels(field=field)
+    for kind in ("error", "delay"):
+        metrics.INJECTED_FAULTS.labels(kind=kind)

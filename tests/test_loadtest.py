@@ -1,0 +1,83 @@
+"""The locust load test against a real `bentoml serve`: headless pass/fail, the web UI, drift."""
+
+import os
+import subprocess
+import sys
+
+import httpx
+
+from flatprice import metrics
+from flatprice.reference import PSI_ALERT
+from tests.browser import rendered_dom
+from tests.metrics_scrape import scrape
+from tests.metrics_scrape import sample_value
+from tests.servers import REPO, BentoServer, Process, free_port, wait_until
+
+LOCUSTFILE = str(REPO / "loadtest" / "locustfile.py")
+CONF = str(REPO / "loadtest" / "locust.conf")
+
+
+def locust(url, *args, env=None):
+    return subprocess.run([sys.executable, "-m", "locust", "-f", LOCUSTFILE, "--config", CONF, "--host", url, *args],
+                          cwd=REPO, capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})})
+
+
+def test_headless_run_passes_its_thresholds(served):
+    run = locust(served.url, "--run-time", "8s", "--users", "10")
+    assert run.returncode == 0, run.stdout + run.stderr
+    summary = run.stdout + run.stderr
+    assert "-> PASS" in summary
+    for name in ("/predict", "/predict_batch", "/random", "/predict [invalid]"):
+        assert name in summary
+
+
+def test_run_crossing_a_threshold_exits_non_zero(served):
+    run = locust(served.url, "--run-time", "4s", "--users", "5", "--max-p95-ms", "0.01")
+    assert run.returncode == 1
+    assert "FAIL: p95" in run.stdout + run.stderr
+
+
+def test_web_ui_loads_and_drives_a_test(served, tmp_path):
+    port = free_port()
+    cmd = [sys.executable, "-m", "locust", "-f", LOCUSTFILE, "--host", served.url, "--web-host", "127.0.0.1", "--web-port", str(port)]
+    with Process(cmd, f"http://127.0.0.1:{port}/", tmp_path / "locust-ui.log", cwd=REPO):
+        dom = rendered_dom(f"http://127.0.0.1:{port}/")
+        assert "Locust" in dom and "Start" in dom
+        started = httpx.post(f"http://127.0.0.1:{port}/swarm", data={"user_count": 3, "spawn_rate": 3, "host": served.url})
+        assert started.json()["success"]
+        stats = lambda: httpx.get(f"http://127.0.0.1:{port}/stats/requests").json()
+        wait_until(lambda: stats()["total_rps"] > 0 and any(s["num_requests"] for s in stats()["stats"]), timeout=20, what="requests in the UI's stats")
+        httpx.get(f"http://127.0.0.1:{port}/stop")
+
+
+def test_swagger_ui_renders_the_api(served):
+    dom = rendered_dom(f"{served.url}/")
+    assert "/predict_batch" in dom and "/random" in dom
+
+
+def test_drift_scenario_moves_the_drift_score(served):
+    run = locust(served.url, "--run-time", "10s", "--users", "20", env={"LOADTEST_SCENARIO": "drift"})
+    assert run.returncode == 0, run.stdout + run.stderr
+
+    def total_area_psi():
+        family = scrape(served.url)[f"{metrics.NAMESPACE}_feature_drift_psi"]
+        return next(s.value for s in family.samples if s.labels["feature"] == "total_area")
+
+    wait_until(lambda: total_area_psi() > PSI_ALERT, timeout=10, what="total_area PSI over the alert threshold")
+
+
+def test_fault_injection_is_visible_and_the_thresholds_allow_for_it(small_model, session_dir):
+    faults = {"FLAT_PRICE_FAULT_ERROR_RATE": "0.3", "FLAT_PRICE_FAULT_MAX_DELAY_S": "0.2"}
+    with BentoServer(session_dir / "serve-faults", env=faults) as server:
+        answers = [httpx.get(f"{server.url}/random") for _ in range(40)]
+        injected = [a for a in answers if a.status_code == 500]
+        assert injected and all(a.headers["X-Injected-Fault"] == "error" for a in injected)
+        assert all(a.status_code == 200 for a in answers if a not in injected)
+        run = locust(server.url, "--run-time", "6s", "--users", "10")
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert "injected faults excluded: 0)" not in run.stdout + run.stderr
+        families = scrape(server.url)
+        name = f"{metrics.NAMESPACE}_injected_faults"
+        assert sample_value(families, name, f"{name}_total", kind="error") >= len(injected)
+        assert sample_value(families, name, f"{name}_total", kind="delay") >= 40
+        assert sample_value(families, f"{metrics.NAMESPACE}_request", f"{metrics.NAMESPACE}_request_total", endpoint="/random", http_response_code="500") >= len(injected)
