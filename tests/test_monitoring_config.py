@@ -145,3 +145,16 @@ def test_dashboard_has_every_panel_of_the_original_and_the_new_ones():
                  "in flight", "flats per prediction call", "rejected inputs by field", "out-of-range values by feature",
                  "drift by feature", "live model", "disk"]:
         assert word in titles, word
+
+
+def test_monitoring_md_documents_every_metric_panel_and_alert():
+    from flatprice.metrics import EXPOSED
+
+    text = (REPO / "Monitoring.md").read_text()
+    for name, kind in EXPOSED.items():
+        assert f"`{name}_total`" in text if kind == "counter" else f"`{name}`" in text, name
+    for panel in dashboard.build()["panels"]:
+        assert panel["title"] in text, panel["title"]
+    for rule in alert_rules():
+        assert rule["alert"] in text, rule["alert"]
+    assert "docs/dashboard.png" in text and (REPO / "docs" / "dashboard.png").exists()

@@ -1,0 +1,60 @@
+"""Cost of the service's own metric work, in process, with multiprocess metrics on.
+
+    python -m benchmarks.metrics_cost
+
+Prints the time per request spent on the request path (queueing a prediction for the
+monitor, the request/response size summaries, the rejected-field counter on a 400) and
+in the monitor's background thread per flat (histograms, out-of-range, drift window).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import timeit
+
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="metrics-cost-"))
+
+import numpy as np  # noqa: E402
+
+from flatprice import metrics  # noqa: E402
+from flatprice.features import as_feature_matrix  # noqa: E402
+from flatprice.monitor import PredictionMonitor  # noqa: E402
+from flatprice.reference import build_reference  # noqa: E402
+from flatprice.synthetic import generate_flats  # noqa: E402
+
+
+def per_call_us(stmt, number: int) -> float:
+    return min(timeit.repeat(stmt, number=number, repeat=5)) / number * 1e6
+
+
+def main() -> dict[str, float]:
+    flats = generate_flats(20_000, seed=3)
+    matrix, prices = as_feature_matrix(flats), flats.price.to_numpy(dtype=float)
+    monitor = PredictionMonitor(build_reference(matrix, prices))
+    row, price = matrix[:1], prices[:1]
+    results = {
+        "request path: queue one prediction for the monitor": per_call_us(lambda: monitor.record(row, price), 100_000),
+        "request path: request + response size summaries": per_call_us(lambda: (metrics.REQUEST_SIZE.labels(endpoint="/predict").observe(380), metrics.RESPONSE_SIZE.labels(endpoint="/predict").observe(90)), 20_000),
+        "request path (400 only): count one rejected field": per_call_us(lambda: metrics.REJECTED_INPUTS.labels(field="rooms").inc(), 20_000),
+    }
+    monitor._queue.clear()
+
+    def flush_singles(n=200):
+        for i in range(n):
+            monitor.record(matrix[i:i + 1], prices[i:i + 1])
+        monitor.flush()
+
+    def flush_batch(n=1000):
+        monitor.record(matrix[:n], prices[:n])
+        monitor.flush()
+
+    results["background, per flat: 200 single predictions per flush"] = per_call_us(flush_singles, 20) / 200
+    results["background, per flat: one 1,000-flat batch per flush"] = per_call_us(flush_batch, 20) / 1000
+    for name, value in results.items():
+        print(f"{name:60s} {value:8.2f} µs")
+    return results
+
+
+if __name__ == "__main__":
+    main()
