@@ -7,15 +7,30 @@ Serve it with `bentoml serve` (see README). The model is referenced at class lev
 from __future__ import annotations
 
 import gc
+import os
 
 import bentoml
 import numpy as np
 
+from flatprice import logs
+from flatprice.accept import accept_one_connection_per_wakeup
 from flatprice.faults import FaultInjection
 from flatprice.http_guard import RequestGuard, bound_endpoint_labels
 from flatprice.metrics import NAMESPACE
 from flatprice.monitor import PredictionMonitor, publish_static
-from flatprice.payloads import BatchPrediction, Flat, FlatBatch, Prediction, RandomPrediction, flat_from_row
+from flatprice.payloads import (
+    BatchPrediction,
+    Flat,
+    FlatBatch,
+    FlatColumns,
+    FlatFields,
+    Prediction,
+    RandomPrediction,
+    check_cross_fields,
+    columns_matrix,
+    flat_from_row,
+    rows_matrix,
+)
 from flatprice.schema import EXAMPLE_FLAT, FEATURE_NAMES
 from flatprice.store import MODEL_NAME, latest_model, load_pipeline, verified_files
 
@@ -24,16 +39,15 @@ from flatprice.store import MODEL_NAME, latest_model, load_pipeline, verified_fi
 verified_files(latest_model(MODEL_NAME))
 
 
-def feature_matrix(flats) -> np.ndarray:
-    """(n, 15) float64 rows in schema order from validated Flat objects."""
-    return np.array([[getattr(flat, name) for name in FEATURE_NAMES] for flat in flats], dtype=np.float64)
-
-
 @bentoml.service(
     name="flat_price",
     workers=2,
     metrics={"enabled": True, "namespace": NAMESPACE},
     traffic={"timeout": 10},
+    # One log line per request costs ~10% of the CPU of a request; off unless asked for.
+    # Refused and failed requests are logged either way.
+    logging={"access": {"enabled": os.environ.get("FLAT_PRICE_ACCESS_LOG", "0") == "1"}},
+    tracing={"excluded_urls": os.environ.get("FLAT_PRICE_TRACING_EXCLUDED_URLS", ".*")},
 )
 class FlatPriceService:
     model_ref = bentoml.models.BentoModel(f"{MODEL_NAME}:latest")
@@ -41,7 +55,9 @@ class FlatPriceService:
     def __init__(self) -> None:
         loaded = load_pipeline(self.model_ref)
         self.tag = loaded.tag
-        self.pipeline = loaded.pipeline
+        # The Pipeline's own steps, called directly: Pipeline.predict adds ~80 µs of
+        # bookkeeping per call for the same two calls.
+        self.features, self.regressor = loaded.pipeline.named_steps["features"], loaded.pipeline[-1]
         self.training_sample = loaded.training_sample
         self.rng = np.random.default_rng()
         self.faults = FaultInjection.from_env()  # off unless FLAT_PRICE_FAULT_* is set
@@ -66,8 +82,9 @@ class FlatPriceService:
         self.monitor.stop()
 
     def price(self, rows: np.ndarray) -> np.ndarray:
-        """Prices for (n, 15) rows; CatBoost on one thread (its thread pool costs more than it saves here)."""
-        return self.pipeline.predict(rows, thread_count=1)
+        """Prices for (n, 15) rows, as Pipeline.predict gives them; CatBoost on one thread
+        (its thread pool costs more than it saves here, and the workers fill the cores)."""
+        return self.regressor.predict(self.features.transform(rows), thread_count=1)
 
     def _priced(self, rows: np.ndarray) -> np.ndarray:
         prices = self.price(rows)
@@ -82,9 +99,18 @@ class FlatPriceService:
         return Prediction(price=price, score=price, model=self.tag)
 
     @bentoml.api(route="/predict_batch", input_spec=FlatBatch, output_spec=BatchPrediction)
-    async def predict_batch(self, flats: list[Flat]) -> BatchPrediction:
+    async def predict_batch(self, flats: list[FlatFields]) -> BatchPrediction:
         """Prices of up to 1,000 flats, in the order sent."""
-        return BatchPrediction(prices=self._priced(feature_matrix(flats)).tolist(), model=self.tag)
+        rows = rows_matrix(flats)
+        check_cross_fields(rows, "FlatBatch", lambda row, field: ("flats", row, field))
+        return BatchPrediction(prices=self._priced(rows).tolist(), model=self.tag)
+
+    @bentoml.api(route="/predict_columns", input_spec=FlatColumns, output_spec=BatchPrediction)
+    async def predict_columns(self, **columns: list) -> BatchPrediction:
+        """Prices of up to 1,000 flats sent as 15 columns, in order: the fastest way to price many flats."""
+        rows = columns_matrix(columns)
+        check_cross_fields(rows, "FlatColumns", lambda row, field: (field, row))
+        return BatchPrediction(prices=self._priced(rows).tolist(), model=self.tag)
 
     @bentoml.api(route="/random", output_spec=RandomPrediction)
     async def random(self) -> RandomPrediction:
@@ -95,7 +121,9 @@ class FlatPriceService:
         return RandomPrediction(flat=flat_from_row(row[0]), price=float(self._priced(row)[0]), model=self.tag)
 
 
-API_PATHS = ("/predict", "/predict_batch", "/random")
+logs.install()
+accept_one_connection_per_wakeup()
+API_PATHS = ("/predict", "/predict_batch", "/predict_columns", "/random")
 FlatPriceService.add_asgi_middleware(RequestGuard, api_paths=API_PATHS, get_paths=("/random",))
 bound_endpoint_labels(
     known_paths=frozenset({*API_PATHS, "/", "/docs.json", "/schema.json", "/metrics", "/livez", "/healthz", "/readyz"}),

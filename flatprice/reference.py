@@ -87,10 +87,10 @@ class DriftWindow:
         for i in range(len(self.subjects)):
             column = predictions if i == len(self.subjects) - 1 else features[:, i]
             bins = assign_bins(self.edges[i], column)
-            counts = self.counts[i]
+            n_bins = len(self.counts[i])
             if len(overwritten):
-                np.subtract.at(counts, self.ring[i, overwritten], 1)
-            np.add.at(counts, bins, 1)
+                self.counts[i] -= np.bincount(self.ring[i, overwritten], minlength=n_bins)
+            self.counts[i] += np.bincount(bins, minlength=n_bins)
             self.ring[i, slots] = bins
         self.seen += n
 

@@ -1,0 +1,355 @@
+"""Benchmark: the service against two yardsticks, on this machine, in one run.
+
+    python -m benchmarks.bench                      # ~6 minutes; needs wrk (Debian) and flat_price:latest
+    python -m benchmarks.bench --duration 2 --rounds 1 --connections 1,8   # a quick look
+
+Measures, with the default model of the BentoML store:
+- in process: the Pipeline on 1 row (DataFrame and numpy), 1,000 and 100,000 rows;
+- three HTTP targets, each run `--rounds` times, interleaved, with wrk POSTing a pool of
+  1,000 varied flats at 1, 8, 32 and 64 connections (requests/s, p50/p90/p99):
+    service   — `bentoml serve service:FlatPriceService` (2 workers), this repository;
+    original  — a minimal FastAPI + uvicorn app doing what the original design did: a
+                pydantic body, a one-row DataFrame per request, the same Pipeline, 2 workers;
+    ceiling   — a BentoML service with the same settings and no model, answering a
+                constant: the framework's own ceiling;
+- 1,000-flat batch requests to the service (rows and columns) in rows/s;
+- worker RSS and CPU per request (from /proc, all processes of the server);
+- that the service's prices equal the Pipeline's (relative difference).
+
+wrk runs one thread and the servers two workers, all on the same 2 cores: the load
+generator takes some of the servers' CPU, equally for every target. wrk is closed-loop
+(each connection sends its next request when the previous answer arrives), so the percentiles are comparable across targets.
+Results are printed as one table and written to bench-results/bench.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from flatprice.schema import FEATURE_NAMES, INT_FEATURES
+from flatprice.store import latest_model, load_pipeline
+from flatprice.synthetic import generate_flats
+from tests.servers import REPO, BentoServer, Process, free_port
+
+RESULTS = REPO / "bench-results"
+
+FASTAPI_APP = '''
+"""What the original design did: FastAPI, a pydantic body, a one-row DataFrame per request."""
+import asyncio.base_events
+import os
+import socket
+
+import joblib
+import pandas as pd
+from fastapi import FastAPI
+from pydantic import BaseModel
+
+# uvicorn --workers hands each worker a socket whose proto is 0, so asyncio skips
+# TCP_NODELAY and every keep-alive answer waits ~40 ms for a delayed ACK (22 req/s at one
+# connection, measured). A tuned deployment of the original would not: set it.
+def _set_nodelay(sock):
+    if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+asyncio.base_events._set_nodelay = _set_nodelay
+pipeline = joblib.load(os.environ["PIPELINE_PATH"])
+app = FastAPI()
+
+class Flat(BaseModel):
+    floor: int
+    is_apartment: int
+    kitchen_area: float
+    living_area: float
+    rooms: int
+    total_area: float
+    building_id: int
+    build_year: int
+    building_type_int: int
+    latitude: float
+    longitude: float
+    ceiling_height: float
+    flats_count: int
+    floors_total: int
+    has_elevator: int
+
+@app.get("/health")
+def health():
+    return {"status": "Alive"}
+
+@app.post("/predict")
+def predict(flat: Flat):
+    frame = pd.DataFrame([flat.model_dump()])
+    return {"score": float(pipeline.predict(frame)[0])}
+'''
+
+CEILING_SERVICE = '''
+"""BentoML with the service's settings and no model: a constant answer."""
+import bentoml
+from pydantic import BaseModel, ConfigDict
+
+from flatprice.accept import accept_one_connection_per_wakeup
+
+accept_one_connection_per_wakeup()
+
+
+class AnyBody(BaseModel):
+    model_config = ConfigDict(extra="allow")  # accept the flat without checking it
+
+
+class Prediction(BaseModel):
+    price: float
+    score: float
+    model: str
+
+
+@bentoml.service(name="ceiling", workers=2, metrics={"enabled": True, "namespace": "ceiling"}, traffic={"timeout": 10},
+                 logging={"access": {"enabled": False}}, tracing={"excluded_urls": ".*"})
+class Ceiling:
+    @bentoml.api(route="/predict", input_spec=AnyBody, output_spec=Prediction)
+    async def predict(self, **flat) -> Prediction:
+        return Prediction(price=1.0, score=1.0, model="none")
+'''
+
+
+def lua_pool(path: Path, bodies: list[str]) -> Path:
+    lines = ",\n".join(f"[[{body}]]" for body in bodies)
+    path.write_text(
+        f"local bodies = {{\n{lines}\n}}\nlocal i = 0\n"
+        "request = function()\n  i = i % #bodies + 1\n"
+        "  return wrk.format('POST', nil, {['Content-Type'] = 'application/json'}, bodies[i])\nend\n"
+    )
+    return path
+
+
+def json_flat(row: dict) -> dict:
+    return {k: int(v) if k in INT_FEATURES else float(v) for k, v in row.items()}
+
+
+def parse_wrk(text: str) -> dict:
+    def latency(label):
+        match = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+        value, unit = float(match.group(1)), match.group(2)
+        return value * {"us": 1e-3, "ms": 1, "s": 1e3}[unit]
+
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    errors = re.search(r"Socket errors: (.*)", text)
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)),
+        "requests": int(re.search(r"(\d+) requests in", text).group(1)),
+        "p50_ms": latency(50), "p90_ms": latency(90), "p99_ms": latency(99),
+        "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
+        "socket_errors": errors.group(1) if errors else "",
+    }
+
+
+def process_tree(root_pid: int) -> list[int]:
+    """root_pid and all its descendants (by parent pid, whatever their session)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [root_pid]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mib(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024
+
+
+def wrk(url: str, script: Path, connections: int, seconds: int, root_pid: int) -> dict:
+    pids = process_tree(root_pid)
+    before = cpu_seconds(pids)
+    text = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+                          capture_output=True, text=True, check=True).stdout
+    result = parse_wrk(text)
+    result["cpu_ms_per_request"] = (cpu_seconds(pids) - before) * 1000 / max(result["requests"], 1)
+    return result
+
+
+class FastAPIYardstick(Process):
+    def __init__(self, workdir: Path, pipeline_path: Path):
+        (workdir / "original_app.py").write_text(FASTAPI_APP)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [sys.executable, "-m", "uvicorn", "original_app:app", "--workers", "2", "--host", "127.0.0.1", "--port", str(self.port)]
+        super().__init__(cmd, f"{self.url}/health", workdir / "original.log", cwd=workdir)
+        self.env = {**os.environ, "PIPELINE_PATH": str(pipeline_path)}
+
+    def __enter__(self):
+        os.environ["PIPELINE_PATH"] = self.env["PIPELINE_PATH"]
+        return super().__enter__()
+
+
+def worker_pids(root_pid: int) -> list[int]:
+    """BentoML's and uvicorn's worker processes under a server."""
+    pids = []
+    for pid in process_tree(root_pid):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except FileNotFoundError:
+            continue
+        if "_bentoml_impl.worker" in cmdline or "multiprocessing.spawn" in cmdline:
+            pids.append(pid)
+    return pids
+
+
+def in_process(pipeline, flats) -> dict:
+    frame = flats[list(FEATURE_NAMES)]
+    matrix = frame.to_numpy(dtype=np.float64)
+
+    def best(fn, number, repeat=5):
+        times = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            for _ in range(number):
+                fn()
+            times.append((time.perf_counter() - start) / number)
+        return min(times)
+
+    one_frame, one_row = frame.iloc[:1], matrix[:1]
+    big = np.tile(matrix, (100, 1))[:100_000]
+    return {
+        "1 row, DataFrame (ms)": best(lambda: pipeline.predict(one_frame), 300) * 1e3,
+        "1 row, numpy (ms)": best(lambda: pipeline.predict(one_row), 300) * 1e3,
+        "1 row, numpy, thread_count=1 (ms)": best(lambda: pipeline.predict(one_row, thread_count=1), 300) * 1e3,
+        "1,000 rows (rows/s)": 1000 / best(lambda: pipeline.predict(matrix[:1000]), 50),
+        "100,000 rows (rows/s)": 100_000 / best(lambda: pipeline.predict(big), 3, repeat=3),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--connections", default="1,8,32,64")
+    parser.add_argument("--out", default=str(RESULTS / "bench.json"))
+    args = parser.parse_args()
+    connections = [int(c) for c in args.connections.split(",")]
+
+    model = latest_model()
+    loaded = load_pipeline(model)
+    pipeline = loaded.pipeline
+    work = Path(tempfile.mkdtemp(prefix="flatprice-bench-"))
+    flats = generate_flats(1000, seed=99)
+    records = [json_flat(r) for r in flats[list(FEATURE_NAMES)].to_dict("records")]
+    pool = lua_pool(work / "pool.lua", [json.dumps(r) for r in records])
+    rows_body = lua_pool(work / "rows.lua", [json.dumps({"flats": records})])
+    columns_body = lua_pool(work / "columns.lua", [json.dumps({k: [r[k] for r in records] for k in FEATURE_NAMES})])
+    import joblib
+
+    joblib.dump(pipeline, work / "pipeline.joblib")
+    (work / "ceiling_app").mkdir()
+    (work / "ceiling_app" / "ceiling.py").write_text(CEILING_SERVICE)
+
+    print(f"model {model.tag}; in-process figures...", flush=True)
+    results = {"model": str(model.tag), "machine": f"{os.cpu_count()} cores, {os.uname().machine}", "in_process": in_process(pipeline, flats),
+               "http": {}, "batch": [], "identity": None, "rss_mib": {}}
+
+    targets = {
+        "service": lambda: BentoServer(work / "home-service", target="service:FlatPriceService", cwd=REPO),
+        "original": lambda: FastAPIYardstick(work, work / "pipeline.joblib"),
+        "ceiling": lambda: BentoServer(work / "home-ceiling", target="ceiling:Ceiling", cwd=work / "ceiling_app"),
+    }
+    env_path = os.environ.get("PYTHONPATH", "")
+    os.environ["PYTHONPATH"] = f"{REPO}{os.pathsep}{env_path}" if env_path else str(REPO)
+    for round_ in range(args.rounds):
+        for name, make in targets.items():
+            with make() as server:
+                root = server.process.pid
+                url = f"{server.url}/predict"
+                wrk(url, pool, 8, 2, root)  # warm-up
+                for c in connections:
+                    result = wrk(url, pool, c, args.duration, root)
+                    results["http"].setdefault(name, {}).setdefault(c, []).append(result)
+                    print(f"round {round_ + 1} {name:8s} c={c:<3d} {result['rps']:8.0f} req/s  p50 {result['p50_ms']:6.2f} ms  p90 {result['p90_ms']:6.2f}  p99 {result['p99_ms']:7.2f}  CPU {result['cpu_ms_per_request']:.2f} ms/req  non-2xx {result['non_2xx']}", flush=True)
+                results["rss_mib"].setdefault(name, []).append([round(rss_mib(p)) for p in worker_pids(root)])
+                if name == "service":
+                    for route, script in (("/predict_batch", rows_body), ("/predict_columns", columns_body)):
+                        batch = wrk(f"{server.url}{route}", script, 4, args.duration, root)
+                        batch["route"], batch["rows_per_s"] = route, batch["rps"] * 1000
+                        results["batch"].append(batch)
+                        print(f"round {round_ + 1} service {route} 1,000-flat batches: {batch['rows_per_s']:,.0f} rows/s, p99 {batch['p99_ms']:.1f} ms", flush=True)
+                    if results["identity"] is None:
+                        results["identity"] = identity(server.url, pipeline, flats, records)
+    report(results)
+    Path(args.out).parent.mkdir(exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2, default=str))
+
+
+def identity(url: str, pipeline, flats, records) -> float:
+    """Largest relative difference between the service's prices and the Pipeline's."""
+    expected = pipeline.predict(flats[list(FEATURE_NAMES)])
+    columns = httpx.post(f"{url}/predict_columns", json={k: [r[k] for r in records] for k in FEATURE_NAMES}, timeout=30).json()["prices"]
+    rows = httpx.post(f"{url}/predict_batch", json={"flats": records}, timeout=30).json()["prices"]
+    singles = [httpx.post(f"{url}/predict", json=r, timeout=10).json()["price"] for r in records[:100]]
+    got = np.array(columns + rows + singles)
+    want = np.concatenate([expected, expected, expected[:100]])
+    return float(np.max(np.abs(got - want) / want))
+
+
+def report(results: dict) -> None:
+    print("\n== in process (Pipeline, same model) ==")
+    for name, value in results["in_process"].items():
+        print(f"  {name:38s} {value:14,.3f}")
+    http = results["http"]
+    print("\n== single-flat POST /predict, wrk, pool of 1,000 flats (mean of rounds; each round in brackets) ==")
+    print(f"  {'conns':>5} | {'service req/s':>22} | {'original req/s':>22} | {'ceiling req/s':>22} | svc/orig | svc/ceil | p50/p90/p99 ms: service | original | ceiling")
+    for c in sorted(next(iter(http.values()))):
+        cells, p = [], []
+        for name in ("service", "original", "ceiling"):
+            runs = http[name][c]
+            each = " ".join(f"{r['rps']:.0f}" for r in runs)
+            cells.append(f"{statistics.mean(r['rps'] for r in runs):7.0f} [{each}]")
+            p.append("/".join(f"{statistics.mean(r[k] for r in runs):.1f}" for k in ("p50_ms", "p90_ms", "p99_ms")))
+        mean = {n: statistics.mean(r["rps"] for r in http[n][c]) for n in http}
+        print(f"  {c:>5} | {cells[0]:>22} | {cells[1]:>22} | {cells[2]:>22} | {mean['service'] / mean['original']:8.2f} | {mean['service'] / mean['ceiling']:8.2f} | {p[0]} | {p[1]} | {p[2]}")
+    print("\n== CPU per request at 8 connections (ms, all server processes) ==")
+    for name in http:
+        print(f"  {name:8s} {statistics.mean(r['cpu_ms_per_request'] for r in http[name][8]) if 8 in http[name] else float('nan'):.2f}")
+    print("\n== worker RSS after the runs (MiB) ==")
+    for name, runs in results["rss_mib"].items():
+        print(f"  {name:8s} {runs}")
+    in_rows = results["in_process"]["1,000 rows (rows/s)"]
+    print("\n== 1,000-flat batch requests to the service, 4 connections ==")
+    for route in ("/predict_batch", "/predict_columns"):
+        runs = [b for b in results["batch"] if b["route"] == route]
+        mean = statistics.mean(b["rows_per_s"] for b in runs)
+        each = " ".join(f"{b['rows_per_s']:,.0f}" for b in runs)
+        print(f"  {route:17s} {mean:10,.0f} rows/s [{each}] = {mean / in_rows:.0%} of the in-process Pipeline on 1,000 rows")
+    print(f"\n== identity: largest relative difference service vs Pipeline: {results['identity']:.2e}")
+
+
+if __name__ == "__main__":
+    main()
