@@ -41,7 +41,7 @@ import numpy as np
 from flatprice.schema import FEATURE_NAMES, INT_FEATURES
 from flatprice.store import latest_model, load_pipeline
 from flatprice.synthetic import generate_flats
-from tests.servers import REPO, BentoServer, Process, free_port
+from tests.servers import REPO, BentoServer, Process, free_port, process_tree, worker_pids
 
 RESULTS = REPO / "bench-results"
 
@@ -155,23 +155,6 @@ def parse_wrk(text: str) -> dict:
     }
 
 
-def process_tree(root_pid: int) -> list[int]:
-    """root_pid and all its descendants (by parent pid, whatever their session)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    tree, todo = [], [root_pid]
-    while todo:
-        pid = todo.pop()
-        tree.append(pid)
-        todo.extend(children.get(pid, []))
-    return tree
-
-
 def cpu_seconds(pids: list[int]) -> float:
     total = 0
     for pid in pids:
@@ -210,19 +193,6 @@ class FastAPIYardstick(Process):
     def __enter__(self):
         os.environ["PIPELINE_PATH"] = self.env["PIPELINE_PATH"]
         return super().__enter__()
-
-
-def worker_pids(root_pid: int) -> list[int]:
-    """BentoML's and uvicorn's worker processes under a server."""
-    pids = []
-    for pid in process_tree(root_pid):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except FileNotFoundError:
-            continue
-        if "_bentoml_impl.worker" in cmdline or "multiprocessing.spawn" in cmdline:
-            pids.append(pid)
-    return pids
 
 
 def in_process(pipeline, flats) -> dict:

@@ -32,6 +32,36 @@ def wait_until(predicate, timeout: float, interval: float = 0.1, what: str = "co
     raise TimeoutError(f"{what} not met within {timeout} s")
 
 
+def process_tree(root_pid: int) -> list[int]:
+    """root_pid and all its descendants (by parent pid, whatever their session)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [root_pid]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
+def worker_pids(root_pid: int) -> list[int]:
+    """BentoML's (and uvicorn's) worker processes under a server."""
+    pids = []
+    for pid in process_tree(root_pid):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except FileNotFoundError:
+            continue
+        if "_bentoml_impl.worker" in cmdline or "multiprocessing.spawn" in cmdline:
+            pids.append(pid)
+    return sorted(pids)
+
+
 def private_home(home: Path, models_from: Path | None = None) -> Path:
     """A BentoML home of its own (so its own metrics directory) sharing a model store."""
     home.mkdir(parents=True, exist_ok=True)
@@ -73,9 +103,8 @@ class BentoServer:
         return self.log_path.read_text(errors="replace")
 
     def worker_pids(self) -> list[int]:
-        """PIDs of the worker processes (children of the arbiter that serve requests)."""
-        out = subprocess.run(["pgrep", "-f", "-s", str(os.getpgid(self.process.pid)), "_bentoml_impl.worker"], capture_output=True, text=True).stdout
-        return sorted(int(p) for p in out.split())
+        """PIDs of the worker processes that serve requests."""
+        return worker_pids(self.process.pid)
 
     def stop(self, sig=signal.SIGTERM, timeout: float = 30) -> int:
         if self.process and self.process.poll() is None:

@@ -1,0 +1,87 @@
+"""Soak: the service at a fixed request rate for a long time, watching memory and errors.
+
+    python -m benchmarks.soak                  # 10 minutes at 850 requests/s (half the capacity measured by bench.py)
+    python -m benchmarks.soak --minutes 2 --rate 400
+
+Starts `bentoml serve` (the default model) and runs wrk once per minute at a fixed rate
+(each connection waits between requests), sampling every worker's RSS every 10 s.
+Prints, per minute: requests, errors, p50/p95/p99, RSS per worker; then the RSS growth
+of each worker after the first minute (warm-up). Bounded by --minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from benchmarks.bench import RESULTS, json_flat, lua_pool, rss_mib
+from flatprice.schema import FEATURE_NAMES
+from flatprice.synthetic import generate_flats
+from tests.servers import BentoServer, worker_pids
+
+CONNECTIONS = 16
+
+
+def paced_pool(path: Path, rate: float) -> Path:
+    """The pool script, with a per-connection delay that gives about `rate` requests/s."""
+    flats = generate_flats(1000, seed=97)[list(FEATURE_NAMES)].to_dict("records")
+    lua_pool(path, [json.dumps(json_flat(f)) for f in flats])
+    delay_ms = max(CONNECTIONS * 1000 / rate - 1.0, 0)  # minus ~1 ms of service time
+    path.write_text(path.read_text() + f"delay = function()\n  return {delay_ms:.2f}\nend\n")
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=int, default=10)
+    parser.add_argument("--rate", type=float, default=850)
+    parser.add_argument("--minute-seconds", type=int, default=60, help="length of a 'minute' (shorter for a smoke run)")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="flatprice-soak-"))
+    script = paced_pool(work / "paced.lua", args.rate)
+    samples: list[tuple[float, dict[int, float]]] = []
+    minutes = []
+    with BentoServer(work / "home") as server:
+        start = time.monotonic()
+        stop = threading.Event()
+
+        def sample_rss():
+            while not stop.wait(min(10, args.minute_seconds / 2)):
+                samples.append((time.monotonic() - start, {p: rss_mib(p) for p in worker_pids(server.process.pid)}))
+
+        sampler = threading.Thread(target=sample_rss, daemon=True)
+        sampler.start()
+        for minute in range(1, args.minutes + 1):
+            out = subprocess.run(["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{args.minute_seconds}s", "--latency", "-s", str(script), f"{server.url}/predict"],
+                                 capture_output=True, text=True).stdout
+            rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+            total = int(re.search(r"(\d+) requests in", out).group(1))
+            non_2xx = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0
+            socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+            errors = non_2xx + (sum(int(x) for x in socket.groups()) if socket else 0)
+            lat = {q: re.search(rf"^\s+{q}%\s+([\d.]+)(us|ms|s)", out, re.M) for q in ("50", "90", "99")}
+            to_ms = lambda m: float(m.group(1)) * {"us": 1e-3, "ms": 1, "s": 1e3}[m.group(2)]
+            rss = samples[-1][1] if samples else {}
+            minutes.append({"minute": minute, "rps": rps, "requests": total, "errors": errors, **{f"p{q}_ms": to_ms(m) for q, m in lat.items()}, "rss_mib": rss})
+            print(f"minute {minute:2d}: {rps:6.0f} req/s, {total} requests, {errors} errors, p50 {to_ms(lat['50']):.2f} ms, "
+                  f"p90 {to_ms(lat['90']):.2f} ms, p99 {to_ms(lat['99']):.2f} ms, RSS MiB {sorted(round(v) for v in rss.values())}", flush=True)
+        stop.set()
+    warm = [s for s in samples if s[0] >= args.minute_seconds]
+    growth = {}
+    for pid in warm[0][1] if warm else {}:
+        series = [s[1][pid] for s in warm if pid in s[1]]
+        growth[pid] = series[-1] - series[0]
+    print(f"RSS growth after the first minute, per worker (MiB): {', '.join(f'{g:+.1f}' for g in growth.values())}")
+    print(f"errors in total: {sum(m['errors'] for m in minutes)} of {sum(m['requests'] for m in minutes)} requests")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "soak.json").write_text(json.dumps({"minutes": minutes, "rss_samples": samples, "growth_mib": growth}, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

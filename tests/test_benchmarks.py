@@ -1,0 +1,26 @@
+"""The benchmark and soak scripts run (figures are theirs to print, not asserted here)."""
+
+import json
+import subprocess
+import sys
+
+from tests.servers import REPO
+
+
+def test_benchmark_script_runs_and_prices_match(small_model, tmp_path):
+    out = tmp_path / "bench.json"
+    run = subprocess.run([sys.executable, "-m", "benchmarks.bench", "--duration", "1", "--rounds", "1", "--connections", "8", "--out", str(out)],
+                         cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert set(results["http"]) == {"service", "original", "ceiling"}
+    assert all(r["rps"] > 0 for runs in results["http"].values() for r in runs["8"])
+    assert results["identity"] <= 1e-9
+    assert "== 1,000-flat batch requests" in run.stdout
+
+
+def test_soak_script_runs(small_model):
+    run = subprocess.run([sys.executable, "-m", "benchmarks.soak", "--minutes", "2", "--minute-seconds", "3", "--rate", "200"],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "minute  2:" in run.stdout and "RSS growth after the first minute" in run.stdout
