@@ -61,7 +61,7 @@ async def admitted() -> None:
     # that takes too long answers 504. Both can be tuned per deployment.
     traffic={
         "timeout": float(os.environ.get("FLAT_PRICE_TIMEOUT_S", "10")),
-        "max_concurrency": int(os.environ.get("FLAT_PRICE_MAX_CONCURRENCY", "8")),
+        "max_concurrency": int(os.environ.get("FLAT_PRICE_MAX_CONCURRENCY", "32")),
     },
     # One log line per request costs ~10% of the CPU of a request; off unless asked for.
     # Refused and failed requests are logged either way.
