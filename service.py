@@ -48,7 +48,7 @@ async def admitted() -> None:
     and BentoML's max_concurrency (which counts requests inside the handler chain) never
     sees more than one: overload queues in the sockets and latency grows without bound.
     Yielding lets every request that has arrived enter the chain, so the limit counts
-    them and answers 429 beyond it, keeping admitted requests fast.
+    them and answers 429 beyond it, bounding the work a worker has admitted.
     """
     await asyncio.sleep(0)
 
