@@ -172,12 +172,22 @@ def rss_mib(pid: int) -> float:
 
 
 def wrk(url: str, script: Path, connections: int, seconds: int, root_pid: int) -> dict:
-    pids = process_tree(root_pid)
-    before = cpu_seconds(pids)
+    """One wrk run; also the server's CPU per request and how the work split over its workers.
+
+    Keep-alive connections stay on the worker that accepted them, so a run whose
+    connections landed unevenly is slower; `worker_split` (each worker's share of the
+    workers' CPU) shows it. A pause first lets the previous run's requests drain, so
+    both workers are idle when wrk connects.
+    """
+    time.sleep(1)
+    pids, workers = process_tree(root_pid), worker_pids(root_pid)
+    before, before_each = cpu_seconds(pids), [cpu_seconds([w]) for w in workers]
     text = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
                           capture_output=True, text=True, check=True).stdout
     result = parse_wrk(text)
     result["cpu_ms_per_request"] = (cpu_seconds(pids) - before) * 1000 / max(result["requests"], 1)
+    used = [cpu_seconds([w]) - b for w, b in zip(workers, before_each)]
+    result["worker_split"] = [round(u / sum(used), 2) for u in used] if sum(used) else []
     return result
 
 
@@ -263,14 +273,14 @@ def main() -> None:
                 for c in connections:
                     result = wrk(url, pool, c, args.duration, root)
                     results["http"].setdefault(name, {}).setdefault(c, []).append(result)
-                    print(f"round {round_ + 1} {name:8s} c={c:<3d} {result['rps']:8.0f} req/s  p50 {result['p50_ms']:6.2f} ms  p90 {result['p90_ms']:6.2f}  p99 {result['p99_ms']:7.2f}  CPU {result['cpu_ms_per_request']:.2f} ms/req  non-2xx {result['non_2xx']}", flush=True)
+                    print(f"round {round_ + 1} {name:8s} c={c:<3d} {result['rps']:8.0f} req/s  p50 {result['p50_ms']:6.2f} ms  p90 {result['p90_ms']:6.2f}  p99 {result['p99_ms']:7.2f}  CPU {result['cpu_ms_per_request']:.2f} ms/req  worker split {result['worker_split']}  non-2xx {result['non_2xx']}", flush=True)
                 results["rss_mib"].setdefault(name, []).append([round(rss_mib(p)) for p in worker_pids(root)])
                 if name == "service":
                     for route, script in (("/predict_batch", rows_body), ("/predict_columns", columns_body)):
-                        batch = wrk(f"{server.url}{route}", script, 4, args.duration, root)
+                        batch = wrk(f"{server.url}{route}", script, 8, args.duration, root)
                         batch["route"], batch["rows_per_s"] = route, batch["rps"] * 1000
                         results["batch"].append(batch)
-                        print(f"round {round_ + 1} service {route} 1,000-flat batches: {batch['rows_per_s']:,.0f} rows/s, p99 {batch['p99_ms']:.1f} ms", flush=True)
+                        print(f"round {round_ + 1} service {route} 1,000-flat batches: {batch['rows_per_s']:,.0f} rows/s, p99 {batch['p99_ms']:.1f} ms, worker split {batch['worker_split']}", flush=True)
                     if results["identity"] is None:
                         results["identity"] = identity(server.url, pipeline, flats, records)
     report(results)
@@ -312,7 +322,7 @@ def report(results: dict) -> None:
     for name, runs in results["rss_mib"].items():
         print(f"  {name:8s} {runs}")
     in_rows = results["in_process"]["1,000 rows (rows/s)"]
-    print("\n== 1,000-flat batch requests to the service, 4 connections ==")
+    print("\n== 1,000-flat batch requests to the service, 8 connections ==")
     for route in ("/predict_batch", "/predict_columns"):
         runs = [b for b in results["batch"] if b["route"] == route]
         mean = statistics.mean(b["rows_per_s"] for b in runs)
