@@ -126,7 +126,7 @@ def test_unknown_paths_add_no_series(server):
     after = scrape(server.url)
     assert series_count(after) == before
     endpoints = {s.labels.get("endpoint") for f in after.values() for s in f.samples if "endpoint" in s.labels}
-    assert endpoints <= {"/predict", "/predict_batch", "/random", "/readyz", "/livez", "/metrics", "/docs.json", "/", "/__unknown__"}
+    assert endpoints <= {"/predict", "/predict_batch", "/predict_columns", "/random", "/readyz", "/livez", "/metrics", "/docs.json", "/", "/__unknown__"}
 
 
 def test_labels_are_bounded_and_carry_no_request_data(server):
