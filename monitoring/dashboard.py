@@ -17,7 +17,7 @@ from flatprice.reference import PSI_ALERT, PSI_NO_DRIFT
 
 OUTPUT = Path(__file__).parent / "grafana" / "dashboards" / "flat-price.json"
 DATASOURCE = {"type": "prometheus", "uid": "prometheus"}
-API = 'endpoint=~"/predict|/predict_batch|/random"'
+API = 'endpoint=~"/predict|/predict_batch|/predict_columns|/random"'
 N = NAMESPACE
 
 

@@ -133,7 +133,7 @@ def test_labels_are_bounded_and_carry_no_request_data(server):
     allowed = {
         "feature": set(FEATURE_NAMES),
         "field": set(metrics.REJECTED_FIELDS),
-        "endpoint": {"/predict", "/predict_batch", "/random"},
+        "endpoint": {"/predict", "/predict_batch", "/predict_columns", "/random"},
         "kind": {"error", "delay"},
         "le": None,
         "model_tag": None, "trained_at": None, "holdout_r2": None,  # one value per model
