@@ -15,7 +15,6 @@ import timeit
 
 os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="metrics-cost-"))
 
-import numpy as np  # noqa: E402
 
 from flatprice import metrics  # noqa: E402
 from flatprice.features import as_feature_matrix  # noqa: E402

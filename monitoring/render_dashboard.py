@@ -98,7 +98,7 @@ def draw(url: str, minutes: int, rate_interval: str, out: str) -> None:
                         text = f"{value * scale:,.3g}{unit_label}"
                     lines.append(text)
             ax.text(0.5, 0.5, "\n".join(lines) or "no data", ha="center", va="center", fontsize=16 if panel["type"] != "table" else 10, transform=ax.transAxes)
-    fig.savefig(out, dpi=70)
+    fig.savefig(out, dpi=60)
     print(f"wrote {out}")
 
 

@@ -12,7 +12,6 @@ import time
 
 import httpx
 import numpy as np
-import pytest
 
 from flatprice.schema import EXAMPLE_FLAT
 from tests.servers import REPO, BentoServer, wait_until
