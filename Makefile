@@ -21,3 +21,9 @@ test: install system-deps  ## the whole test suite (real bentoml serve, Promethe
 
 build: install model  ## a Bento (and, with a Docker engine, its image)
 	$(PYTHON) -m bentoml build
+
+bench: install model system-deps  ## service vs the original design vs BentoML's ceiling (~7 min)
+	$(PYTHON) -m benchmarks.bench
+
+soak: install model system-deps  ## 10 minutes at half capacity: memory, errors, p95 per minute
+	$(PYTHON) -m benchmarks.soak
