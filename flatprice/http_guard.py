@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 
 from . import metrics
+from .logs import refused_logger
 from .schema import FEATURE_NAMES
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -64,14 +65,14 @@ class RequestGuard:
             headers = dict(scope["headers"])
             length = headers.get(b"content-length")
             if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
-                return await self._refuse(send, 413, f"request body over {self.max_body_bytes} bytes", "body_too_large")
+                return await self._refuse(scope, send, 413, f"request body over {self.max_body_bytes} bytes", "body_too_large")
             media_type = headers.get(b"content-type", b"application/json").split(b";")[0].strip().lower()
             if media_type != b"application/json":
-                return await self._refuse(send, 415, f"Content-Type must be application/json, not {media_type.decode('latin-1')!r}", "unsupported_media_type")
+                return await self._refuse(scope, send, 415, f"Content-Type must be application/json, not {media_type.decode('latin-1')!r}", "unsupported_media_type")
             if length is None:  # chunked: read it here, within the limit, then replay it
                 body = await self._read_limited(receive)
                 if body is None:
-                    return await self._refuse(send, 413, f"request body over {self.max_body_bytes} bytes", "body_too_large")
+                    return await self._refuse(scope, send, 413, f"request body over {self.max_body_bytes} bytes", "body_too_large")
                 receive = _replay(body, receive)
                 length = str(len(body)).encode()
         metrics.REQUEST_SIZE.labels(endpoint=path).observe(int(length or 0))
@@ -112,8 +113,9 @@ class RequestGuard:
 
         return counting_send
 
-    async def _refuse(self, send, status: int, reason: str, error_type: str):
+    async def _refuse(self, scope, send, status: int, reason: str, error_type: str):
         metrics.REJECTED_INPUTS.labels(field=metrics.BODY_FIELD).inc()
+        refused_logger.warning("%s %s refused with %s: %s", scope["method"], scope["path"], status, error_type)
         body = error_body(reason, error_type)
         await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})

@@ -164,13 +164,25 @@ def test_tampered_model_is_refused_at_start_with_the_command_to_run(small_model,
     assert "does not match its saved checksum" in run.stderr + run.stdout and "python -m train" in run.stderr + run.stdout
 
 
+def request_lines(server, skip: int) -> list[str]:
+    """Log lines after the first `skip` about a request (not, say, a worker starting)."""
+    lines = server.log_text().splitlines()[skip:]
+    return [line for line in lines if "/predict" in line or "Traceback" in line]
+
+
 def test_a_refused_request_is_one_concise_line_without_its_values(served):
     marker = "MARKER-7f3a9"
     before = served.log_text().count("\n")
     answer = httpx.post(f"{served.url}/predict", json=EXAMPLE_FLAT | {"rooms": marker})
     assert answer.status_code == 400
-    wait_until(lambda: served.log_text().count("\n") > before, timeout=5, what="a log line")
-    new = served.log_text().splitlines()[before:]
+    new = wait_until(lambda: request_lines(served, before), timeout=5, what="a log line")
     assert len(new) == 1, new
     assert "WARNING" in new[0] and "/predict refused with 400" in new[0] and "rooms" in new[0]
     assert marker not in served.log_text() and "Traceback" not in "\n".join(new)
+
+
+def test_a_refused_content_type_is_logged_in_one_line(served):
+    before = served.log_text().count("\n")
+    assert httpx.post(f"{served.url}/predict", content=b"a=1", headers={"Content-Type": "application/x-www-form-urlencoded"}).status_code == 415
+    new = wait_until(lambda: request_lines(served, before), timeout=5, what="a log line")
+    assert len(new) == 1 and "POST /predict refused with 415: unsupported_media_type" in new[0], new
