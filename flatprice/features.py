@@ -14,10 +14,11 @@ from catboost import CatBoostRegressor
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.pipeline import Pipeline
 
-from .schema import FEATURE_NAMES
+from .schema import FEATURE_NAMES, MOSCOW_CENTRE_LAT, MOSCOW_CENTRE_LON
 from .synthetic import distance_to_centre_km
 
 _COL = {name: i for i, name in enumerate(FEATURE_NAMES)}
+LON_TO_LAT_SCALE = 0.5626  # cos(55.75°): a degree of longitude is this share of a degree of latitude
 ENGINEERED_NAMES: tuple[str, ...] = (
     "distance_to_centre_km",
     "bearing_sin",
@@ -54,7 +55,7 @@ class FlatFeatures(TransformerMixin, BaseEstimator):
         lat, lon = X[:, c["latitude"]], X[:, c["longitude"]]
         floor, floors_total = X[:, c["floor"]], X[:, c["floors_total"]]
         total = X[:, c["total_area"]]
-        bearing = np.arctan2(lat - 55.751610795409086, (lon - 37.61799504180682) * 0.5626)
+        bearing = np.arctan2(lat - MOSCOW_CENTRE_LAT, (lon - MOSCOW_CENTRE_LON) * LON_TO_LAT_SCALE)
         extra = np.column_stack((
             distance_to_centre_km(lat, lon),
             np.sin(bearing),
