@@ -6,7 +6,6 @@ Serve it with `bentoml serve` (see README). The model is referenced at class lev
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import os
 
@@ -15,6 +14,7 @@ import numpy as np
 
 from flatprice import logs
 from flatprice.accept import accept_one_connection_per_wakeup
+from flatprice.admission import Admission, use_taskless_timeout
 from flatprice.faults import FaultInjection
 from flatprice.http_guard import RequestGuard, bound_endpoint_labels
 from flatprice.metrics import NAMESPACE
@@ -41,28 +41,13 @@ from flatprice.store import MODEL_NAME, latest_model, load_pipeline, verified_fi
 verified_files(latest_model(MODEL_NAME))
 
 
-async def admitted() -> None:
-    """Yield to the event loop once before the CPU work.
-
-    The handlers never wait on anything, so without this each request runs start to end
-    and BentoML's max_concurrency (which counts requests inside the handler chain) never
-    sees more than one: overload queues in the sockets and latency grows without bound.
-    Yielding lets every request that has arrived enter the chain, so the limit counts
-    them and answers 429 beyond it, bounding the work a worker has admitted.
-    """
-    await asyncio.sleep(0)
-
-
 @bentoml.service(
     name="flat_price",
     workers=2,
     metrics={"enabled": True, "namespace": NAMESPACE},
-    # Overload answers 429 rather than queueing without bound (per worker), and a request
-    # that takes too long answers 504. Both can be tuned per deployment.
-    traffic={
-        "timeout": float(os.environ.get("FLAT_PRICE_TIMEOUT_S", "10")),
-        "max_concurrency": int(os.environ.get("FLAT_PRICE_MAX_CONCURRENCY", "32")),
-    },
+    # A request with no answer after the timeout gets 504 (flatprice.admission.TasklessTimeout);
+    # overload is refused by flatprice.admission.Admission, added below, not max_concurrency.
+    traffic={"timeout": float(os.environ.get("FLAT_PRICE_TIMEOUT_S", "10"))},
     # One log line per request costs ~10% of the CPU of a request; off unless asked for.
     # Refused and failed requests are logged either way.
     logging={"access": {"enabled": os.environ.get("FLAT_PRICE_ACCESS_LOG", "0") == "1"}},
@@ -116,7 +101,6 @@ class FlatPriceService:
     @bentoml.api(route="/predict", input_spec=Flat, output_spec=Prediction)
     async def predict(self, **flat) -> Prediction:
         """Price of one flat, in rubles."""
-        await admitted()
         row = np.array([[flat[name] for name in FEATURE_NAMES]], dtype=np.float64)
         price = float(self._priced(row)[0])
         return Prediction(price=price, score=price, model=self.tag)
@@ -124,7 +108,6 @@ class FlatPriceService:
     @bentoml.api(route="/predict_batch", input_spec=FlatBatch, output_spec=BatchPrediction)
     async def predict_batch(self, flats: list[FlatFields]) -> BatchPrediction:
         """Prices of up to 1,000 flats, in the order sent."""
-        await admitted()
         rows = rows_matrix(flats)
         check_cross_fields(rows, "FlatBatch", lambda row, field: ("flats", row, field))
         return BatchPrediction(prices=self._priced(rows).tolist(), model=self.tag)
@@ -132,7 +115,6 @@ class FlatPriceService:
     @bentoml.api(route="/predict_columns", input_spec=FlatColumns, output_spec=BatchPrediction)
     async def predict_columns(self, **columns: list) -> BatchPrediction:
         """Prices of up to 1,000 flats sent as 15 columns, in order: the fastest way to price many flats."""
-        await admitted()
         rows = columns_matrix(columns)
         check_cross_fields(rows, "FlatColumns", lambda row, field: (field, row))
         return BatchPrediction(prices=self._priced(rows).tolist(), model=self.tag)
@@ -142,15 +124,22 @@ class FlatPriceService:
         """A flat drawn from the model's training data, and its price (also answers GET)."""
         if self.faults.enabled and (injected := await self.faults.maybe_fail()):
             return injected
-        await admitted()
         row = self.training_sample[self.rng.integers(len(self.training_sample))][None, :]
         return RandomPrediction(flat=flat_from_row(row[0]), price=float(self._priced(row)[0]), model=self.tag)
 
 
 logs.install()
 accept_one_connection_per_wakeup()
+use_taskless_timeout()
 document_error_responses()
 API_PATHS = ("/predict", "/predict_batch", "/predict_columns", "/random")
+# Overload answers 429 at once rather than queueing without bound. The limit is per
+# worker: lower it to keep admitted requests fast, raise it to absorb bursts (README).
+FlatPriceService.add_asgi_middleware(
+    Admission, paths=API_PATHS,
+    max_in_flight=int(os.environ.get("FLAT_PRICE_MAX_CONCURRENCY", "16")),
+    refusal_delay_s=float(os.environ.get("FLAT_PRICE_REFUSAL_DELAY_S", "0.05")),
+)
 FlatPriceService.add_asgi_middleware(RequestGuard, api_paths=API_PATHS, get_paths=("/random",))
 bound_endpoint_labels(
     known_paths=frozenset({*API_PATHS, "/", "/docs.json", "/schema.json", "/metrics", "/livez", "/healthz", "/readyz"}),

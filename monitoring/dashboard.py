@@ -48,7 +48,7 @@ ROWS: list[tuple[str, list[Panel]]] = [
               [(latency(0.5), "p50"), (latency(0.95), "p95"), (latency(0.99), "p99"),
                (f"sum(rate({N}_request_duration_seconds_sum{{{API}}}[$__rate_interval])) / sum(rate({N}_request_duration_seconds_count{{{API}}}[$__rate_interval]))", "mean")],
               "s", thresholds=[(0.25, "red")]),
-        Panel("Error share by endpoint and status", "Share of all requests answered with each non-2xx status: 4xx are refused inputs, 5xx are failures.",
+        Panel("Error share by endpoint and status", "Share of all requests answered with each non-2xx status: 429 are refused for overload, other 4xx are refused inputs, 5xx are failures.",
               [(f"sum by (endpoint, http_response_code) (rate({N}_request_total{{http_response_code!~\"2..\"}}[$__rate_interval])) / on () group_left () sum(rate({N}_request_total[$__rate_interval]))", "{{endpoint}} {{http_response_code}}")],
               "percentunit"),
         Panel("Requests in flight", "Requests being processed right now, summed over workers and replicas: saturation.",

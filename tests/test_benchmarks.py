@@ -24,3 +24,15 @@ def test_soak_script_runs(small_model):
                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "minute  2:" in run.stdout and "RSS growth after warm-up" in run.stdout
+
+
+def test_overload_script_runs(small_model, tmp_path):
+    out = tmp_path / "overload.json"
+    run = subprocess.run([sys.executable, "-m", "benchmarks.overload", "--limits", "1", "--refusal-delays", "0.05", "--seconds", "5",
+                          "--layouts", "shared", "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    [result] = json.loads(out.read_text())
+    for load in ("2x", "flood"):
+        assert result[load]["other"] == [] and result[load]["socket_errors"] == "", result  # only 200 and 429
+        assert result[load]["refused_429"] + result[load]["answered"] > 0
+    assert "2x: offered" in run.stdout and "flood: offered" in run.stdout

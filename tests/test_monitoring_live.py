@@ -9,7 +9,7 @@ import pytest
 from monitoring import dashboard
 from tests.servers import node_exporter, prometheus, wait_until
 from tests.test_monitoring_config import alert_rules
-from tests.traffic import Traffic
+from tests.traffic import Traffic, flood
 
 # Grafana's variables, as Grafana would set them for a short time range at 1 s scrapes.
 GRAFANA_VARIABLES = {"$__rate_interval": "15s", "$__range": "2m"}
@@ -25,6 +25,7 @@ def stack(served, session_dir):
     with exporter, server:
         traffic.start()
         try:
+            assert "Non-2xx" in flood(served.url, workdir, 2)  # some overload refusals (429) to measure too
             # Enough scrapes for every rate window, and rules evaluated at least once.
             wait_until(lambda: _count(url, 'count_over_time(up{job="flat-price"}[1m])') >= 20, timeout=60, what="20 scrapes")
             yield url

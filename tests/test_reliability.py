@@ -1,7 +1,6 @@
 """Reliability through real `bentoml serve` processes: fuzzing, limits, overload, a killed
 worker, graceful shutdown, readiness, refusing a bad model, concise logs."""
 
-import json
 import os
 import re
 import shutil
@@ -11,11 +10,11 @@ import threading
 import time
 
 import httpx
-import numpy as np
 
 from flatprice.schema import EXAMPLE_FLAT
 from tests.metrics_scrape import scrape
 from tests.servers import REPO, BentoServer, wait_until
+from tests.traffic import flood
 
 
 def test_schemathesis_finds_no_server_error_and_every_answer_matches_the_docs(served, tmp_path):
@@ -32,32 +31,23 @@ def test_schemathesis_finds_no_server_error_and_every_answer_matches_the_docs(se
     print(output[-1500:])
 
 
-def probe(url: str, seconds: float) -> list[tuple[int, float]]:
-    """(status, seconds) of sequential requests from one light client: what a user sees."""
-    results = []
-    deadline = time.monotonic() + seconds
-    with httpx.Client(timeout=10) as client:
-        while time.monotonic() < deadline:
-            start = time.perf_counter()
-            status = client.post(f"{url}/predict", json=EXAMPLE_FLAT).status_code
-            results.append((status, time.perf_counter() - start))
-            time.sleep(0.005)
-    return results
-
-
-def p95_ok(results) -> float:
-    return float(np.percentile([t for s, t in results if s == 200], 95))
-
-
-def test_overload_answers_429_not_errors_and_admitted_requests_stay_bounded(small_model, session_dir, tmp_path):
-    pool = tmp_path / "pool.lua"
-    pool.write_text("request = function()\n  return wrk.format('POST', nil, {['Content-Type'] = 'application/json'}, [[" + json.dumps(EXAMPLE_FLAT) + "]])\nend\n")
-    with BentoServer(session_dir / "serve-overload", env={"FLAT_PRICE_MAX_CONCURRENCY": "8"}) as server:
-        unloaded = probe(server.url, 3)
-        wrk = subprocess.Popen(["wrk", "-t1", "-c128", "-d8s", "-s", str(pool), f"{server.url}/predict"], stdout=subprocess.PIPE, text=True)
-        time.sleep(1.5)
-        overloaded = probe(server.url, 5)
-        out = wrk.communicate(timeout=30)[0]
+def test_overload_answers_429_at_a_paced_rate_never_errors_and_admitted_requests_are_served(small_model, session_dir, tmp_path):
+    """A flood of 128 connections against a limit of 1 per worker: everything over the limit
+    gets 429 (documented body, Retry-After, after the refusal delay), nothing else; a light
+    client still gets answers. Latency figures: `python -m benchmarks.overload`."""
+    env = {"FLAT_PRICE_MAX_CONCURRENCY": "1", "FLAT_PRICE_REFUSAL_DELAY_S": "0.05"}
+    with BentoServer(session_dir / "serve-overload", env=env) as server:
+        report = {}
+        wrk = threading.Thread(target=lambda: report.update(out=flood(server.url, tmp_path, 6)))
+        wrk.start()
+        answers = []
+        with httpx.Client(timeout=10) as client:
+            wait_until(lambda: client.post(f"{server.url}/predict", json=EXAMPLE_FLAT).status_code == 429, 10, 0, what="a 429 under the flood")
+            while wrk.is_alive():
+                start = time.perf_counter()
+                response = client.post(f"{server.url}/predict", json=EXAMPLE_FLAT)
+                answers.append((response, time.perf_counter() - start))
+        out = report["out"]
         assert httpx.post(f"{server.url}/predict", json=EXAMPLE_FLAT).status_code == 200  # serves on afterwards
         families = scrape(server.url)
     assert "Socket errors" not in out, out  # no resets or timeouts
@@ -66,12 +56,14 @@ def test_overload_answers_429_not_errors_and_admitted_requests_stay_bounded(smal
                  if s.name == "flat_price_request_total" and s.labels["endpoint"] == "/predict"}
     assert by_status.get("429", 0) >= shed > 0  # what wrk saw refused was 429
     assert not [code for code, n in by_status.items() if code.startswith("5") and n], by_status
-    assert {s for s, _ in overloaded} <= {200, 429}
-    ratio = p95_ok(overloaded) / p95_ok(unloaded)
+    assert {r.status_code for r, _ in answers} == {200, 429}  # the light client was served, and refused
+    for response, seconds in answers:
+        if response.status_code == 429:
+            assert response.headers["retry-after"] == "1" and response.json()["error"].startswith("Too many requests")
+            assert seconds >= 0.05  # paced: a client retrying at once cannot keep the worker busy refusing
     sent = re.search(r"(\d+) requests in", out).group(1)
-    print(f"unloaded p95 {p95_ok(unloaded) * 1e3:.1f} ms; under 128 connections: wrk got {shed} x 429 of {sent}, "
-          f"the probe's admitted p95 {p95_ok(overloaded) * 1e3:.1f} ms ({ratio:.0f}x), {sum(s == 429 for s, _ in overloaded)} of {len(overloaded)} refused")
-    assert p95_ok(overloaded) < 0.1  # bounded; the 2x target is not met on 2 cores (see README)
+    print(f"wrk: {shed} x 429 of {sent}; light client: "
+          f"{sum(r.status_code == 200 for r, _ in answers)} answered, {sum(r.status_code == 429 for r, _ in answers)} refused")
 
 
 class Clients:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import random
+import subprocess
 import threading
+from pathlib import Path
 
 import httpx
 
@@ -47,3 +50,13 @@ class Traffic(threading.Thread):
     def stop(self):
         self.stopped.set()
         self.join(10)
+
+
+def flood(url: str, workdir: Path, seconds: int, connections: int = 128) -> str:
+    """wrk holding `connections` open, each posting the example flat without pause: far
+    more than a worker admits, so it gets 429s. Returns wrk's report."""
+    script = workdir / "example-flat.lua"
+    script.write_text("request = function()\n  return wrk.format('POST', nil, {['Content-Type'] = 'application/json'}, [["
+                      + json.dumps(EXAMPLE_FLAT) + "]])\nend\n")
+    return subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", str(script), f"{url}/predict"],
+                          capture_output=True, text=True, check=True, timeout=seconds + 30).stdout

@@ -1,0 +1,105 @@
+"""Admission control and the task-less timeout, in process with a stand-in ASGI app."""
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from flatprice.admission import Admission, TasklessTimeout
+
+
+def slow_app(seconds: float, started_after: float | None = None):
+    """An ASGI app that answers 200 after `seconds` (or starts at `started_after` and ends at `seconds`)."""
+    async def app(scope, receive, send):
+        if started_after is not None:
+            await asyncio.sleep(started_after)
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await asyncio.sleep(seconds - started_after)
+            await send({"type": "http.response.body", "body": b"late but whole"})
+            return
+        await asyncio.sleep(seconds)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+    return app
+
+
+async def call(app, path="/predict"):
+    """(status, headers, body, seconds) of one request through `app`."""
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    async def receive():
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    start = time.perf_counter()
+    await app({"type": "http", "path": path, "method": "POST", "headers": []}, receive, send)
+    return sent[0]["status"], dict(sent[0]["headers"]), b"".join(m.get("body", b"") for m in sent[1:]), time.perf_counter() - start
+
+
+def test_beyond_the_limit_requests_get_429_with_retry_after_and_the_rest_are_served():
+    admission = Admission(slow_app(0.05), paths=("/predict",), max_in_flight=2)
+
+    async def burst():
+        return await asyncio.gather(*(call(admission) for _ in range(5)))
+
+    answers = asyncio.run(burst())
+    assert sorted(status for status, *_ in answers) == [200, 200, 429, 429, 429]
+    refused = [a for a in answers if a[0] == 429]
+    assert all(headers[b"retry-after"] == b"1" and json.loads(body)["error"].startswith("Too many requests") for _, headers, body, _ in refused)
+    assert admission.in_flight == 0
+    assert asyncio.run(call(admission))[0] == 200  # the slots were given back
+
+
+def test_refusals_wait_the_refusal_delay_without_holding_a_slot():
+    admission = Admission(slow_app(0.3), paths=("/predict",), max_in_flight=1, refusal_delay_s=0.1)
+
+    async def two():
+        return await asyncio.gather(call(admission), call(admission))
+
+    served, refused = sorted(asyncio.run(two()), key=lambda a: a[0])
+    assert (served[0], refused[0]) == (200, 429)
+    assert 0.1 <= refused[3] < served[3]  # paced, and answered before the admitted one
+
+
+def test_other_paths_are_not_counted():
+    admission = Admission(slow_app(0.05), paths=("/predict",), max_in_flight=1)
+
+    async def mixed():
+        return await asyncio.gather(call(admission), *(call(admission, "/metrics") for _ in range(3)))
+
+    assert [a[0] for a in asyncio.run(mixed())] == [200, 200, 200, 200]
+
+
+def test_admission_refuses_nonsense_settings():
+    with pytest.raises(ValueError, match="max_in_flight"):
+        Admission(slow_app(0), paths=("/predict",), max_in_flight=0)
+
+
+def test_a_request_with_no_answer_by_the_timeout_gets_504():
+    status, _, body, seconds = asyncio.run(call(TasklessTimeout(slow_app(5), timeout=0.1)))
+    assert status == 504 and "0.1 seconds" in json.loads(body)["error"]
+    assert seconds < 1
+
+
+def test_an_answer_that_has_started_is_left_to_finish():
+    status, _, body, _ = asyncio.run(call(TasklessTimeout(slow_app(0.3, started_after=0.05), timeout=0.1)))
+    assert (status, body) == (200, b"late but whole")
+
+
+def test_the_timeout_does_not_start_a_task_per_request():
+    tasks = []
+
+    async def app(scope, receive, send):
+        tasks.append(asyncio.current_task())
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def run():
+        outer = asyncio.current_task()
+        await call(TasklessTimeout(app, timeout=1))
+        return outer
+
+    assert tasks == [asyncio.run(run())]
