@@ -14,9 +14,9 @@ import numpy as np
 
 from flatprice import logs
 from flatprice.accept import accept_one_connection_per_wakeup
-from flatprice.admission import Admission, use_taskless_timeout
+from flatprice.admission import admit_before_the_framework, use_taskless_timeout
 from flatprice.faults import FaultInjection
-from flatprice.http_guard import RequestGuard, bound_endpoint_labels
+from flatprice.http_guard import RequestGuard, bound_endpoint_labels, count_answer
 from flatprice.metrics import NAMESPACE
 from flatprice.monitor import PredictionMonitor, publish_static
 from flatprice.openapi_docs import document_error_responses
@@ -46,7 +46,7 @@ verified_files(latest_model(MODEL_NAME))
     workers=2,
     metrics={"enabled": True, "namespace": NAMESPACE},
     # A request with no answer after the timeout gets 504 (flatprice.admission.TasklessTimeout);
-    # overload is refused by flatprice.admission.Admission, added below, not max_concurrency.
+    # overload is refused by flatprice.admission.Admission, set up below, not max_concurrency.
     traffic={"timeout": float(os.environ.get("FLAT_PRICE_TIMEOUT_S", "10"))},
     # One log line per request costs ~10% of the CPU of a request; off unless asked for.
     # Refused and failed requests are logged either way.
@@ -133,12 +133,13 @@ accept_one_connection_per_wakeup()
 use_taskless_timeout()
 document_error_responses()
 API_PATHS = ("/predict", "/predict_batch", "/predict_columns", "/random")
-# Overload answers 429 at once rather than queueing without bound. The limit is per
+# Overload answers 429 rather than queueing without bound. The limit is per
 # worker: lower it to keep admitted requests fast, raise it to absorb bursts (README).
-FlatPriceService.add_asgi_middleware(
-    Admission, paths=API_PATHS,
+admit_before_the_framework(
+    FlatPriceService, paths=API_PATHS,
     max_in_flight=int(os.environ.get("FLAT_PRICE_MAX_CONCURRENCY", "16")),
     refusal_delay_s=float(os.environ.get("FLAT_PRICE_REFUSAL_DELAY_S", "0.05")),
+    on_refused=count_answer,
 )
 FlatPriceService.add_asgi_middleware(RequestGuard, api_paths=API_PATHS, get_paths=("/random",))
 bound_endpoint_labels(

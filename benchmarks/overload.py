@@ -2,7 +2,7 @@
 429 and keep the requests it admits as fast as when unloaded?
 
     python -m benchmarks.overload                 # ~2 minutes; needs wrk and flat_price:latest
-    python -m benchmarks.overload --limits 1,16 --seconds 8
+    python -m benchmarks.overload --limits 1,16 --refusal-delays 0.05,0 --seconds 9
 
 For each per-worker limit (FLAT_PRICE_MAX_CONCURRENCY) and each layout:
     isolated — one worker pinned to CPU 0, wrk and the probe on the other CPUs, as clients
@@ -123,7 +123,7 @@ def measure(work: Path, layout: str, capacity: float, limit: int, refusal_delay_
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--limits", default="1,16", help="per-worker limits to measure, comma-separated")
+    parser.add_argument("--limits", default="1,16", help="per-worker limits (FLAT_PRICE_MAX_CONCURRENCY), comma-separated")
     parser.add_argument("--refusal-delays", default="0.05,0", help="FLAT_PRICE_REFUSAL_DELAY_S values, comma-separated")
     parser.add_argument("--seconds", type=int, default=9, help="seconds of each loaded run (at least 5)")
     parser.add_argument("--layouts", default="isolated,shared")

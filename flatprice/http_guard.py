@@ -10,7 +10,8 @@
 - request and response body sizes are recorded per route.
 
 `bound_endpoint_labels` makes paths that are not routes share one `endpoint` label
-value in BentoML's request metrics, instead of creating one series per path.
+value in BentoML's request metrics, instead of creating one series per path, and lets
+`count_answer` add an answer given before those metrics saw the request (a refusal).
 """
 
 from __future__ import annotations
@@ -142,6 +143,7 @@ def bound_endpoint_labels(known_paths: frozenset[str], known_prefixes: tuple[str
     service module is imported, so a subclass put in its place here is the one used.
     The rewritten path is not a route either, so the answer stays 404.
     """
+    from bentoml._internal.context import server_context
     from bentoml._internal.server.http import instruments
 
     base = instruments.RunnerTrafficMetricsMiddleware
@@ -151,6 +153,18 @@ def bound_endpoint_labels(known_paths: frozenset[str], known_prefixes: tuple[str
     class BoundedEndpointMetrics(base):
         bounded = True
 
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            _request_metrics.append(self)
+
+        def count(self, endpoint: str, status: int, seconds: float) -> None:
+            if not self._is_setup:
+                self._setup()
+            labels = {"endpoint": endpoint, "service_name": server_context.bento_name, "service_version": server_context.bento_version,
+                      "http_response_code": status, "runner_name": server_context.service_name}
+            self.metrics_request_total.labels(**labels).inc()
+            self.metrics_request_duration.labels(**labels).observe(seconds)
+
         async def __call__(self, scope, receive, send):
             path = scope.get("path", "")
             if scope["type"] == "http" and path not in known_paths and not path.startswith(known_prefixes):
@@ -158,3 +172,13 @@ def bound_endpoint_labels(known_paths: frozenset[str], known_prefixes: tuple[str
             await super().__call__(scope, receive, send)
 
     instruments.RunnerTrafficMetricsMiddleware = BoundedEndpointMetrics
+
+
+_request_metrics: list = []  # the worker's request-metrics middleware, once BentoML builds it
+
+
+def count_answer(endpoint: str, status: int, seconds: float) -> None:
+    """Count, in BentoML's request metrics (`flat_price_request_total`, `_duration_seconds`),
+    an answer given before its middleware saw the request."""
+    if _request_metrics:
+        _request_metrics[-1].count(endpoint, status, seconds)

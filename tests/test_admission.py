@@ -53,8 +53,10 @@ def test_beyond_the_limit_requests_get_429_with_retry_after_and_the_rest_are_ser
     assert asyncio.run(call(admission))[0] == 200  # the slots were given back
 
 
-def test_refusals_wait_the_refusal_delay_without_holding_a_slot():
-    admission = Admission(slow_app(0.3), paths=("/predict",), max_in_flight=1, refusal_delay_s=0.1)
+def test_refusals_wait_the_refusal_delay_without_holding_a_slot_and_are_counted():
+    counted = []
+    admission = Admission(slow_app(0.3), paths=("/predict",), max_in_flight=1, refusal_delay_s=0.1,
+                          on_refused=lambda *answer: counted.append(answer))
 
     async def two():
         return await asyncio.gather(call(admission), call(admission))
@@ -62,6 +64,8 @@ def test_refusals_wait_the_refusal_delay_without_holding_a_slot():
     served, refused = sorted(asyncio.run(two()), key=lambda a: a[0])
     assert (served[0], refused[0]) == (200, 429)
     assert 0.1 <= refused[3] < served[3]  # paced, and answered before the admitted one
+    [(path, status, seconds)] = counted
+    assert (path, status) == ("/predict", 429) and 0.1 <= seconds <= refused[3]
 
 
 def test_other_paths_are_not_counted():
