@@ -14,7 +14,7 @@ import numpy as np
 
 from flatprice import logs
 from flatprice.accept import accept_one_connection_per_wakeup
-from flatprice.admission import admit_before_the_framework, use_taskless_timeout
+from flatprice.admission import Admission, admit_as_read, use_taskless_timeout
 from flatprice.faults import FaultInjection
 from flatprice.http_guard import RequestGuard, bound_endpoint_labels, count_answer
 from flatprice.metrics import NAMESPACE
@@ -135,12 +135,12 @@ document_error_responses()
 API_PATHS = ("/predict", "/predict_batch", "/predict_columns", "/random")
 # Overload answers 429 rather than queueing without bound. The limit is per
 # worker: lower it to keep admitted requests fast, raise it to absorb bursts (README).
-admit_before_the_framework(
-    FlatPriceService, paths=API_PATHS,
+admit_as_read(Admission(
+    paths=API_PATHS,
     max_in_flight=int(os.environ.get("FLAT_PRICE_MAX_CONCURRENCY", "16")),
     refusal_delay_s=float(os.environ.get("FLAT_PRICE_REFUSAL_DELAY_S", "0.05")),
     on_refused=count_answer,
-)
+))
 FlatPriceService.add_asgi_middleware(RequestGuard, api_paths=API_PATHS, get_paths=("/random",))
 bound_endpoint_labels(
     known_paths=frozenset({*API_PATHS, "/", "/docs.json", "/schema.json", "/metrics", "/livez", "/healthz", "/readyz"}),

@@ -1,22 +1,20 @@
 """Overload protection: a per-worker limit on API requests in flight, and a timeout.
 
 `Admission` admits at most `max_in_flight` API requests per worker and answers 429 (with
-Retry-After) beyond that. It replaces BentoML's `traffic.max_concurrency`, and it wraps
-the whole application (`admit_before_the_framework`) rather than sitting in its
-middleware stack: under overload most requests are refused, and a refusal that first
-passed Starlette's error handling, OpenTelemetry, the timeout and the rest cost a third
-of a served request, time the worker could not spend serving. A refusal here is two
-prebuilt messages, counted in BentoML's request metrics all the same (`on_refused`).
+Retry-After) beyond that. It replaces BentoML's `traffic.max_concurrency`, and it decides
+as uvicorn reads each request (`admit_as_read`), not inside BentoML's middleware stack:
+- a refusal runs nothing but two prebuilt messages. One that first went through
+  Starlette's error handling, OpenTelemetry, the timeout and the rest cost ~0.3 ms of CPU,
+  a third of a served request, time an overloaded worker could not spend serving;
+- requests are counted when read, so the ones read together meet the limit at once.
+  Counted when their task starts, an admitted request had to yield to the event loop
+  before its work (the handlers never await, so otherwise the count never passes one),
+  and so waited a whole extra turn of the loop behind everything read with it.
+Refusals are counted in BentoML's request metrics all the same (`on_refused`).
 
 The 429 is sent after `refusal_delay_s` (a timer, no CPU and no slot held): a client that
 retries at once, as a load generator or a naive retry loop does, then costs the worker
 one refusal per delay instead of keeping it busy refusing.
-
-An admitted request yields to the event loop once before it goes on. The handlers do
-CPU work without awaiting, so without the yield each request would run start to end,
-the count would never pass one, and a flood would queue in the loop with no 429 at
-all. With it, the requests read together meet the limit, and the admitted ones resume
-first in the loop's next turn.
 
 `TasklessTimeout` does what BentoML's `traffic.timeout` middleware does (504 when no
 answer has started within the timeout) without starting a second task per request:
@@ -42,31 +40,40 @@ TOO_MANY_REQUESTS = prebuilt_answer(429, "Too many requests in flight; retry lat
 
 
 class Admission:
-    def __init__(self, app, paths: tuple[str, ...], max_in_flight: int, refusal_delay_s: float = 0.0,
+    """Decides, for each request as it is read, which ASGI app runs it (`app_for`)."""
+
+    def __init__(self, paths: tuple[str, ...], max_in_flight: int, refusal_delay_s: float = 0.0,
                  on_refused: Callable[[str, int, float], None] = lambda path, status, seconds: None):
         if max_in_flight < 1 or not 0 <= refusal_delay_s <= 1:
             raise ValueError(f"max_in_flight must be at least 1 and refusal_delay_s in [0, 1], not {max_in_flight} and {refusal_delay_s}")
-        self.app, self.paths, self.max_in_flight = app, frozenset(paths), max_in_flight
+        self.paths, self.max_in_flight = frozenset(paths), max_in_flight
         self.refusal_delay_s, self.on_refused = refusal_delay_s, on_refused
         self.in_flight = 0
 
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] not in self.paths:
-            return await self.app(scope, receive, send)
+    def app_for(self, path: str, app):
+        """`app` itself for other paths; for an API path, `app` counted in flight until it
+        ends, or the refusal when `max_in_flight` requests are in flight already."""
+        if path not in self.paths:
+            return app
         if self.in_flight >= self.max_in_flight:
-            start = time.perf_counter()
-            if self.refusal_delay_s:
-                await asyncio.sleep(self.refusal_delay_s)  # see the module docstring
-            for message in TOO_MANY_REQUESTS:
-                await send(message)
-            self.on_refused(scope["path"], 429, time.perf_counter() - start)
-            return
+            return self.refuse
         self.in_flight += 1
-        try:
-            await asyncio.sleep(0)  # see the module docstring
-            await self.app(scope, receive, send)
-        finally:
-            self.in_flight -= 1
+
+        async def admitted(scope, receive, send):
+            try:
+                await app(scope, receive, send)
+            finally:
+                self.in_flight -= 1
+
+        return admitted
+
+    async def refuse(self, scope, receive, send):
+        start = time.perf_counter()
+        if self.refusal_delay_s:
+            await asyncio.sleep(self.refusal_delay_s)  # see the module docstring
+        for message in TOO_MANY_REQUESTS:
+            await send(message)
+        self.on_refused(scope["path"], 429, time.perf_counter() - start)
 
 
 class TasklessTimeout:
@@ -98,19 +105,21 @@ class TasklessTimeout:
                 await send(message)
 
 
-def admit_before_the_framework(service, **admission) -> None:
-    """Wrap the ASGI application BentoML builds for `service` (one per worker) in
-    `Admission(app, **admission)`. BentoML has no hook outside its middleware stack, so
-    its app factory is wrapped. Pinned to bentoml 1.4.40, tested."""
-    from _bentoml_sdk.service.factory import Service
+def admit_as_read(admission: Admission) -> None:
+    """Let `admission` choose the app of each request when uvicorn has read its headers
+    and is about to start its task (`HttpToolsProtocol._start_asgi_task`). Pinned to
+    uvicorn 0.54 with httptools, tested."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError as error:  # uvicorn would fall back to h11, and nothing would be limited
+        raise RuntimeError("admission control needs httptools: pip install -r requirements.txt") from error
 
-    build = Service.to_asgi
+    start_task = HttpToolsProtocol._start_asgi_task
 
-    def to_asgi(self, *args, **kwargs):
-        app = build(self, *args, **kwargs)
-        return Admission(app, **admission) if self is service else app
+    def _start_asgi_task(self, cycle, app):
+        start_task(self, cycle, admission.app_for(cycle.scope["path"], app))
 
-    Service.to_asgi = to_asgi
+    HttpToolsProtocol._start_asgi_task = _start_asgi_task
 
 
 def use_taskless_timeout() -> None:

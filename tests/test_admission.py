@@ -39,47 +39,58 @@ async def call(app, path="/predict"):
     return sent[0]["status"], dict(sent[0]["headers"]), b"".join(m.get("body", b"") for m in sent[1:]), time.perf_counter() - start
 
 
+def read_together(admission: Admission, app, paths: list[str]):
+    """Requests read in one turn of the loop: each gets its app as uvicorn reads it, then all run."""
+    apps = [admission.app_for(path, app) for path in paths]
+
+    async def run():
+        return await asyncio.gather(*(call(one, path) for one, path in zip(apps, paths)))
+
+    return asyncio.run(run())
+
+
 def test_beyond_the_limit_requests_get_429_with_retry_after_and_the_rest_are_served():
-    admission = Admission(slow_app(0.05), paths=("/predict",), max_in_flight=2)
-
-    async def burst():
-        return await asyncio.gather(*(call(admission) for _ in range(5)))
-
-    answers = asyncio.run(burst())
-    assert sorted(status for status, *_ in answers) == [200, 200, 429, 429, 429]
-    refused = [a for a in answers if a[0] == 429]
-    assert all(headers[b"retry-after"] == b"1" and json.loads(body)["error"].startswith("Too many requests") for _, headers, body, _ in refused)
+    admission = Admission(paths=("/predict",), max_in_flight=2)
+    answers = read_together(admission, slow_app(0.05), ["/predict"] * 5)
+    assert [status for status, *_ in answers] == [200, 200, 429, 429, 429]  # the first two read are admitted
+    for _, headers, body, _ in answers[2:]:
+        assert headers[b"retry-after"] == b"1" and json.loads(body)["error"].startswith("Too many requests")
     assert admission.in_flight == 0
-    assert asyncio.run(call(admission))[0] == 200  # the slots were given back
+    assert read_together(admission, slow_app(0), ["/predict"])[0][0] == 200  # the slots were given back
+
+
+def test_a_slot_is_given_back_when_the_request_fails():
+    admission = Admission(paths=("/predict",), max_in_flight=1)
+
+    async def failing(scope, receive, send):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        read_together(admission, failing, ["/predict"])
+    assert admission.in_flight == 0
 
 
 def test_refusals_wait_the_refusal_delay_without_holding_a_slot_and_are_counted():
     counted = []
-    admission = Admission(slow_app(0.3), paths=("/predict",), max_in_flight=1, refusal_delay_s=0.1,
-                          on_refused=lambda *answer: counted.append(answer))
-
-    async def two():
-        return await asyncio.gather(call(admission), call(admission))
-
-    served, refused = sorted(asyncio.run(two()), key=lambda a: a[0])
+    admission = Admission(paths=("/predict",), max_in_flight=1, refusal_delay_s=0.1, on_refused=lambda *answer: counted.append(answer))
+    served, refused = read_together(admission, slow_app(0.3), ["/predict", "/predict"])
     assert (served[0], refused[0]) == (200, 429)
     assert 0.1 <= refused[3] < served[3]  # paced, and answered before the admitted one
     [(path, status, seconds)] = counted
     assert (path, status) == ("/predict", 429) and 0.1 <= seconds <= refused[3]
 
 
-def test_other_paths_are_not_counted():
-    admission = Admission(slow_app(0.05), paths=("/predict",), max_in_flight=1)
-
-    async def mixed():
-        return await asyncio.gather(call(admission), *(call(admission, "/metrics") for _ in range(3)))
-
-    assert [a[0] for a in asyncio.run(mixed())] == [200, 200, 200, 200]
+def test_other_paths_are_neither_counted_nor_refused():
+    admission = Admission(paths=("/predict",), max_in_flight=1)
+    app = slow_app(0.05)
+    assert admission.app_for("/metrics", app) is app
+    answers = read_together(admission, app, ["/predict", "/metrics", "/readyz", "/metrics"])
+    assert [a[0] for a in answers] == [200, 200, 200, 200]
 
 
 def test_admission_refuses_nonsense_settings():
     with pytest.raises(ValueError, match="max_in_flight"):
-        Admission(slow_app(0), paths=("/predict",), max_in_flight=0)
+        Admission(paths=("/predict",), max_in_flight=0)
 
 
 def test_a_request_with_no_answer_by_the_timeout_gets_504():
