@@ -8,7 +8,7 @@ Starts `bentoml serve` (the default model) and runs wrk once per minute at a fix
 Prints, per minute: requests, errors, p50/p95/p99, RSS and CPU seconds per worker; then
 each worker's RSS growth after its warm-up: its first minute *with traffic*. Keep-alive
 connections stay on the worker that accepted them, so a worker may get no traffic for a
-while (RSS ~280 MiB idle, ~312 MiB serving); counting from its start would call its
+while (with h11 its RSS went from ~280 MiB idle to ~312 MiB serving); counting from its start would call its
 warm-up a leak. Bounded by --minutes.
 """
 
