@@ -45,7 +45,8 @@ class Admission:
     def __init__(self, paths: tuple[str, ...], max_in_flight: int, refusal_delay_s: float = 0.0,
                  on_refused: Callable[[str, int, float], None] = lambda path, status, seconds: None):
         if max_in_flight < 1 or not 0 <= refusal_delay_s <= 1:
-            raise ValueError(f"max_in_flight must be at least 1 and refusal_delay_s in [0, 1], not {max_in_flight} and {refusal_delay_s}")
+            raise ValueError("max_in_flight (FLAT_PRICE_MAX_CONCURRENCY) must be at least 1 and refusal_delay_s "
+                             f"(FLAT_PRICE_REFUSAL_DELAY_S) in [0, 1], not {max_in_flight} and {refusal_delay_s}")
         self.paths, self.max_in_flight = frozenset(paths), max_in_flight
         self.refusal_delay_s, self.on_refused = refusal_delay_s, on_refused
         self.in_flight = 0

@@ -10,6 +10,7 @@ import threading
 import time
 
 import httpx
+import pytest
 
 from flatprice.schema import EXAMPLE_FLAT
 from tests.metrics_scrape import scrape
@@ -178,3 +179,12 @@ def test_a_refused_content_type_is_logged_in_one_line(served):
     assert httpx.post(f"{served.url}/predict", content=b"a=1", headers={"Content-Type": "application/x-www-form-urlencoded"}).status_code == 415
     new = wait_until(lambda: request_lines(served, before), timeout=5, what="a log line")
     assert len(new) == 1 and "POST /predict refused with 415: unsupported_media_type" in new[0], new
+
+
+def test_a_nonsense_admission_limit_stops_the_start_naming_the_variable(small_model, session_dir):
+    server = BentoServer(session_dir / "serve-bad-limit", env={"FLAT_PRICE_MAX_CONCURRENCY": "0"})
+    try:
+        with pytest.raises(RuntimeError, match=r"FLAT_PRICE_MAX_CONCURRENCY\) must be at least 1"):
+            server.start(timeout=60)
+    finally:
+        server.stop()
