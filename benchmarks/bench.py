@@ -127,12 +127,15 @@ class Ceiling:
 '''
 
 
-def lua_pool(path: Path, bodies: list[str]) -> Path:
+def lua_pool(path: Path, bodies: list[str], delay_ms: float | None = None, extra: str = "") -> Path:
+    """A wrk script POSTing `bodies` in turn; with `delay_ms`, each connection pauses that
+    long after each answer (pacing); `extra` is appended (e.g. a done() hook)."""
     lines = ",\n".join(f"[[{body}]]" for body in bodies)
+    pause = f"delay = function()\n  return {delay_ms:.2f}\nend\n" if delay_ms is not None else ""
     path.write_text(
         f"local bodies = {{\n{lines}\n}}\nlocal i = 0\n"
         "request = function()\n  i = i % #bodies + 1\n"
-        "  return wrk.format('POST', nil, {['Content-Type'] = 'application/json'}, bodies[i])\nend\n"
+        "  return wrk.format('POST', nil, {['Content-Type'] = 'application/json'}, bodies[i])\nend\n" + pause + extra
     )
     return path
 

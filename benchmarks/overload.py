@@ -87,11 +87,8 @@ def scripts(work: Path, capacity: float, refusal_delay_s: float) -> tuple[Path, 
     that, with most answers being 429s that take `refusal_delay_s`, about twice the
     capacity is offered (wrk reports what was)."""
     bodies = [json.dumps(json_flat(f)) for f in generate_flats(500, seed=41)[list(FEATURE_NAMES)].to_dict("records")]
-    flood = lua_pool(work / "flood.lua", bodies)
-    paced = lua_pool(work / "paced.lua", bodies)
     delay_ms = max(PACED_CONNECTIONS * 1000 / (2 * capacity) - refusal_delay_s * 1000, 1)
-    paced.write_text(paced.read_text() + f"delay = function()\n  return {delay_ms:.2f}\nend\n")
-    return flood, paced
+    return lua_pool(work / "flood.lua", bodies), lua_pool(work / "paced.lua", bodies, delay_ms)
 
 
 def server(work: Path, layout: str, limit: int, refusal_delay_s: float) -> BentoServer:

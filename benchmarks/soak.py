@@ -36,10 +36,8 @@ P95_REPORT = 'done = function(summary, latency, requests)\n  io.write(string.for
 def paced_pool(path: Path, rate: float) -> Path:
     """The pool script, with a per-connection delay that gives about `rate` requests/s."""
     flats = generate_flats(1000, seed=97)[list(FEATURE_NAMES)].to_dict("records")
-    lua_pool(path, [json.dumps(json_flat(f)) for f in flats])
     delay_ms = max(CONNECTIONS * 1000 / rate - 1.0, 0)  # minus ~1 ms of service time
-    path.write_text(path.read_text() + f"delay = function()\n  return {delay_ms:.2f}\nend\n" + P95_REPORT)
-    return path
+    return lua_pool(path, [json.dumps(json_flat(f)) for f in flats], delay_ms, P95_REPORT)
 
 
 def main() -> None:

@@ -24,19 +24,13 @@ BentoML's ran each request in a new task, one more trip through the event loop.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from typing import Callable
 
-
-def prebuilt_answer(status: int, error: str, extra_headers=()) -> tuple[dict, dict]:
-    """The two ASGI messages of a JSON error answer, in the shape of the API's errors."""
-    body = json.dumps({"error": error, "detail": []}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *extra_headers]
-    return {"type": "http.response.start", "status": status, "headers": headers}, {"type": "http.response.body", "body": body}
+from .http_guard import error_answer
 
 
-TOO_MANY_REQUESTS = prebuilt_answer(429, "Too many requests in flight; retry later", [(b"retry-after", b"1")])
+TOO_MANY_REQUESTS = error_answer(429, "Too many requests in flight; retry later", "too_many_requests", [(b"retry-after", b"1")])
 
 
 class Admission:
@@ -82,7 +76,7 @@ class TasklessTimeout:
 
     def __init__(self, app, timeout: float):
         self.app, self.timeout = app, timeout
-        self.timed_out = prebuilt_answer(504, f"Not able to process the request in {timeout:g} seconds")
+        self.timed_out = error_answer(504, f"Not able to process the request in {timeout:g} seconds", "timeout")
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":

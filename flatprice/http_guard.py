@@ -32,6 +32,14 @@ def error_body(reason: str, error_type: str, loc=("body",)) -> bytes:
     return json.dumps({"error": reason, "detail": [{"type": error_type, "loc": list(loc), "msg": reason}]}).encode()
 
 
+def error_answer(status: int, reason: str, error_type: str, extra_headers=()) -> tuple[dict, dict]:
+    """The two ASGI messages of an error answer with `error_body`, for answers given
+    before BentoML sees the request."""
+    body = error_body(reason, error_type)
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *extra_headers]
+    return {"type": "http.response.start", "status": status, "headers": headers}, {"type": "http.response.body", "body": body}
+
+
 def fields_at_fault(body: bytes) -> list[str]:
     """The schema field named by each error of a 400 body (`body` when none is)."""
     try:
@@ -117,9 +125,8 @@ class RequestGuard:
     async def _refuse(self, scope, send, status: int, reason: str, error_type: str):
         metrics.REJECTED_INPUTS.labels(field=metrics.BODY_FIELD).inc()
         refused_logger.warning("%s %s refused with %s: %s", scope["method"], scope["path"], status, error_type)
-        body = error_body(reason, error_type)
-        await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        for message in error_answer(status, reason, error_type):
+            await send(message)
 
 
 def _replay(body: bytes, receive):

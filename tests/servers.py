@@ -85,10 +85,10 @@ class BentoServer:
         self.env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # BentoML sets its own per home
         self.process: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 60) -> "BentoServer":
+    def start(self, timeout: float = 60, interval: float = 0.1) -> "BentoServer":
         self.log = open(self.log_path, "wb")
         self.process = subprocess.Popen(self.cmd, cwd=self.cwd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_until(self._ready, timeout, what=f"{self.url}/readyz (log: {self.log_path})")
+        wait_until(self._ready, timeout, interval, what=f"{self.url}/readyz (log: {self.log_path})")
         return self
 
     def _ready(self) -> bool:

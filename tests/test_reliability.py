@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from flatprice.schema import EXAMPLE_FLAT
-from tests.metrics_scrape import scrape
+from tests.metrics_scrape import sample_value, scrape
 from tests.servers import REPO, BentoServer, wait_until
 from tests.traffic import flood
 
@@ -65,6 +65,20 @@ def test_overload_answers_429_at_a_paced_rate_never_errors_and_admitted_requests
     sent = re.search(r"(\d+) requests in", out).group(1)
     print(f"wrk: {shed} x 429 of {sent}; light client: "
           f"{sum(r.status_code == 200 for r, _ in answers)} answered, {sum(r.status_code == 429 for r, _ in answers)} refused")
+
+
+def test_a_request_past_the_timeout_gets_504_and_the_worker_serves_on(small_model, session_dir):
+    """/random sleeps U(0, 2 s) (fault injection) against a 0.2 s timeout: ~90% of them time out."""
+    env = {"FLAT_PRICE_TIMEOUT_S": "0.2", "FLAT_PRICE_FAULT_MAX_DELAY_S": "2"}
+    with BentoServer(session_dir / "serve-timeout", env=env) as server:
+        answers = [httpx.get(f"{server.url}/random", timeout=10) for _ in range(10)]
+        assert {a.status_code for a in answers} <= {200, 504} and any(a.status_code == 504 for a in answers)
+        for answer in answers:
+            if answer.status_code == 504:
+                assert answer.json()["error"] == "Not able to process the request in 0.2 seconds"
+        assert httpx.post(f"{server.url}/predict", json=EXAMPLE_FLAT).status_code == 200  # serves on
+        timed_out = sample_value(scrape(server.url), "flat_price_request", "flat_price_request_total", endpoint="/random", http_response_code="504")
+    assert timed_out == sum(a.status_code == 504 for a in answers)
 
 
 class Clients:
@@ -121,7 +135,9 @@ def test_sigterm_lets_in_flight_requests_finish(small_model, session_dir):
         threads = [threading.Thread(target=slow_request) for _ in range(5)]
         for t in threads:
             t.start()
-        time.sleep(0.2)  # let the 5 requests reach the workers, which sleep up to 1.5 s in them
+        # All 5 are in the workers, sleeping up to 1.5 s, once each has counted its injected delay.
+        wait_until(lambda: sample_value(scrape(server.url), "flat_price_injected_faults", "flat_price_injected_faults_total", kind="delay") >= 5,
+                   timeout=10, interval=0.02, what="5 requests in the workers")
         os.kill(server.process.pid, signal.SIGTERM)  # the arbiter only, as an orchestrator would
         for t in threads:
             t.join(15)
@@ -131,15 +147,8 @@ def test_sigterm_lets_in_flight_requests_finish(small_model, session_dir):
 
 def test_ready_only_once_the_model_answers(small_model, session_dir):
     server = BentoServer(session_dir / "serve-readiness")
-    server.log = open(server.log_path, "wb")
-    server.process = subprocess.Popen(server.cmd, cwd=server.cwd, env=server.env, stdout=server.log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        def ready():
-            try:
-                return httpx.get(f"{server.url}/readyz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-        wait_until(ready, timeout=60, interval=0.02, what="ready")
+        server.start(timeout=60, interval=0.02)
         # The first time /readyz says ready, the model answers at once.
         assert httpx.post(f"{server.url}/predict", json=EXAMPLE_FLAT).status_code == 200
     finally:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks.bench import lua_pool
 from flatprice.schema import EXAMPLE_FLAT, FEATURE_NAMES
 from flatprice.synthetic import generate_flats
 
@@ -55,8 +56,6 @@ class Traffic(threading.Thread):
 def flood(url: str, workdir: Path, seconds: int, connections: int = 128) -> str:
     """wrk holding `connections` open, each posting the example flat without pause: far
     more than a worker admits, so it gets 429s. Returns wrk's report."""
-    script = workdir / "example-flat.lua"
-    script.write_text("request = function()\n  return wrk.format('POST', nil, {['Content-Type'] = 'application/json'}, [["
-                      + json.dumps(EXAMPLE_FLAT) + "]])\nend\n")
+    script = lua_pool(workdir / "example-flat.lua", [json.dumps(EXAMPLE_FLAT)])
     return subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", str(script), f"{url}/predict"],
                           capture_output=True, text=True, check=True, timeout=seconds + 30).stdout
