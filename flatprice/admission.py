@@ -3,9 +3,10 @@
 `Admission` admits at most `max_in_flight` API requests per worker and answers 429 (with
 Retry-After) beyond that. It replaces BentoML's `traffic.max_concurrency`, and it decides
 as uvicorn reads each request (`admit_as_read`), not inside BentoML's middleware stack:
-- a refusal runs nothing but two prebuilt messages. One that first went through
-  Starlette's error handling, OpenTelemetry, the timeout and the rest cost ~0.3 ms of CPU,
-  a third of a served request, time an overloaded worker could not spend serving;
+- a refusal is a few prebuilt bytes written from a timer: no task, no coroutine, none of
+  Starlette, BentoML or OpenTelemetry. Refusals share the worker's one thread with the
+  requests it serves, so every microsecond a refusal costs is taken from them: one that
+  went through the middleware stack cost ~0.3 ms of CPU, a third of a served request;
 - requests are counted when read, so the ones read together meet the limit at once.
   Counted when their task starts, an admitted request had to yield to the event loop
   before its work (the handlers never await, so otherwise the count never passes one),
@@ -30,11 +31,14 @@ from typing import Callable
 from .http_guard import error_answer
 
 
-TOO_MANY_REQUESTS = error_answer(429, "Too many requests in flight; retry later", "too_many_requests", [(b"retry-after", b"1")])
+_REFUSAL_START, _REFUSAL_BODY = error_answer(429, "Too many requests in flight; retry later", "too_many_requests",
+                                            [(b"retry-after", b"1")])
+_REFUSAL_HEAD = b"HTTP/1.1 429 Too Many Requests\r\n"
+_REFUSAL_HEADERS = b"".join(name + b": " + value + b"\r\n" for name, value in _REFUSAL_START["headers"])
 
 
 class Admission:
-    """Decides, for each request as it is read, which ASGI app runs it (`app_for`)."""
+    """Decides, for each request as it is read, whether it runs (`app_for`) or gets 429."""
 
     def __init__(self, paths: tuple[str, ...], max_in_flight: int, refusal_delay_s: float = 0.0,
                  on_refused: Callable[[str, int, float], None] = lambda path, status, seconds: None):
@@ -47,11 +51,11 @@ class Admission:
 
     def app_for(self, path: str, app):
         """`app` itself for other paths; for an API path, `app` counted in flight until it
-        ends, or the refusal when `max_in_flight` requests are in flight already."""
+        ends, or None when `max_in_flight` requests are in flight already: refuse it."""
         if path not in self.paths:
             return app
         if self.in_flight >= self.max_in_flight:
-            return self.refuse
+            return None
         self.in_flight += 1
 
         async def admitted(scope, receive, send):
@@ -62,13 +66,11 @@ class Admission:
 
         return admitted
 
-    async def refuse(self, scope, receive, send):
-        start = time.perf_counter()
-        if self.refusal_delay_s:
-            await asyncio.sleep(self.refusal_delay_s)  # see the module docstring
-        for message in TOO_MANY_REQUESTS:
-            await send(message)
-        self.on_refused(scope["path"], 429, time.perf_counter() - start)
+    @staticmethod
+    def refusal(default_headers: list[tuple[bytes, bytes]], keep_alive: bool) -> bytes:
+        """The whole 429 answer as written on the wire, after the server's default headers."""
+        return b"".join([_REFUSAL_HEAD, *(name + b": " + value + b"\r\n" for name, value in default_headers),
+                         _REFUSAL_HEADERS, b"" if keep_alive else b"connection: close\r\n", b"\r\n", _REFUSAL_BODY["body"]])
 
 
 class TasklessTimeout:
@@ -100,9 +102,10 @@ class TasklessTimeout:
                 await send(message)
 
 
-def admit_as_read(admission: Admission) -> None:
-    """Let `admission` choose the app of each request when uvicorn has read its headers
-    and is about to start its task (`HttpToolsProtocol._start_asgi_task`). Pinned to
+def admit_as_read(admission: Admission) -> Callable[[], None]:
+    """Let `admission` decide on each request when uvicorn has read its headers and is about
+    to start its task (`HttpToolsProtocol._start_asgi_task`): start it, or answer 429 after
+    the refusal delay without a task. Returns the function that undoes this. Pinned to
     uvicorn 0.54 with httptools, tested."""
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -112,9 +115,27 @@ def admit_as_read(admission: Admission) -> None:
     start_task = HttpToolsProtocol._start_asgi_task
 
     def _start_asgi_task(self, cycle, app):
-        start_task(self, cycle, admission.app_for(cycle.scope["path"], app))
+        chosen = app if cycle.scope["method"] == "HEAD" else admission.app_for(cycle.scope["path"], app)
+        if chosen is None:
+            self.loop.call_later(admission.refusal_delay_s, refuse, cycle, time.perf_counter())
+        else:
+            start_task(self, cycle, chosen)
+
+    def refuse(cycle, started: float) -> None:
+        """Answer 429 as the cycle's ASGI `send` would have, then let uvicorn go on with the
+        connection (keep-alive, or the next pipelined request, which waited till now)."""
+        if cycle.disconnected:
+            return
+        cycle.response_started = cycle.response_complete = True
+        cycle.transport.write(admission.refusal(cycle.default_headers, cycle.keep_alive))
+        cycle.message_event.set()
+        if not cycle.keep_alive:
+            cycle.transport.close()
+        cycle.on_response()
+        admission.on_refused(cycle.scope["path"], 429, time.perf_counter() - started)
 
     HttpToolsProtocol._start_asgi_task = _start_asgi_task
+    return lambda: setattr(HttpToolsProtocol, "_start_asgi_task", start_task)
 
 
 def use_taskless_timeout() -> None:

@@ -1,12 +1,17 @@
-"""Admission control and the task-less timeout, in process with a stand-in ASGI app."""
+"""Admission control and the task-less timeout, in process with a stand-in ASGI app: the
+decisions called directly, the 429 on the wire through a real uvicorn server."""
 
 import asyncio
+import contextlib
 import json
+import socket
+import threading
 import time
 
 import pytest
+import uvicorn
 
-from flatprice.admission import Admission, TasklessTimeout
+from flatprice.admission import Admission, TasklessTimeout, admit_as_read
 
 
 def slow_app(seconds: float, started_after: float | None = None):
@@ -19,7 +24,7 @@ def slow_app(seconds: float, started_after: float | None = None):
             await send({"type": "http.response.body", "body": b"late but whole"})
             return
         await asyncio.sleep(seconds)
-        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
         await send({"type": "http.response.body", "body": b"ok"})
     return app
 
@@ -40,21 +45,21 @@ async def call(app, path="/predict"):
 
 
 def read_together(admission: Admission, app, paths: list[str]):
-    """Requests read in one turn of the loop: each gets its app as uvicorn reads it, then all run."""
+    """Requests read in one turn of the loop: each gets its app as uvicorn reads it, then the
+    admitted ones run. None for a refused one."""
     apps = [admission.app_for(path, app) for path in paths]
 
     async def run():
-        return await asyncio.gather(*(call(one, path) for one, path in zip(apps, paths)))
+        return await asyncio.gather(*(call(one, path) for one, path in zip(apps, paths) if one))
 
-    return asyncio.run(run())
+    answers = iter(asyncio.run(run()))
+    return [next(answers) if one else None for one in apps]
 
 
-def test_beyond_the_limit_requests_get_429_with_retry_after_and_the_rest_are_served():
+def test_beyond_the_limit_requests_are_refused_in_read_order_and_slots_are_given_back():
     admission = Admission(paths=("/predict",), max_in_flight=2)
     answers = read_together(admission, slow_app(0.05), ["/predict"] * 5)
-    assert [status for status, *_ in answers] == [200, 200, 429, 429, 429]  # the first two read are admitted
-    for _, headers, body, _ in answers[2:]:
-        assert headers[b"retry-after"] == b"1" and json.loads(body)["error"].startswith("Too many requests")
+    assert [answer and answer[0] for answer in answers] == [200, 200, None, None, None]  # the first two read are admitted
     assert admission.in_flight == 0
     assert read_together(admission, slow_app(0), ["/predict"])[0][0] == 200  # the slots were given back
 
@@ -68,16 +73,6 @@ def test_a_slot_is_given_back_when_the_request_fails():
     with pytest.raises(RuntimeError):
         read_together(admission, failing, ["/predict"])
     assert admission.in_flight == 0
-
-
-def test_refusals_wait_the_refusal_delay_without_holding_a_slot_and_are_counted():
-    counted = []
-    admission = Admission(paths=("/predict",), max_in_flight=1, refusal_delay_s=0.1, on_refused=lambda *answer: counted.append(answer))
-    served, refused = read_together(admission, slow_app(0.3), ["/predict", "/predict"])
-    assert (served[0], refused[0]) == (200, 429)
-    assert 0.1 <= refused[3] < served[3]  # paced, and answered before the admitted one
-    [(path, status, seconds)] = counted
-    assert (path, status) == ("/predict", 429) and 0.1 <= seconds <= refused[3]
 
 
 def test_other_paths_are_neither_counted_nor_refused():
@@ -118,3 +113,96 @@ def test_the_timeout_does_not_start_a_task_per_request():
         return outer
 
     assert tasks == [asyncio.run(run())]
+
+
+@contextlib.contextmanager
+def uvicorn_admitting(admission: Admission, app):
+    """A real uvicorn (httptools) server in a thread, deciding with `admission`; yields its port."""
+    undo = admit_as_read(admission)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, http="httptools", log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]})
+    thread.start()
+    try:
+        while not server.started:
+            assert thread.is_alive(), "uvicorn did not start"
+            time.sleep(0.01)
+        yield listener.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        undo()
+
+
+def post(path="/predict", extra=b""):
+    return b"POST " + path.encode() + b" HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\ncontent-length: 2\r\n" + extra + b"\r\n{}"
+
+
+def read_answer(stream) -> tuple[int, dict, bytes]:
+    status = int(stream.readline().split()[1])
+    headers = {}
+    while (line := stream.readline()) not in (b"\r\n", b""):
+        name, value = line.decode().rstrip("\r\n").split(": ", 1)
+        headers[name.lower()] = value
+    return status, headers, stream.read(int(headers["content-length"]))
+
+
+def connect(port):
+    conn = socket.create_connection(("127.0.0.1", port), timeout=5)
+    return conn, conn.makefile("rb")
+
+
+def hold_the_slot(admission, port):
+    """A connection whose request is admitted and in flight; returns it and its stream."""
+    conn, stream = connect(port)
+    conn.sendall(post())
+    while admission.in_flight < 1:
+        time.sleep(0.005)
+    return conn, stream
+
+
+def test_a_refusal_is_a_429_written_after_the_delay_and_the_connection_serves_on():
+    counted = []
+    admission = Admission(paths=("/predict",), max_in_flight=1, refusal_delay_s=0.1, on_refused=lambda *answer: counted.append(answer))
+    with uvicorn_admitting(admission, slow_app(0.4)) as port:
+        holder, held = hold_the_slot(admission, port)
+        conn, stream = connect(port)
+        start = time.perf_counter()
+        conn.sendall(post())
+        status, headers, body = read_answer(stream)
+        refused_after = time.perf_counter() - start
+        assert status == 429 and 0.1 <= refused_after < 0.4  # paced, and before the admitted one ends
+        assert headers["retry-after"] == "1" and headers["content-type"] == "application/json"
+        assert {"date", "server"} <= set(headers) and "connection" not in headers  # as uvicorn answers, kept alive
+        assert json.loads(body)["error"].startswith("Too many requests")
+        [(path, counted_status, seconds)] = counted
+        assert (path, counted_status) == ("/predict", 429) and 0.1 <= seconds <= refused_after
+        assert read_answer(held)[0] == 200
+        conn.sendall(post())  # the same connection, now that the slot is free
+        assert read_answer(stream)[:3:2] == (200, b"ok")
+        holder.close(), conn.close()
+
+
+def test_a_pipelined_request_waits_for_the_refusal_before_it_and_answers_come_in_order():
+    admission = Admission(paths=("/predict",), max_in_flight=1, refusal_delay_s=0.3)
+    with uvicorn_admitting(admission, slow_app(0.1)) as port:
+        holder, held = hold_the_slot(admission, port)
+        conn, stream = connect(port)
+        conn.sendall(post() + post())  # the second starts once the first is answered, when the slot is free again
+        assert [read_answer(stream)[0] for _ in range(2)] == [429, 200]
+        assert read_answer(held)[0] == 200
+        holder.close(), conn.close()
+
+
+def test_a_refused_request_that_asked_to_close_gets_connection_close_and_is_closed():
+    admission = Admission(paths=("/predict",), max_in_flight=1, refusal_delay_s=0)
+    with uvicorn_admitting(admission, slow_app(0.3)) as port:
+        holder, held = hold_the_slot(admission, port)
+        conn, stream = connect(port)
+        conn.sendall(post(extra=b"connection: close\r\n"))
+        status, headers, _ = read_answer(stream)
+        assert (status, headers["connection"]) == (429, "close")
+        assert stream.read() == b""  # closed by the server
+        assert read_answer(held)[0] == 200
+        holder.close(), conn.close()
