@@ -44,43 +44,27 @@ async def call(app, path="/predict"):
     return sent[0]["status"], dict(sent[0]["headers"]), b"".join(m.get("body", b"") for m in sent[1:]), time.perf_counter() - start
 
 
-def read_together(admission: Admission, app, paths: list[str]):
-    """Requests read in one turn of the loop: each gets its app as uvicorn reads it, then the
-    admitted ones run. None for a refused one."""
-    apps = [admission.app_for(path, app) for path in paths]
-
-    async def run():
-        return await asyncio.gather(*(call(one, path) for one, path in zip(apps, paths) if one))
-
-    answers = iter(asyncio.run(run()))
-    return [next(answers) if one else None for one in apps]
-
-
-def test_beyond_the_limit_requests_are_refused_in_read_order_and_slots_are_given_back():
+def test_of_requests_read_together_the_newest_run_as_many_as_slots_are_free():
     admission = Admission(paths=("/predict",), max_in_flight=2)
-    answers = read_together(admission, slow_app(0.05), ["/predict"] * 5)
-    assert [answer and answer[0] for answer in answers] == [200, 200, None, None, None]  # the first two read are admitted
-    assert admission.in_flight == 0
-    assert read_together(admission, slow_app(0), ["/predict"])[0][0] == 200  # the slots were given back
+    read = ["oldest", "older", "newer", "newest"]
+    assert admission.split(read) == (["newer", "newest"], ["oldest", "older"])
+    admission.counted(slow_app(0))  # one slot taken
+    assert admission.split(read) == (["newest"], ["oldest", "older", "newer"])
+    assert admission.split(["only"]) == (["only"], [])
 
 
-def test_a_slot_is_given_back_when_the_request_fails():
+def test_a_slot_is_held_until_the_request_ends_and_given_back_when_it_fails():
     admission = Admission(paths=("/predict",), max_in_flight=1)
 
     async def failing(scope, receive, send):
         raise RuntimeError("boom")
 
+    app = admission.counted(slow_app(0.05))
+    assert admission.in_flight == 1 and admission.split(["next"]) == ([], ["next"])
+    assert asyncio.run(call(app))[0] == 200 and admission.in_flight == 0
     with pytest.raises(RuntimeError):
-        read_together(admission, failing, ["/predict"])
+        asyncio.run(call(admission.counted(failing)))
     assert admission.in_flight == 0
-
-
-def test_other_paths_are_neither_counted_nor_refused():
-    admission = Admission(paths=("/predict",), max_in_flight=1)
-    app = slow_app(0.05)
-    assert admission.app_for("/metrics", app) is app
-    answers = read_together(admission, app, ["/predict", "/metrics", "/readyz", "/metrics"])
-    assert [a[0] for a in answers] == [200, 200, 200, 200]
 
 
 def test_admission_refuses_nonsense_settings():
@@ -206,3 +190,27 @@ def test_a_refused_request_that_asked_to_close_gets_connection_close_and_is_clos
         assert stream.read() == b""  # closed by the server
         assert read_answer(held)[0] == 200
         holder.close(), conn.close()
+
+
+def test_of_requests_read_in_one_turn_the_newest_is_served_and_the_older_ones_refused():
+    admission = Admission(paths=("/predict",), max_in_flight=1)
+    blocking = threading.Event()
+
+    async def app(scope, receive, send):
+        if scope["path"] == "/block":  # holds the event loop, as a long computation would
+            blocking.set()
+            time.sleep(0.3)
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    with uvicorn_admitting(admission, app) as port:
+        blocker, blocked = connect(port)
+        blocker.sendall(post("/block"))
+        assert blocking.wait(5)
+        (older, older_stream), (newer, newer_stream) = connect(port), connect(port)
+        older.sendall(post())
+        newer.sendall(post())  # both wait in their sockets, read in the same turn once the loop is free
+        assert read_answer(newer_stream)[0] == 200 and read_answer(older_stream)[0] == 429
+        assert read_answer(blocked)[0] == 200
+        for conn in (blocker, older, newer):
+            conn.close()
