@@ -214,3 +214,18 @@ def test_of_requests_read_in_one_turn_the_newest_is_served_and_the_older_ones_re
         assert read_answer(blocked)[0] == 200
         for conn in (blocker, older, newer):
             conn.close()
+
+
+def test_an_admitted_request_run_at_once_that_then_waits_past_the_timeout_gets_504_and_its_slot_back():
+    admission = Admission(paths=("/predict",), max_in_flight=1)
+    with uvicorn_admitting(admission, TasklessTimeout(slow_app(5), timeout=0.2)) as port:
+        conn, stream = connect(port)
+        start = time.perf_counter()
+        conn.sendall(post())  # run at once until it waits, then a task: the timeout must cancel that task
+        status, _, body = read_answer(stream)
+        assert status == 504 and "0.2 seconds" in json.loads(body)["error"] and time.perf_counter() - start < 2
+        deadline = time.monotonic() + 2
+        while admission.in_flight and time.monotonic() < deadline:  # given back as the task ends, after the answer
+            time.sleep(0.01)
+        assert admission.in_flight == 0
+        conn.close()
