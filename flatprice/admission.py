@@ -162,13 +162,13 @@ def admit_as_read(admission: Admission) -> Callable[[], None]:
         connection (keep-alive, or the next pipelined request, which waited till now)."""
         if cycle.disconnected:
             return
+        admission.on_refused(cycle.scope["path"], 429, time.perf_counter() - started)  # counted before it is seen
         cycle.response_started = cycle.response_complete = True
         cycle.transport.write(admission.refusal(cycle.default_headers, cycle.keep_alive))
         cycle.message_event.set()
         if not cycle.keep_alive:
             cycle.transport.close()
         cycle.on_response()
-        admission.on_refused(cycle.scope["path"], 429, time.perf_counter() - started)
 
     HttpToolsProtocol._start_asgi_task, BaseSelectorEventLoop._process_events = _start_asgi_task, _process_events
 

@@ -229,3 +229,19 @@ def test_an_admitted_request_run_at_once_that_then_waits_past_the_timeout_gets_5
             time.sleep(0.01)
         assert admission.in_flight == 0
         conn.close()
+
+
+def test_other_paths_are_neither_counted_nor_refused_when_the_api_is_full():
+    admission = Admission(paths=("/predict",), max_in_flight=1)
+    slow, quick = slow_app(0.5), slow_app(0)
+
+    async def app(scope, receive, send):
+        await (slow if scope["path"] == "/predict" else quick)(scope, receive, send)
+
+    with uvicorn_admitting(admission, app) as port:
+        holder, held = hold_the_slot(admission, port)
+        conn, stream = connect(port)
+        conn.sendall(post("/readyz"))  # health and metrics must answer however busy the API is
+        assert read_answer(stream)[0] == 200 and admission.in_flight == 1
+        assert read_answer(held)[0] == 200
+        holder.close(), conn.close()
