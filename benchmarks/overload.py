@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import tempfile
 import threading
@@ -32,7 +31,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from benchmarks.bench import json_flat, lua_pool
+from benchmarks.bench import json_flat, lua_pool, parse_wrk
 from flatprice.schema import EXAMPLE_FLAT, FEATURE_NAMES
 from flatprice.synthetic import generate_flats
 from tests.servers import BentoServer
@@ -55,14 +54,11 @@ def probe(url: str, seconds: float) -> list[tuple[int, float]]:
 
 
 def wrk(url: str, script: Path, connections: int, seconds: int) -> dict:
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", str(script), f"{url}/predict"],
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), f"{url}/predict"],
                          capture_output=True, text=True, check=True).stdout
-    total = int(re.search(r"(\d+) requests in ([\d.]+)s", out).group(1))
-    elapsed = float(re.search(r"requests in ([\d.]+)s", out).group(1))
-    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    errors = re.search(r"Socket errors: (.*)", out)
-    refused = int(non_2xx.group(1)) if non_2xx else 0
-    return {"offered": total / elapsed, "goodput": (total - refused) / elapsed, "socket_errors": errors.group(1) if errors else ""}
+    result = parse_wrk(out)
+    answered = result["requests"] - result["non_2xx"]
+    return {"offered": result["rps"], "goodput": result["rps"] * answered / max(result["requests"], 1), "socket_errors": result["socket_errors"]}
 
 
 def under_load(url: str, script: Path, connections: int, seconds: int) -> tuple[dict, list]:

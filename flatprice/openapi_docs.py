@@ -2,7 +2,7 @@
 
 BentoML documents 400/404/500 with `detail` as a string, but its validation errors carry
 a list of {type, loc, msg}; and it does not document the 413/415 of RequestGuard, nor
-the 429/504 of flatprice.admission and BentoML's 503. Its generator reads a module-level dict of
+the 429/504 of flatprice.admission and the 503 of the health routes. Its generator reads a module-level dict of
 error responses when it builds /docs.json, so the entries are replaced here.
 """
 
@@ -19,7 +19,7 @@ ERROR_STATUSES = {
     415: "Content-Type is not application/json",
     429: "Too many requests in flight in this worker (FLAT_PRICE_MAX_CONCURRENCY): retry after the Retry-After seconds",
     500: "Unexpected server error (or a fault injected on purpose, header X-Injected-Fault)",
-    503: "Not ready, or the request was shed",
+    503: "Not ready: the model is still loading",
     504: "The request took longer than the service's timeout",
 }
 

@@ -12,6 +12,7 @@ import pytest
 import uvicorn
 
 from flatprice.admission import Admission, TasklessTimeout, admit_as_read
+from tests.servers import wait_until
 
 
 def slow_app(seconds: float, started_after: float | None = None):
@@ -109,9 +110,8 @@ def uvicorn_admitting(admission: Admission, app):
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]})
     thread.start()
     try:
-        while not server.started:
-            assert thread.is_alive(), "uvicorn did not start"
-            time.sleep(0.01)
+        wait_until(lambda: server.started or not thread.is_alive(), 10, 0.01, what="uvicorn to start")
+        assert server.started, "uvicorn did not start"
         yield listener.getsockname()[1]
     finally:
         server.should_exit = True
@@ -137,21 +137,25 @@ def connect(port):
     return conn, conn.makefile("rb")
 
 
-def hold_the_slot(admission, port):
-    """A connection whose request is admitted and in flight; returns it and its stream."""
-    conn, stream = connect(port)
-    conn.sendall(post())
-    while admission.in_flight < 1:
-        time.sleep(0.005)
-    return conn, stream
+@contextlib.contextmanager
+def api_full(admission: Admission, app):
+    """A real uvicorn whose one API slot is taken by an admitted /predict in flight; yields
+    (the stream that request will be answered on, a new connection and its stream)."""
+    with uvicorn_admitting(admission, app) as port:
+        holder, held = connect(port)
+        holder.sendall(post())
+        wait_until(lambda: admission.in_flight == 1, 5, 0.005, what="the first request in flight")
+        conn, stream = connect(port)
+        try:
+            yield held, conn, stream
+        finally:
+            holder.close(), conn.close()
 
 
 def test_a_refusal_is_a_429_written_after_the_delay_and_the_connection_serves_on():
     counted = []
     admission = Admission(paths=("/predict",), max_in_flight=1, refusal_delay_s=0.1, on_refused=lambda *answer: counted.append(answer))
-    with uvicorn_admitting(admission, slow_app(0.4)) as port:
-        holder, held = hold_the_slot(admission, port)
-        conn, stream = connect(port)
+    with api_full(admission, slow_app(0.4)) as (held, conn, stream):
         start = time.perf_counter()
         conn.sendall(post())
         status, headers, body = read_answer(stream)
@@ -165,31 +169,24 @@ def test_a_refusal_is_a_429_written_after_the_delay_and_the_connection_serves_on
         assert read_answer(held)[0] == 200
         conn.sendall(post())  # the same connection, now that the slot is free
         assert read_answer(stream)[:3:2] == (200, b"ok")
-        holder.close(), conn.close()
 
 
 def test_a_pipelined_request_waits_for_the_refusal_before_it_and_answers_come_in_order():
     admission = Admission(paths=("/predict",), max_in_flight=1, refusal_delay_s=0.3)
-    with uvicorn_admitting(admission, slow_app(0.1)) as port:
-        holder, held = hold_the_slot(admission, port)
-        conn, stream = connect(port)
+    with api_full(admission, slow_app(0.1)) as (held, conn, stream):
         conn.sendall(post() + post())  # the second starts once the first is answered, when the slot is free again
         assert [read_answer(stream)[0] for _ in range(2)] == [429, 200]
         assert read_answer(held)[0] == 200
-        holder.close(), conn.close()
 
 
 def test_a_refused_request_that_asked_to_close_gets_connection_close_and_is_closed():
     admission = Admission(paths=("/predict",), max_in_flight=1, refusal_delay_s=0)
-    with uvicorn_admitting(admission, slow_app(0.3)) as port:
-        holder, held = hold_the_slot(admission, port)
-        conn, stream = connect(port)
+    with api_full(admission, slow_app(0.3)) as (held, conn, stream):
         conn.sendall(post(extra=b"connection: close\r\n"))
         status, headers, _ = read_answer(stream)
         assert (status, headers["connection"]) == (429, "close")
         assert stream.read() == b""  # closed by the server
         assert read_answer(held)[0] == 200
-        holder.close(), conn.close()
 
 
 def test_of_requests_read_in_one_turn_the_newest_is_served_and_the_older_ones_refused():
@@ -224,10 +221,7 @@ def test_an_admitted_request_run_at_once_that_then_waits_past_the_timeout_gets_5
         conn.sendall(post())  # run at once until it waits, then a task: the timeout must cancel that task
         status, _, body = read_answer(stream)
         assert status == 504 and "0.2 seconds" in json.loads(body)["error"] and time.perf_counter() - start < 2
-        deadline = time.monotonic() + 2
-        while admission.in_flight and time.monotonic() < deadline:  # given back as the task ends, after the answer
-            time.sleep(0.01)
-        assert admission.in_flight == 0
+        wait_until(lambda: admission.in_flight == 0, 2, 0.01, what="the slot given back")  # as the task ends, after the answer
         conn.close()
 
 
@@ -238,10 +232,7 @@ def test_other_paths_are_neither_counted_nor_refused_when_the_api_is_full():
     async def app(scope, receive, send):
         await (slow if scope["path"] == "/predict" else quick)(scope, receive, send)
 
-    with uvicorn_admitting(admission, app) as port:
-        holder, held = hold_the_slot(admission, port)
-        conn, stream = connect(port)
+    with api_full(admission, app) as (held, conn, stream):
         conn.sendall(post("/readyz"))  # health and metrics must answer however busy the API is
         assert read_answer(stream)[0] == 200 and admission.in_flight == 1
         assert read_answer(held)[0] == 200
-        holder.close(), conn.close()

@@ -12,6 +12,7 @@ import time
 import httpx
 import pytest
 
+from benchmarks.bench import parse_wrk
 from flatprice.schema import EXAMPLE_FLAT
 from tests.metrics_scrape import sample_value, scrape
 from tests.servers import REPO, BentoServer, wait_until
@@ -51,8 +52,9 @@ def test_overload_answers_429_at_a_paced_rate_never_errors_and_admitted_requests
         out = report["out"]
         assert httpx.post(f"{server.url}/predict", json=EXAMPLE_FLAT).status_code == 200  # serves on afterwards
         families = scrape(server.url)
-    assert "Socket errors" not in out, out  # no resets or timeouts
-    shed = int(re.search(r"Non-2xx or 3xx responses: (\d+)", out).group(1))
+    result = parse_wrk(out)
+    assert result["socket_errors"] == "", out  # no resets or timeouts
+    shed = result["non_2xx"]
     by_status = {s.labels["http_response_code"]: s.value for s in families["flat_price_request"].samples
                  if s.name == "flat_price_request_total" and s.labels["endpoint"] == "/predict"}
     assert by_status.get("429", 0) >= shed > 0  # what wrk saw refused was 429
@@ -62,8 +64,7 @@ def test_overload_answers_429_at_a_paced_rate_never_errors_and_admitted_requests
         if response.status_code == 429:
             assert response.headers["retry-after"] == "1" and response.json()["error"].startswith("Too many requests")
             assert seconds >= 0.05  # paced: a client retrying at once cannot keep the worker busy refusing
-    sent = re.search(r"(\d+) requests in", out).group(1)
-    print(f"wrk: {shed} x 429 of {sent}; light client: "
+    print(f"wrk: {shed} x 429 of {result['requests']}; light client: "
           f"{sum(r.status_code == 200 for r, _ in answers)} answered, {sum(r.status_code == 429 for r, _ in answers)} refused")
 
 

@@ -55,7 +55,7 @@ class Traffic(threading.Thread):
 
 def flood(url: str, workdir: Path, seconds: int, connections: int = 128) -> str:
     """wrk holding `connections` open, each posting the example flat without pause: far
-    more than a worker admits, so it gets 429s. Returns wrk's report."""
+    more than a worker admits, so it gets 429s. Returns wrk's report (`benchmarks.bench.parse_wrk` reads it)."""
     script = lua_pool(workdir / "example-flat.lua", [json.dumps(EXAMPLE_FLAT)])
-    return subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", str(script), f"{url}/predict"],
+    return subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), f"{url}/predict"],
                           capture_output=True, text=True, check=True, timeout=seconds + 30).stdout
