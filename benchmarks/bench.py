@@ -42,7 +42,7 @@ import numpy as np
 from flatprice.schema import FEATURE_NAMES, INT_FEATURES
 from flatprice.store import latest_model, load_pipeline
 from flatprice.synthetic import generate_flats
-from tests.servers import REPO, BentoServer, Process, free_port, process_tree, worker_pids
+from devtools.servers import REPO, BentoServer, Process, free_port, process_tree, worker_pids
 
 RESULTS = REPO / "bench-results"
 

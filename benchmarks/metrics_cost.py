@@ -18,7 +18,7 @@ os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="metri
 
 from flatprice import metrics  # noqa: E402
 from flatprice.features import as_feature_matrix  # noqa: E402
-from flatprice.monitor import PredictionMonitor  # noqa: E402
+from flatprice.observability.monitor import PredictionMonitor  # noqa: E402
 from flatprice.reference import build_reference  # noqa: E402
 from flatprice.synthetic import generate_flats  # noqa: E402
 

@@ -34,7 +34,7 @@ import numpy as np
 from benchmarks.bench import json_flat, lua_pool, parse_wrk
 from flatprice.schema import EXAMPLE_FLAT, FEATURE_NAMES
 from flatprice.synthetic import generate_flats
-from tests.servers import BentoServer
+from devtools.servers import BentoServer
 
 CONNECTIONS = 128  # the flood
 PACED_CONNECTIONS = 400  # twice the capacity, paced

@@ -6,7 +6,7 @@ and attributes each sample to a part of the request path.
 Buckets, by the innermost frame that belongs to one of them (so a CatBoost call made
 from the service counts as model, the service's own line as service):
 model (catboost, sklearn), features (flatprice.features), validation (pydantic),
-metrics (prometheus_client, flatprice.monitor, BentoML's metrics middleware), logging,
+metrics (prometheus_client, flatprice.observability.monitor, BentoML's metrics middleware), logging,
 service (service.py, flatprice), framework (bentoml, starlette, uvicorn, h11, asyncio).
 """
 
@@ -22,7 +22,7 @@ from pathlib import Path
 from benchmarks.bench import json_flat, lua_pool
 from flatprice.schema import FEATURE_NAMES
 from flatprice.synthetic import generate_flats
-from tests.servers import BentoServer, worker_pids
+from devtools.servers import BentoServer, worker_pids
 
 BUCKETS = [  # (bucket, substrings of "function (file:line)"), first match from the innermost frame wins
     ("model", ("catboost/", "sklearn/")),

@@ -26,7 +26,7 @@ from pathlib import Path
 from benchmarks.bench import RESULTS, cpu_seconds, json_flat, lua_pool, rss_mib
 from flatprice.schema import FEATURE_NAMES
 from flatprice.synthetic import generate_flats
-from tests.servers import BentoServer, worker_pids
+from devtools.servers import BentoServer, worker_pids
 
 CONNECTIONS = 16
 # wrk's --latency prints p50/75/90/99; its Lua done() hook can print any percentile.

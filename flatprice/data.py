@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .schema import DROPPED_COLUMNS, FEATURE_BY_NAME, FEATURE_NAMES, TARGET, CROSS_FIELD_RULES
-from .synthetic import generate_flats
+from .synthetic import DEFAULT_ROWS, generate_flats
 
 DEFAULT_TABLE = "clean_flats"
 
@@ -45,7 +45,7 @@ def is_database_url(source: str) -> bool:
 def read_source(source: str | None, *, table: str = DEFAULT_TABLE, rows: int | None = None, seed: int = 42) -> tuple[pd.DataFrame, str]:
     """The raw table and a description of its source."""
     if source is None:
-        n = rows or 130_755
+        n = rows or DEFAULT_ROWS
         return generate_flats(n, seed), f"synthetic(rows={n}, seed={seed})"
     if is_database_url(source):
         import sqlalchemy

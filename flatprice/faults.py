@@ -1,8 +1,6 @@
 """Optional fault injection on /random, as the original service had it to make the
-dashboard move: a share of HTTP 500s and a random delay. Off unless configured:
-
-    FLAT_PRICE_FAULT_ERROR_RATE=0.1      share of /random requests answered 500
-    FLAT_PRICE_FAULT_MAX_DELAY_S=1.0     each /random request first sleeps U(0, this) seconds
+dashboard move: a share of HTTP 500s and a random delay. Off unless configured
+(FLAT_PRICE_FAULT_ERROR_RATE, FLAT_PRICE_FAULT_MAX_DELAY_S; see flatprice.config).
 
 Injected answers carry the header `X-Injected-Fault` and are counted in
 `flat_price_injected_faults_total{kind}`, so neither a client nor a dashboard mistakes
@@ -12,13 +10,13 @@ them for real failures.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 from dataclasses import dataclass
 
-from starlette.responses import JSONResponse
+from starlette.responses import Response
 
-from . import metrics
+from .api.errors import error_json
+from .observability import metrics
 
 HEADER = "X-Injected-Fault"
 
@@ -28,23 +26,17 @@ class FaultInjection:
     error_rate: float = 0.0
     max_delay_s: float = 0.0
 
-    @classmethod
-    def from_env(cls, env=os.environ) -> "FaultInjection":
-        faults = cls(float(env.get("FLAT_PRICE_FAULT_ERROR_RATE", 0)), float(env.get("FLAT_PRICE_FAULT_MAX_DELAY_S", 0)))
-        if not (0 <= faults.error_rate <= 1 and 0 <= faults.max_delay_s <= 5):
-            raise ValueError("FLAT_PRICE_FAULT_ERROR_RATE must be in [0, 1] and FLAT_PRICE_FAULT_MAX_DELAY_S in [0, 5]")
-        return faults
-
     @property
     def enabled(self) -> bool:
         return self.error_rate > 0 or self.max_delay_s > 0
 
-    async def maybe_fail(self) -> JSONResponse | None:
-        """Sleep and/or return an injected 500 answer; None to go on normally."""
+    async def maybe_fail(self) -> Response | None:
+        """Sleep and/or return an injected 500 answer (the usual error shape); None to go on."""
         if self.max_delay_s > 0:
             metrics.INJECTED_FAULTS.labels(kind="delay").inc()
             await asyncio.sleep(random.uniform(0, self.max_delay_s))
         if self.error_rate > 0 and random.random() < self.error_rate:
             metrics.INJECTED_FAULTS.labels(kind="error").inc()
-            return JSONResponse({"error": "injected fault (FLAT_PRICE_FAULT_ERROR_RATE)"}, status_code=500, headers={HEADER: "error"})
+            body = error_json("injected fault (FLAT_PRICE_FAULT_ERROR_RATE)", "injected_fault")
+            return Response(body, status_code=500, media_type="application/json", headers={HEADER: "error"})
         return None

@@ -15,10 +15,9 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.pipeline import Pipeline
 
 from .schema import FEATURE_NAMES, MOSCOW_CENTRE_LAT, MOSCOW_CENTRE_LON
-from .synthetic import distance_to_centre_km
+from .geo import LON_TO_LAT_SCALE, distance_to_centre_km
 
 _COL = {name: i for i, name in enumerate(FEATURE_NAMES)}
-LON_TO_LAT_SCALE = 0.5626  # cos(55.75°): a degree of longitude is this share of a degree of latitude
 ENGINEERED_NAMES: tuple[str, ...] = (
     "distance_to_centre_km",
     "bearing_sin",

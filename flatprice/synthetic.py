@@ -13,11 +13,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .geo import KM_PER_DEG_LON, distance_to_centre_km
 from .schema import FEATURE_NAMES, MOSCOW_CENTRE_LAT, MOSCOW_CENTRE_LON, TARGET
 
 DEFAULT_ROWS = 130_755
 KM_PER_DEG_LAT = 111.32
-KM_PER_DEG_LON = 111.32 * np.cos(np.radians(MOSCOW_CENTRE_LAT))
 
 # Building eras: (share of buildings, build-year sampler, floors choices, ceiling, kitchen m²).
 _ERAS = ("old", "stalin", "khrushchev", "late_soviet", "modern", "new")
@@ -108,14 +108,6 @@ def _building_table(n_buildings: int, rng: np.random.Generator) -> pd.DataFrame:
         "has_elevator": has_elevator.astype(int),
         "flats_count": np.round(flats_count).astype(int),
     })
-
-
-def distance_to_centre_km(lat, lon):
-    """Great-circle (haversine) distance to the Moscow centre, km."""
-    lat1, lon1 = np.radians(lat), np.radians(lon)
-    lat0, lon0 = np.radians(MOSCOW_CENTRE_LAT), np.radians(MOSCOW_CENTRE_LON)
-    a = np.sin((lat1 - lat0) / 2) ** 2 + np.cos(lat0) * np.cos(lat1) * np.sin((lon1 - lon0) / 2) ** 2
-    return 2 * 6371.0 * np.arcsin(np.sqrt(a))
 
 
 def generate_flats(rows: int = DEFAULT_ROWS, seed: int = 42, city_seed: int = 42) -> pd.DataFrame:

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flatprice.metrics import NAMESPACE
+from flatprice.observability.metrics import NAMESPACE
 from flatprice.reference import PSI_ALERT, PSI_NO_DRIFT
 
 OUTPUT = Path(__file__).parent / "grafana" / "dashboards" / "flat-price.json"

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from monitoring.render_dashboard import draw
-from tests.servers import REPO, BentoServer, node_exporter, prometheus
+from devtools.servers import REPO, BentoServer, node_exporter, prometheus
 
 
 def locust(url: str, seconds: int, scenario: str) -> int:

@@ -18,7 +18,7 @@ os.environ["BENTOML_DO_NOT_TRACK"] = "True"
 
 import pytest  # noqa: E402
 
-from tests.servers import BentoServer  # noqa: E402
+from devtools.servers import BentoServer  # noqa: E402
 
 SMALL_MODEL = {"rows": 6000, "iterations": 150, "seed": 7}
 

@@ -4,7 +4,7 @@ import json
 import subprocess
 import sys
 
-from tests.servers import REPO
+from devtools.servers import REPO
 
 
 def test_benchmark_script_runs_and_prices_match(small_model, tmp_path):

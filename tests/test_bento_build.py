@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from flatprice.schema import EXAMPLE_FLAT
-from tests.servers import REPO, BentoServer, private_home
+from devtools.servers import REPO, BentoServer, private_home
 
 
 def bentoml_cli(home, *args, cwd=REPO):

@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-from tests.servers import REPO
+from devtools.servers import REPO
 
 
 def test_ruff_finds_nothing():

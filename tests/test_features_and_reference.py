@@ -5,10 +5,11 @@ import pytest
 from prometheus_client import CollectorRegistry, Histogram
 
 from flatprice.features import ENGINEERED_NAMES, FlatFeatures, as_feature_matrix
-from flatprice.monitor import observe_many
+from flatprice.server.hooks import bulk_observe as observe_many
 from flatprice.reference import PSI_ALERT, PSI_NO_DRIFT, DriftWindow, assign_bins, build_reference, psi
 from flatprice.schema import EXAMPLE_FLAT, FEATURE_NAMES
-from flatprice.synthetic import distance_to_centre_km, generate_flats
+from flatprice.geo import distance_to_centre_km
+from flatprice.synthetic import generate_flats
 
 
 def test_distance_to_centre():

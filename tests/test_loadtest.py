@@ -6,12 +6,12 @@ import sys
 
 import httpx
 
-from flatprice import metrics
+from flatprice.observability import metrics
 from flatprice.reference import PSI_ALERT
 from tests.browser import rendered_dom
 from tests.metrics_scrape import scrape
 from tests.metrics_scrape import sample_value
-from tests.servers import REPO, BentoServer, Process, free_port, wait_until
+from devtools.servers import REPO, BentoServer, Process, free_port, wait_until
 
 LOCUSTFILE = str(REPO / "loadtest" / "locustfile.py")
 CONF = str(REPO / "loadtest" / "locust.conf")

@@ -7,13 +7,13 @@ import httpx
 import numpy as np
 import pytest
 
-from flatprice import metrics
+from flatprice.observability import metrics
 from flatprice.reference import PSI_ALERT, PSI_NO_DRIFT
 from flatprice.schema import EXAMPLE_FLAT, FEATURE_NAMES
 from flatprice.synthetic import generate_flats
 from tests.conftest import SMALL_MODEL
 from tests.metrics_scrape import sample_value, scrape, series_count
-from tests.servers import BentoServer, wait_until
+from devtools.servers import BentoServer, wait_until
 
 PRICE = f"{metrics.NAMESPACE}_predicted_price_rubles"
 

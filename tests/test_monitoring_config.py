@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from monitoring import dashboard
-from tests.servers import REPO
+from devtools.servers import REPO
 
 MONITORING = REPO / "monitoring"
 PROMETHEUS = MONITORING / "prometheus"
@@ -148,7 +148,7 @@ def test_dashboard_has_every_panel_of_the_original_and_the_new_ones():
 
 
 def test_monitoring_md_documents_every_metric_panel_and_alert():
-    from flatprice.metrics import EXPOSED
+    from flatprice.observability.metrics import EXPOSED
 
     text = (REPO / "Monitoring.md").read_text()
     for name, kind in EXPOSED.items():

@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from monitoring import dashboard
-from tests.servers import node_exporter, prometheus, wait_until
+from devtools.servers import node_exporter, prometheus, wait_until
 from tests.test_monitoring_config import alert_rules
 from tests.traffic import Traffic, flood
 

@@ -15,7 +15,7 @@ import pytest
 from benchmarks.bench import parse_wrk
 from flatprice.schema import EXAMPLE_FLAT
 from tests.metrics_scrape import sample_value, scrape
-from tests.servers import REPO, BentoServer, wait_until
+from devtools.servers import REPO, BentoServer, wait_until
 from tests.traffic import flood
 
 

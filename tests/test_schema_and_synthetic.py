@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from flatprice.payloads import Flat
+from flatprice.api.payloads import Flat
 from flatprice.schema import CROSS_FIELD_RULES, EXAMPLE_FLAT, FEATURE_NAMES, FEATURES, TARGET
-from flatprice.synthetic import DEFAULT_ROWS, distance_to_centre_km, generate_flats
+from flatprice.geo import distance_to_centre_km
+from flatprice.synthetic import DEFAULT_ROWS, generate_flats
 from tests.data_facts import REAL_FREQUENCIES, REAL_MARGINALS
 
 

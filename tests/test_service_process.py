@@ -9,7 +9,7 @@ import pytest
 from flatprice.schema import EXAMPLE_FLAT, FEATURE_NAMES
 from flatprice.synthetic import generate_flats
 from tests.bad_requests import BAD_REQUESTS
-from tests.servers import REPO, BentoServer
+from devtools.servers import REPO, BentoServer
 
 ORIGINAL_CURL = ["curl", "-s", "-X", "POST", "-H", "Content-Type: application/json", "-d",
                  '{"floor": 1, "is_apartment": 0, "kitchen_area": 7.0, "living_area": 27.0, "rooms": 2, '

@@ -9,6 +9,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from flatprice.data import DEFAULT_TABLE, DataError
 from flatprice.store import MODEL_NAME, ModelError, latest_model
+from flatprice.synthetic import DEFAULT_ROWS
 
 from . import train
 
@@ -17,7 +18,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m train", description=__doc__)
     parser.add_argument("--data", metavar="SOURCE", help="CSV or Parquet file, or an SQLAlchemy URL (default: built-in synthetic data)")
     parser.add_argument("--table", default=DEFAULT_TABLE, help=f"table to read from a database URL (default: {DEFAULT_TABLE})")
-    parser.add_argument("--rows", type=int, help="use only this many rows (synthetic: generate this many; default 130,755)")
+    parser.add_argument("--rows", type=int, help=f"use only this many rows (synthetic: generate this many; default {DEFAULT_ROWS:,})")
     parser.add_argument("--iterations", type=int, default=1000, help="CatBoost trees (default 1000)")
     parser.add_argument("--depth", type=int, default=6, help="CatBoost tree depth (default 6)")
     parser.add_argument("--seed", type=int, default=42, help="seed for the split, the model and synthetic data (default 42)")

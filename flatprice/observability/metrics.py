@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram, Summary
 
-from .reference import PREDICTION
-from .schema import FEATURE_NAMES
+from ..reference import PREDICTION
+from ..schema import FEATURE_NAMES
 
 NAMESPACE = "flat_price"  # BentoML's request metrics use it too (see service.py)
 

@@ -17,9 +17,11 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, create_model, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from .schema import CROSS_FIELD_RULES, EXAMPLE_FLAT, FEATURE_NAMES, FEATURES
+from ..schema import CROSS_FIELD_RULES, EXAMPLE_FLAT, FEATURE_NAMES, FEATURES
 
 MAX_BATCH_ROWS = 1000
+MAX_UNKNOWN_KEYS = 20  # reported one by one up to this many
+_NAMES = frozenset(FEATURE_NAMES)
 
 _STRICT = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
 
@@ -34,6 +36,16 @@ def _column(feature):
     kind = int if feature.kind is int else float
     description = f"{feature.description}{f', {feature.unit}' if feature.unit else ''}, one value per flat"
     return Annotated[list[Annotated[kind, Field(ge=feature.low, le=feature.high)]], Field(min_length=1, max_length=MAX_BATCH_ROWS, description=description)]
+
+
+def _few_unknown_keys(cls, data):
+    """Unknown keys are each an error (extra="forbid"); past a few, one error says how many,
+    so a body with thousands of made-up keys cannot make thousands of errors."""
+    if isinstance(data, dict) and len(data) > len(FEATURE_NAMES) + MAX_UNKNOWN_KEYS:
+        unknown = len(data.keys() - _NAMES)
+        if unknown > MAX_UNKNOWN_KEYS:
+            raise PydanticCustomError("extra_forbidden", "{count} unknown fields; the fields are the 15 features", {"count": unknown})
+    return data
 
 
 def _check_cross_fields(cls, value, info: ValidationInfo):
@@ -53,6 +65,7 @@ FlatFields = create_model(
     "FlatFields",
     __config__=ConfigDict(**_STRICT, json_schema_extra={"example": EXAMPLE_FLAT}),
     __doc__="One flat: the 15 features of the Yandex Realty model (cross-field rules checked per batch).",
+    __validators__={"few_unknown_keys": model_validator(mode="before")(_few_unknown_keys)},
     **{f.name: (_field(f), ...) for f in FEATURES},
 )
 
@@ -69,12 +82,15 @@ class FlatBatch(BaseModel):
 
     model_config = ConfigDict(**_STRICT, json_schema_extra={"example": {"flats": [EXAMPLE_FLAT, EXAMPLE_FLAT | {"total_area": 80.0, "living_area": 50.0, "rooms": 3}]}})
     flats: list[FlatFields] = Field(min_length=1, max_length=MAX_BATCH_ROWS, description=f"1 to {MAX_BATCH_ROWS} flats")
+    few_unknown_keys = model_validator(mode="before")(_few_unknown_keys)
 
 
 def _same_lengths(model):
     lengths = {name: len(getattr(model, name)) for name in FEATURE_NAMES}
     if len(set(lengths.values())) > 1:
-        raise ValueError(f"every column must have one value per flat; lengths: {lengths}")
+        usual = max(set(lengths.values()), key=list(lengths.values()).count)
+        odd = ", ".join(f"{name} has {n}" for name, n in lengths.items() if n != usual)
+        raise PydanticCustomError("column_lengths", "every column must have one value per flat: {odd} values, the others {usual}", {"odd": odd, "usual": usual})
     return model
 
 
@@ -82,7 +98,10 @@ FlatColumns = create_model(
     "FlatColumns",
     __config__=ConfigDict(**_STRICT, json_schema_extra={"example": {f.name: [f.example, f.example] for f in FEATURES} | {"total_area": [40.0, 80.0], "living_area": [27.0, 50.0]}}),
     __doc__="Up to 1,000 flats as 15 columns of equal length (pandas: df.to_dict('list')), priced in order.",
-    __validators__={"same_lengths": model_validator(mode="after")(_same_lengths)},
+    __validators__={
+        "few_unknown_keys": model_validator(mode="before")(_few_unknown_keys),
+        "same_lengths": model_validator(mode="after")(_same_lengths),
+    },
     **{f.name: (_column(f), ...) for f in FEATURES},
 )
 

@@ -15,27 +15,14 @@ import time
 
 import numpy as np
 
+from ..reference import DriftWindow
+from ..schema import FEATURE_NAMES
+from ..server import hooks  # bulk observe: the one private touch point, version-checked
 from . import metrics
-from .reference import DriftWindow
-from .schema import FEATURE_NAMES
 
 MIN_WINDOW_ROWS = 500  # drift is published only once a worker's window holds this many rows
 WINDOW_ROWS = 1000
 _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
-
-
-def observe_many(histogram, values: np.ndarray) -> None:
-    """Histogram.observe for many values at once (same buckets, count and sum).
-
-    prometheus_client has no bulk observe; a 1,000-row batch would otherwise cost 1,000
-    multiprocess file writes. This uses its internal per-bucket values (pinned version;
-    tests compare the result with plain observe()).
-    """
-    bounds = histogram._upper_bounds
-    counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds))
-    for i in np.flatnonzero(counts):
-        histogram._buckets[i].inc(int(counts[i]))
-    histogram._sum.inc(float(np.sum(values)))
 
 
 class PredictionMonitor:
@@ -76,8 +63,8 @@ class PredictionMonitor:
     def _update_model_signals(self, calls) -> None:
         features = np.concatenate([f for f, _ in calls])
         predictions = np.concatenate([p for _, p in calls])
-        observe_many(metrics.PREDICTED_PRICE, predictions)
-        observe_many(metrics.BATCH_ROWS, np.array([len(p) for _, p in calls], dtype=np.float64))
+        hooks.observe_many(metrics.PREDICTED_PRICE, predictions)
+        hooks.observe_many(metrics.BATCH_ROWS, np.array([len(p) for _, p in calls], dtype=np.float64))
         outside = ((features < self.low) | (features > self.high)).sum(axis=0)
         for i in np.flatnonzero(outside):
             metrics.OUT_OF_RANGE.labels(feature=FEATURE_NAMES[i]).inc(int(outside[i]))

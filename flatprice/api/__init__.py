@@ -1,0 +1,1 @@
+"""The API contract: routes, request and answer bodies, the error shape."""

@@ -1,0 +1,70 @@
+"""The one shape of every error answer: {"error", "detail": [{type, loc, msg}], "total"}.
+
+Validation errors (400) and the server edge's own answers (408, 413, 415, 429, 431, and the
+fault injector's 500) are built here; /docs.json documents this model for every status.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Union
+
+from pydantic import BaseModel, Field
+
+MAX_REPORTED_ERRORS = 20  # per answer; `total` still says how many there were
+MAX_LOC_CHARS = 64  # a client's unknown key is echoed at most this long
+
+
+class ErrorDetail(BaseModel):
+    type: str = Field(description="Error type, e.g. missing, int_type, greater_than_equal, cross_field")
+    loc: list[Union[str, int]] = Field(description="Where: the field (and, in a batch, the flat's index)")
+    msg: str = Field(description="Why, in words")
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="What went wrong")
+    detail: list[ErrorDetail] = Field(
+        default_factory=list, description=f"The problems, at most {MAX_REPORTED_ERRORS} (validation errors)"
+    )
+    total: int = Field(default=0, description="How many problems there were in all (detail lists the first ones)")
+
+
+# The description of every status an API route can answer, for /docs.json.
+ERROR_STATUSES = {
+    400: "Invalid input: `detail` names each field at fault (`loc`) and the reason (`msg`)",
+    404: "Not found",
+    408: "The request body did not arrive within the body deadline (FLAT_PRICE_BODY_TIMEOUT_S)",
+    413: "Request body over the size limit (FLAT_PRICE_MAX_BODY_BYTES), refused before it is read",
+    415: "Content-Type is not application/json, or the body is encoded (Content-Encoding)",
+    429: "Too many requests in flight in this worker (FLAT_PRICE_MAX_CONCURRENCY): retry after Retry-After seconds",
+    431: "Request headers over the size limit (FLAT_PRICE_MAX_HEADER_BYTES)",
+    500: "Unexpected server error (or a fault injected on purpose, header X-Injected-Fault)",
+    503: "Not ready: the model is still loading",
+    504: "The request took longer than the service's timeout (FLAT_PRICE_TIMEOUT_S)",
+}
+
+
+def clip(text: str, limit: int = MAX_LOC_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def error_json(reason: str, error_type: str, loc=("body",)) -> bytes:
+    """A one-problem error body."""
+    detail = [{"type": error_type, "loc": list(loc), "msg": reason}]
+    return json.dumps({"error": reason, "detail": detail, "total": 1}).encode()
+
+
+def validation_json(errors: list[dict], total: int) -> bytes:
+    """A 400 body from pydantic-style errors: the first MAX_REPORTED_ERRORS, bounded."""
+    detail = [
+        {
+            "type": str(e.get("type", "invalid")),
+            "loc": [part if isinstance(part, int) else clip(str(part)) for part in e.get("loc", ())] or ["body"],
+            "msg": clip(str(e.get("msg", "")), 200),
+        }
+        for e in errors[:MAX_REPORTED_ERRORS]
+    ]
+    fields = ", ".join(dict.fromkeys(str(d["loc"][-1]) for d in detail))
+    noun = "validation error" if total == 1 else "validation errors"
+    shown = "" if total <= len(detail) else f" (the first {len(detail)} listed)"
+    return json.dumps({"error": f"{total} {noun}{shown}: {fields}", "detail": detail, "total": total}).encode()

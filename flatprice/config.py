@@ -1,0 +1,79 @@
+"""Every setting of the service, read once from `FLAT_PRICE_*` environment variables.
+
+`Settings.load()` validates them at start; a bad value stops the start with one line
+naming the variable and what it accepts. The README's configuration table is generated
+from the fields here (`python -m flatprice.config`) and tested equal.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PREFIX = "FLAT_PRICE_"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=PREFIX, frozen=True, extra="ignore")
+
+    workers: int = Field(2, ge=1, le=64, description="Worker processes serving requests (one per core is typical)")
+    timeout_s: float = Field(10.0, gt=0, le=600, description="A request unanswered after this long gets 504")
+    max_concurrency: int = Field(
+        64, ge=1, le=10_000, description="API requests in flight per worker before new ones get 429"
+    )
+    refusal_delay_s: float = Field(
+        0.05, ge=0, le=1, description="A 429 is sent after this delay, so a client retrying at once is paced"
+    )
+    body_timeout_s: float = Field(
+        5.0, gt=0, le=60, description="A request body not fully arrived after this long gets 408"
+    )
+    max_body_bytes: int = Field(
+        1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="Larger request bodies get 413 before they are read"
+    )
+    max_header_bytes: int = Field(
+        16 * 1024, ge=1024, le=1024 * 1024, description="Larger request headers (all together) get 431"
+    )
+    access_log: bool = Field(False, description="One log line per request (costs ~10% of a request's CPU)")
+    tracing_excluded_urls: str = Field(".*", description="Routes not traced by OpenTelemetry (regex; all by default)")
+    server_hooks: bool = Field(
+        True, description="Install the version-checked BentoML hooks (docs/upgrading.md); 0 = public behaviour only"
+    )
+    fault_error_rate: float = Field(0.0, ge=0, le=1, description="Share of /random requests answered 500 on purpose")
+    fault_max_delay_s: float = Field(0.0, ge=0, le=5, description="Each /random request first sleeps U(0, this) s")
+
+    @classmethod
+    def load(cls) -> "Settings":
+        """The settings from the environment, or exit with one line per bad variable."""
+        try:
+            return cls()
+        except ValidationError as error:
+            lines = [f"{PREFIX}{str(e['loc'][0]).upper()}: {e['msg']} (accepts {accepted(str(e['loc'][0]))})"
+                     for e in error.errors()]
+            raise SystemExit("invalid setting: " + "; ".join(lines)) from None
+
+
+def accepted(name: str) -> str:
+    """What a field accepts, in words: its type and bounds."""
+    field = Settings.model_fields[name]
+    kind = {int: "an integer", float: "a number", bool: "0 or 1", str: "text"}[field.annotation]
+    bounds = {key: getattr(m, key) for m in field.metadata for key in ("ge", "gt", "le") if hasattr(m, key)}
+    if not bounds:
+        return kind
+    low = f"above {bounds['gt']}" if "gt" in bounds else f"from {bounds['ge']}"
+    return f"{kind} {low} to {bounds['le']}"
+
+
+def markdown_table() -> str:
+    """The README's configuration table."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        shown = {True: "1", False: "0"}.get(default, default) if isinstance(default, bool) else default
+        rows.append(f"| `{PREFIX}{name.upper()}` | `{shown}` | {field.description} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(markdown_table() + "\n")

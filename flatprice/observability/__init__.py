@@ -1,0 +1,1 @@
+"""Observability: the service's Prometheus metrics and the model signals behind them."""

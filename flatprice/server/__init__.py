@@ -1,0 +1,59 @@
+"""The server edge: what happens to a request before and around `service.py`'s handlers.
+
+`install(service, settings)` sets it all up. A request to an API route meets, in order:
+ 1. uvicorn (BentoML's server, one per worker process), which parses the HTTP request;
+ 2. BentoML's request metrics, labelled by `routes.endpoint_label` (hook: bounded labels);
+ 3. BentoML's `traffic.timeout`: no answer begun within FLAT_PRICE_TIMEOUT_S gives 504;
+ 4. `RequestGuard`: 431 for huge headers, GET->POST for /random, 413 / 415 before reading,
+    the body read within limits (413, 408 on a slow sender), 400 answers rewritten into
+    the bounded error shape and counted per field;
+ 5. `Admission`: 429 (Retry-After, after FLAT_PRICE_REFUSAL_DELAY_S) over
+    FLAT_PRICE_MAX_CONCURRENCY requests in flight in this worker;
+ 6. BentoML's routing and pydantic validation of `flatprice.api.payloads`: a 400 is logged
+    as one line (hook: concise client-error logs);
+ 7. the handler in `service.py`, and the model; its signals go to the monitor's background
+    thread (hook: bulk histogram observe).
+/docs.json documents every error status with the real body (hook: error bodies).
+Hooks touch private code and are version-checked: see `hooks` and docs/upgrading.md.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from ..api.routes import API_ROUTES, GET_ROUTES
+from ..config import Settings
+from .admission import Admission
+from .guard import RequestGuard
+from .hooks import install_hooks
+
+
+def service_options(settings: Settings) -> dict:
+    """The `@bentoml.service` options the settings decide (public BentoML configuration)."""
+    return {
+        "workers": settings.workers,
+        "traffic": {"timeout": settings.timeout_s},
+        # One log line per request costs ~10% of a request's CPU; refusals are logged either way.
+        "logging": {"access": {"enabled": settings.access_log}},
+        "tracing": {"excluded_urls": settings.tracing_excluded_urls},
+    }
+
+
+def install(service, settings: Settings) -> Callable[[], None]:
+    """Add the edge's middlewares to `service` and, if enabled, the version-checked hooks.
+    Returns the function that removes the hooks again (tests use it)."""
+    service.add_asgi_middleware(
+        RequestGuard,
+        api_routes=API_ROUTES,
+        get_routes=GET_ROUTES,
+        max_body_bytes=settings.max_body_bytes,
+        max_header_bytes=settings.max_header_bytes,
+        body_timeout_s=settings.body_timeout_s,
+    )
+    service.add_asgi_middleware(
+        Admission,
+        api_routes=API_ROUTES,
+        max_in_flight=settings.max_concurrency,
+        refusal_delay_s=settings.refusal_delay_s,
+    )
+    return install_hooks() if settings.server_hooks else (lambda: None)

@@ -1,0 +1,183 @@
+"""`RequestGuard`: the HTTP checks on API requests before BentoML parses them (ASGI middleware).
+
+In the order a request meets them:
+- headers over `max_header_bytes` in all get 431;
+- `GET` on a GET route (`/random`) is served by its POST API, as the original service did;
+- a POST whose Content-Length is over `max_body_bytes` gets 413 before its body is read;
+  an encoded body (Content-Encoding) or a Content-Type other than JSON gets 415;
+- the body is read here, within `max_body_bytes` (413) and `body_timeout_s` (408), and
+  replayed to BentoML: a slow sender holds no admission slot and is cut off early;
+- a 400 answer is rewritten into the bounded error shape of `flatprice.api.errors` (the
+  first 20 errors and the total; no pydantic URLs or class names) and its fields counted;
+- request and response body sizes are recorded per route.
+/docs.json is built by BentoML once and then answered from a copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+from ..api.errors import MAX_REPORTED_ERRORS, error_json, validation_json
+from ..api.routes import DOCS
+from ..observability import metrics
+from ..schema import FEATURE_NAMES
+
+refused_logger = logging.getLogger("flatprice.refused")
+_FEATURES = frozenset(FEATURE_NAMES)
+
+
+def error_messages(status: int, body: bytes, headers=()) -> tuple[dict, dict]:
+    """The two ASGI messages of a JSON error answer."""
+    head = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]
+    return {"type": "http.response.start", "status": status, "headers": head}, {"type": "http.response.body", "body": body}
+
+
+async def send_error(send, status: int, reason: str, error_type: str, headers=()) -> None:
+    for message in error_messages(status, error_json(reason, error_type), headers):
+        await send(message)
+
+
+def field_label(loc) -> str:
+    """The `field` label of an error: the last schema field in its location, else `body`."""
+    named = [part for part in loc if part in _FEATURES]
+    return named[-1] if named else metrics.BODY_FIELD
+
+
+def bounded_400(body: bytes) -> tuple[bytes, list[str]]:
+    """BentoML's 400 body rewritten in the bounded error shape, and the fields to count."""
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        answer = {}
+    answer = answer if isinstance(answer, dict) else {}
+    errors = answer.get("detail")
+    if not isinstance(errors, list) or not errors or not all(isinstance(e, dict) for e in errors):
+        errors = [{"type": "invalid", "loc": ["body"], "msg": str(answer.get("error", "invalid request"))[:200]}]
+    shown = errors[:MAX_REPORTED_ERRORS]
+    return validation_json(shown, len(errors)), [field_label(e.get("loc") or ()) for e in shown]
+
+
+class RequestGuard:
+    def __init__(self, app, api_routes, get_routes, max_body_bytes: int, max_header_bytes: int, body_timeout_s: float):
+        self.app = app
+        self.api_routes, self.get_routes = frozenset(api_routes), frozenset(get_routes)
+        self.max_body_bytes, self.max_header_bytes, self.body_timeout_s = max_body_bytes, max_header_bytes, body_timeout_s
+        self.docs: list[dict] | None = None  # the /docs.json answer, once built
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+        if path == DOCS and scope["method"] == "GET":
+            return await self._docs(scope, receive, send)
+        if path not in self.api_routes:
+            return await self.app(scope, receive, send)
+        if sum(len(k) + len(v) for k, v in scope["headers"]) > self.max_header_bytes:
+            return await self._refuse(scope, send, 431, f"request headers over {self.max_header_bytes} bytes", "headers_too_large")
+        if scope["method"] == "GET" and path in self.get_routes:
+            scope = dict(scope, method="POST")
+            length = 0
+        elif scope["method"] == "POST":
+            headers = dict(scope["headers"])
+            declared = headers.get(b"content-length")
+            if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
+                return await self._refuse(scope, send, 413, f"request body over {self.max_body_bytes} bytes", "body_too_large")
+            encoding = headers.get(b"content-encoding", b"identity").strip().lower()
+            if encoding != b"identity":
+                shown = encoding.decode("latin-1")[:32]
+                return await self._refuse(scope, send, 415, f"Content-Encoding {shown!r} is not accepted: send the body unencoded", "unsupported_encoding")
+            media_type = headers.get(b"content-type", b"application/json").split(b";")[0].strip().lower()
+            if media_type != b"application/json":
+                shown = media_type.decode("latin-1")[:64]
+                return await self._refuse(scope, send, 415, f"Content-Type must be application/json, not {shown!r}", "unsupported_media_type")
+            try:
+                body = await asyncio.wait_for(self._read(receive), self.body_timeout_s)
+            except asyncio.TimeoutError:
+                return await self._refuse(scope, send, 408, f"request body not received within {self.body_timeout_s:g} s", "body_timeout")
+            if body is None:
+                return await self._refuse(scope, send, 413, f"request body over {self.max_body_bytes} bytes", "body_too_large")
+            receive, length = _replay(body, receive), len(body)
+        else:
+            return await self.app(scope, receive, send)  # BentoML answers 405
+        metrics.REQUEST_SIZE.labels(endpoint=path).observe(length)
+        await self.app(scope, receive, self._answering(send, path))
+
+    async def _read(self, receive) -> bytes | None:
+        """The whole body, or None once it passes the limit."""
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return b""
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_body_bytes:
+                return None
+            if not message.get("more_body"):
+                return b"".join(chunks)
+
+    def _answering(self, send, path: str):
+        """`send`, recording the answer's size, and rewriting and counting a 400 answer."""
+        start: dict | None = None
+        chunks: list[bytes] = []
+
+        async def answering_send(message):
+            nonlocal start
+            if message["type"] == "http.response.start":
+                if message["status"] != 400:
+                    for key, value in message.get("headers", ()):
+                        if key == b"content-length":
+                            metrics.RESPONSE_SIZE.labels(endpoint=path).observe(int(value))
+                    return await send(message)
+                start = message  # held until the body is complete
+                return None
+            if start is None or message["type"] != "http.response.body":
+                return await send(message)
+            chunks.append(message.get("body", b""))
+            if message.get("more_body"):
+                return None
+            body, fields = bounded_400(b"".join(chunks))
+            for field in fields:
+                metrics.REJECTED_INPUTS.labels(field=field).inc()
+            metrics.RESPONSE_SIZE.labels(endpoint=path).observe(len(body))
+            headers = [(k, v) for k, v in start.get("headers", ()) if k != b"content-length"]
+            await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+
+        return answering_send
+
+    async def _docs(self, scope, receive, send):
+        if self.docs is None:
+            answer: list[dict] = []
+
+            async def keep(message):
+                answer.append(message)
+
+            await self.app(scope, receive, keep)
+            if answer and answer[0].get("status") != 200:  # not cached: tried again next time
+                for message in answer:
+                    await send(message)
+                return
+            self.docs = answer
+        for message in self.docs:
+            await send(message)
+
+    async def _refuse(self, scope, send, status: int, reason: str, error_type: str):
+        metrics.REJECTED_INPUTS.labels(field=metrics.BODY_FIELD).inc()
+        refused_logger.warning("%s %s refused with %s: %s", scope["method"], scope["path"], status, error_type)
+        await send_error(send, status, reason, error_type)
+
+
+def _replay(body: bytes, receive):
+    sent = False
+
+    async def replay_receive():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()  # then wait for the disconnect, as the server would
+
+    return replay_receive
