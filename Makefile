@@ -1,29 +1,57 @@
 # The two set-up commands of the README: `make serve` and `make test`.
-PYTHON ?= python3
+# Everything runs in a project virtual environment (.venv), made with uv if present.
+BASE_PYTHON ?= python3
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+HOST ?= 127.0.0.1
 PORT ?= 3000
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+export BENTOML_DO_NOT_TRACK ?= True
 
-.PHONY: serve install model test system-deps build bench soak
+.PHONY: serve install install-dev model test test-fast system-deps build bench soak format lint mutation
 
-serve: install model  ## install, train the default model if the store has none, serve on :$(PORT)
-	$(PYTHON) -m bentoml serve service:FlatPriceService --port $(PORT)
+serve: install model  ## install, train the default model if the store has none, serve on $(HOST):$(PORT)
+	$(PYTHON) -m bentoml serve service:FlatPriceService --host $(HOST) --port $(PORT)
 
-install:
-	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+$(PYTHON):
+	@if command -v uv >/dev/null 2>&1; then uv venv --quiet --python $(BASE_PYTHON) $(VENV); \
+	else $(BASE_PYTHON) -m venv $(VENV); fi
+
+# pip inside the venv (uv's venv has none; `uv pip` is used when uv is on the PATH).
+define pip_install
+	@if command -v uv >/dev/null 2>&1; then uv pip install --quiet --python $(PYTHON) $(1); \
+	else $(PYTHON) -m pip install --quiet --disable-pip-version-check $(1); fi
+endef
+
+install: $(PYTHON)  ## serving and training the default model: .[train]
+	$(call pip_install,-e ".[train]")
+
+install-dev: $(PYTHON)  ## tests and tools: .[dev]
+	$(call pip_install,-e ".[dev]")
 
 model:
 	$(PYTHON) -m train --if-missing
 
-system-deps:  ## Debian packages the tests use: prometheus/promtool, chromium, docker-compose, wrk
+system-deps:  ## Debian packages the slow tests use (apt-get; says what before it installs)
 	scripts/install-system-deps.sh
 
-test: install system-deps  ## the whole test suite (real bentoml serve, Prometheus, locust)
+test: install-dev system-deps  ## the whole suite (real bentoml serve, Prometheus, locust, Chromium)
 	$(PYTHON) -m pytest
+
+test-fast: install-dev  ## the tests that need no server and no Debian package (under a minute)
+	$(PYTHON) -m pytest -m "not slow"
 
 build: install model  ## a Bento (and, with a Docker engine, its image)
 	$(PYTHON) -m bentoml build
 
-bench: install model system-deps  ## service vs the original design vs BentoML's ceiling (~7 min)
+bench: install-dev model system-deps  ## service vs the original design vs BentoML's ceiling (~7 min)
 	$(PYTHON) -m benchmarks.bench
 
-soak: install model system-deps  ## 10 minutes at half capacity: memory, errors, p95 per minute
+soak: install-dev model system-deps  ## 10 minutes at half capacity: memory, errors, p95 per minute
 	$(PYTHON) -m benchmarks.soak
+
+format: install-dev
+	$(PYTHON) -m ruff format . && $(PYTHON) -m ruff check --fix .
+
+mutation: install-dev  ## mutation testing of the contract and the edge with the fast tests (~10 min)
+	$(PYTHON) -m benchmarks.mutation

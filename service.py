@@ -40,7 +40,9 @@ settings = Settings.load()  # exits with one line naming a bad FLAT_PRICE_* vari
 verified_files(latest_model(MODEL_NAME))
 
 
-@bentoml.service(name="flat_price", metrics={"enabled": True, "namespace": NAMESPACE}, **server.service_options(settings))
+@bentoml.service(
+    name="flat_price", metrics={"enabled": True, "namespace": NAMESPACE}, **server.service_options(settings)
+)
 class FlatPriceService:
     model_ref = bentoml.models.BentoModel(f"{MODEL_NAME}:latest")
 

@@ -39,10 +39,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from devtools.servers import REPO, BentoServer, Process, free_port, process_tree, worker_pids
 from flatprice.schema import FEATURE_NAMES, INT_FEATURES
 from flatprice.store import latest_model, load_pipeline
 from flatprice.synthetic import generate_flats
-from devtools.servers import REPO, BentoServer, Process, free_port, process_tree, worker_pids
 
 RESULTS = REPO / "bench-results"
 
@@ -155,7 +155,9 @@ def parse_wrk(text: str) -> dict:
     return {
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)),
         "requests": int(re.search(r"(\d+) requests in", text).group(1)),
-        "p50_ms": latency(50), "p90_ms": latency(90), "p99_ms": latency(99),
+        "p50_ms": latency(50),
+        "p90_ms": latency(90),
+        "p99_ms": latency(99),
         "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
         "socket_errors": errors.group(1) if errors else "",
     }
@@ -188,11 +190,15 @@ def wrk(url: str, script: Path, connections: int, seconds: int, root_pid: int) -
     time.sleep(1)
     pids, workers = process_tree(root_pid), worker_pids(root_pid)
     before, before_each = cpu_seconds(pids), [cpu_seconds([w]) for w in workers]
-    text = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
-                          capture_output=True, text=True, check=True).stdout
+    text = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     result = parse_wrk(text)
     result["cpu_ms_per_request"] = (cpu_seconds(pids) - before) * 1000 / max(result["requests"], 1)
-    used = [cpu_seconds([w]) - b for w, b in zip(workers, before_each)]
+    used = [cpu_seconds([w]) - b for w, b in zip(workers, before_each, strict=False)]
     result["worker_split"] = [round(u / sum(used), 2) for u in used] if sum(used) else []
     return result
 
@@ -202,7 +208,18 @@ class FastAPIYardstick(Process):
         (workdir / "original_app.py").write_text(FASTAPI_APP)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "uvicorn", "original_app:app", "--workers", "2", "--host", "127.0.0.1", "--port", str(self.port)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "original_app:app",
+            "--workers",
+            "2",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]
         super().__init__(cmd, f"{self.url}/health", workdir / "original.log", cwd=workdir)
         self.env = {**os.environ, "PIPELINE_PATH": str(pipeline_path)}
 
@@ -260,12 +277,24 @@ def main() -> None:
     (work / "ceiling_app" / "ceiling.py").write_text(CEILING_SERVICE)
 
     print(f"model {model.tag}; in-process figures...", flush=True)
-    results = {"model": str(model.tag), "machine": f"{os.cpu_count()} cores, {os.uname().machine}", "in_process": in_process(pipeline, flats),
-               "http": {}, "batch": [], "identity": None, "rss_mib": {}}
+    results = {
+        "model": str(model.tag),
+        "machine": f"{os.cpu_count()} cores, {os.uname().machine}",
+        "in_process": in_process(pipeline, flats),
+        "http": {},
+        "batch": [],
+        "identity": None,
+        "rss_mib": {},
+    }
 
     targets = {
         # Capacity, so no admission limit in the way (benchmarks/overload.py measures the limit).
-        "service": lambda: BentoServer(work / "home-service", target="service:FlatPriceService", cwd=REPO, env={"FLAT_PRICE_MAX_CONCURRENCY": "1000"}),
+        "service": lambda: BentoServer(
+            work / "home-service",
+            target="service:FlatPriceService",
+            cwd=REPO,
+            env={"FLAT_PRICE_MAX_CONCURRENCY": "1000"},
+        ),
         "original": lambda: FastAPIYardstick(work, work / "pipeline.joblib"),
         "ceiling": lambda: BentoServer(work / "home-ceiling", target="ceiling:Ceiling", cwd=work / "ceiling_app"),
     }
@@ -280,14 +309,20 @@ def main() -> None:
                 for c in connections:
                     result = wrk(url, pool, c, args.duration, root)
                     results["http"].setdefault(name, {}).setdefault(c, []).append(result)
-                    print(f"round {round_ + 1} {name:8s} c={c:<3d} {result['rps']:8.0f} req/s  p50 {result['p50_ms']:6.2f} ms  p90 {result['p90_ms']:6.2f}  p99 {result['p99_ms']:7.2f}  CPU {result['cpu_ms_per_request']:.2f} ms/req  worker split {result['worker_split']}  non-2xx {result['non_2xx']}", flush=True)
+                    print(
+                        f"round {round_ + 1} {name:8s} c={c:<3d} {result['rps']:8.0f} req/s  p50 {result['p50_ms']:6.2f} ms  p90 {result['p90_ms']:6.2f}  p99 {result['p99_ms']:7.2f}  CPU {result['cpu_ms_per_request']:.2f} ms/req  worker split {result['worker_split']}  non-2xx {result['non_2xx']}",
+                        flush=True,
+                    )
                 results["rss_mib"].setdefault(name, []).append([round(rss_mib(p)) for p in worker_pids(root)])
                 if name == "service":
                     for route, script in (("/predict_batch", rows_body), ("/predict_columns", columns_body)):
                         batch = wrk(f"{server.url}{route}", script, 8, args.duration, root)
                         batch["route"], batch["rows_per_s"] = route, batch["rps"] * 1000
                         results["batch"].append(batch)
-                        print(f"round {round_ + 1} service {route} 1,000-flat batches: {batch['rows_per_s']:,.0f} rows/s, p99 {batch['p99_ms']:.1f} ms, worker split {batch['worker_split']}", flush=True)
+                        print(
+                            f"round {round_ + 1} service {route} 1,000-flat batches: {batch['rows_per_s']:,.0f} rows/s, p99 {batch['p99_ms']:.1f} ms, worker split {batch['worker_split']}",
+                            flush=True,
+                        )
                     if results["identity"] is None:
                         results["identity"] = identity(server.url, pipeline, flats, records)
     report(results)
@@ -298,7 +333,9 @@ def main() -> None:
 def identity(url: str, pipeline, flats, records) -> float:
     """Largest relative difference between the service's prices and the Pipeline's."""
     expected = pipeline.predict(flats[list(FEATURE_NAMES)])
-    columns = httpx.post(f"{url}/predict_columns", json={k: [r[k] for r in records] for k in FEATURE_NAMES}, timeout=30).json()["prices"]
+    columns = httpx.post(
+        f"{url}/predict_columns", json={k: [r[k] for r in records] for k in FEATURE_NAMES}, timeout=30
+    ).json()["prices"]
     rows = httpx.post(f"{url}/predict_batch", json={"flats": records}, timeout=30).json()["prices"]
     singles = [httpx.post(f"{url}/predict", json=r, timeout=10).json()["price"] for r in records[:100]]
     got = np.array(columns + rows + singles)
@@ -312,7 +349,9 @@ def report(results: dict) -> None:
         print(f"  {name:38s} {value:14,.3f}")
     http = results["http"]
     print("\n== single-flat POST /predict, wrk, pool of 1,000 flats (mean of rounds; each round in brackets) ==")
-    print(f"  {'conns':>5} | {'service req/s':>22} | {'original req/s':>22} | {'ceiling req/s':>22} | svc/orig | svc/ceil | p50/p90/p99 ms: service | original | ceiling")
+    print(
+        f"  {'conns':>5} | {'service req/s':>22} | {'original req/s':>22} | {'ceiling req/s':>22} | svc/orig | svc/ceil | p50/p90/p99 ms: service | original | ceiling"
+    )
     for c in sorted(next(iter(http.values()))):
         cells, p = [], []
         for name in ("service", "original", "ceiling"):
@@ -321,10 +360,14 @@ def report(results: dict) -> None:
             cells.append(f"{statistics.mean(r['rps'] for r in runs):7.0f} [{each}]")
             p.append("/".join(f"{statistics.mean(r[k] for r in runs):.1f}" for k in ("p50_ms", "p90_ms", "p99_ms")))
         mean = {n: statistics.mean(r["rps"] for r in http[n][c]) for n in http}
-        print(f"  {c:>5} | {cells[0]:>22} | {cells[1]:>22} | {cells[2]:>22} | {mean['service'] / mean['original']:8.2f} | {mean['service'] / mean['ceiling']:8.2f} | {p[0]} | {p[1]} | {p[2]}")
+        print(
+            f"  {c:>5} | {cells[0]:>22} | {cells[1]:>22} | {cells[2]:>22} | {mean['service'] / mean['original']:8.2f} | {mean['service'] / mean['ceiling']:8.2f} | {p[0]} | {p[1]} | {p[2]}"
+        )
     print("\n== CPU per request at 8 connections (ms, all server processes) ==")
     for name in http:
-        print(f"  {name:8s} {statistics.mean(r['cpu_ms_per_request'] for r in http[name][8]) if 8 in http[name] else float('nan'):.2f}")
+        print(
+            f"  {name:8s} {statistics.mean(r['cpu_ms_per_request'] for r in http[name][8]) if 8 in http[name] else float('nan'):.2f}"
+        )
     print("\n== worker RSS after the runs (MiB) ==")
     for name, runs in results["rss_mib"].items():
         print(f"  {name:8s} {runs}")
@@ -334,7 +377,9 @@ def report(results: dict) -> None:
         runs = [b for b in results["batch"] if b["route"] == route]
         mean = statistics.mean(b["rows_per_s"] for b in runs)
         each = " ".join(f"{b['rows_per_s']:,.0f}" for b in runs)
-        print(f"  {route:17s} {mean:10,.0f} rows/s [{each}] = {mean / in_rows:.0%} of the in-process Pipeline on 1,000 rows")
+        print(
+            f"  {route:17s} {mean:10,.0f} rows/s [{each}] = {mean / in_rows:.0%} of the in-process Pipeline on 1,000 rows"
+        )
     print(f"\n== identity: largest relative difference service vs Pipeline: {results['identity']:.2e}")
 
 

@@ -34,14 +34,22 @@ def main() -> dict[str, float]:
     row, price = matrix[:1], prices[:1]
     results = {
         "request path: queue one prediction for the monitor": per_call_us(lambda: monitor.record(row, price), 100_000),
-        "request path: request + response size summaries": per_call_us(lambda: (metrics.REQUEST_SIZE.labels(endpoint="/predict").observe(380), metrics.RESPONSE_SIZE.labels(endpoint="/predict").observe(90)), 20_000),
-        "request path (400 only): count one rejected field": per_call_us(lambda: metrics.REJECTED_INPUTS.labels(field="rooms").inc(), 20_000),
+        "request path: request + response size summaries": per_call_us(
+            lambda: (
+                metrics.REQUEST_SIZE.labels(endpoint="/predict").observe(380),
+                metrics.RESPONSE_SIZE.labels(endpoint="/predict").observe(90),
+            ),
+            20_000,
+        ),
+        "request path (400 only): count one rejected field": per_call_us(
+            lambda: metrics.REJECTED_INPUTS.labels(field="rooms").inc(), 20_000
+        ),
     }
     monitor._queue.clear()
 
     def flush_singles(n=200):
         for i in range(n):
-            monitor.record(matrix[i:i + 1], prices[i:i + 1])
+            monitor.record(matrix[i : i + 1], prices[i : i + 1])
         monitor.flush()
 
     def flush_batch(n=1000):

@@ -32,9 +32,9 @@ import httpx
 import numpy as np
 
 from benchmarks.bench import json_flat, lua_pool, parse_wrk
+from devtools.servers import BentoServer
 from flatprice.schema import EXAMPLE_FLAT, FEATURE_NAMES
 from flatprice.synthetic import generate_flats
-from devtools.servers import BentoServer
 
 CONNECTIONS = 128  # the flood
 PACED_CONNECTIONS = 400  # twice the capacity, paced
@@ -54,11 +54,19 @@ def probe(url: str, seconds: float) -> list[tuple[int, float]]:
 
 
 def wrk(url: str, script: Path, connections: int, seconds: int) -> dict:
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), f"{url}/predict"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), f"{url}/predict"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     result = parse_wrk(out)
     answered = result["requests"] - result["non_2xx"]
-    return {"offered": result["rps"], "goodput": result["rps"] * answered / max(result["requests"], 1), "socket_errors": result["socket_errors"]}
+    return {
+        "offered": result["rps"],
+        "goodput": result["rps"] * answered / max(result["requests"], 1),
+        "socket_errors": result["socket_errors"],
+    }
 
 
 def under_load(url: str, script: Path, connections: int, seconds: int) -> tuple[dict, list]:
@@ -74,8 +82,13 @@ def under_load(url: str, script: Path, connections: int, seconds: int) -> tuple[
 
 def summary(probed: list) -> dict:
     ok = [t * 1e3 for s, t in probed if s == 200]
-    return {"p50_ms": float(np.percentile(ok, 50)) if ok else float("nan"), "p95_ms": float(np.percentile(ok, 95)) if ok else float("nan"),
-            "answered": len(ok), "refused_429": sum(s == 429 for s, _ in probed), "other": sorted({s for s, _ in probed} - {200, 429})}
+    return {
+        "p50_ms": float(np.percentile(ok, 50)) if ok else float("nan"),
+        "p95_ms": float(np.percentile(ok, 95)) if ok else float("nan"),
+        "answered": len(ok),
+        "refused_429": sum(s == 429 for s, _ in probed),
+        "other": sorted({s for s, _ in probed} - {200, 429}),
+    }
 
 
 def scripts(work: Path, capacity: float, refusal_delay_s: float) -> tuple[Path, Path]:
@@ -110,13 +123,22 @@ def measure(work: Path, layout: str, capacity: float, limit: int, refusal_delay_
         unloaded = summary(probe(served.url, 4))
         twice, twice_probe = under_load(served.url, paced_script, PACED_CONNECTIONS, seconds)
         flood, flood_probe = under_load(served.url, flood_script, CONNECTIONS, seconds)
-    return {"limit": limit, "refusal_delay_s": refusal_delay_s, "layout": layout, "capacity": capacity, "unloaded": unloaded,
-            "2x": {**twice, **summary(twice_probe)}, "flood": {**flood, **summary(flood_probe)}}
+    return {
+        "limit": limit,
+        "refusal_delay_s": refusal_delay_s,
+        "layout": layout,
+        "capacity": capacity,
+        "unloaded": unloaded,
+        "2x": {**twice, **summary(twice_probe)},
+        "flood": {**flood, **summary(flood_probe)},
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--limits", default="1,16", help="per-worker limits (FLAT_PRICE_MAX_CONCURRENCY), comma-separated")
+    parser.add_argument(
+        "--limits", default="1,16", help="per-worker limits (FLAT_PRICE_MAX_CONCURRENCY), comma-separated"
+    )
     parser.add_argument("--refusal-delays", default="0.05,0", help="FLAT_PRICE_REFUSAL_DELAY_S values, comma-separated")
     parser.add_argument("--seconds", type=int, default=9, help="seconds of each loaded run (at least 5)")
     parser.add_argument("--layouts", default="isolated,shared")
@@ -139,12 +161,16 @@ def main() -> None:
 
 def row(r: dict) -> str:
     u = r["unloaded"]
-    parts = [f"limit {r['limit']:>2}/worker, refusal delay {r['refusal_delay_s'] * 1e3:.0f} ms, {r['layout']:8s} capacity {r['capacity']:5.0f}/s | unloaded p50 {u['p50_ms']:.2f} p95 {u['p95_ms']:.2f} ms"]
+    parts = [
+        f"limit {r['limit']:>2}/worker, refusal delay {r['refusal_delay_s'] * 1e3:.0f} ms, {r['layout']:8s} capacity {r['capacity']:5.0f}/s | unloaded p50 {u['p50_ms']:.2f} p95 {u['p95_ms']:.2f} ms"
+    ]
     for load in ("2x", "flood"):
         x = r[load]
-        parts.append(f"{load}: offered {x['offered']:6.0f}/s, goodput {x['goodput']:5.0f}/s, probe p50 {x['p50_ms']:5.2f} p95 {x['p95_ms']:5.2f} ms "
-                     f"({x['p95_ms'] / u['p95_ms']:.1f}x unloaded; {x['answered']} answered, {x['refused_429']} x 429, other {x['other'] or 'none'}"
-                     f"{', socket errors ' + x['socket_errors'] if x['socket_errors'] else ''})")
+        parts.append(
+            f"{load}: offered {x['offered']:6.0f}/s, goodput {x['goodput']:5.0f}/s, probe p50 {x['p50_ms']:5.2f} p95 {x['p95_ms']:5.2f} ms "
+            f"({x['p95_ms'] / u['p95_ms']:.1f}x unloaded; {x['answered']} answered, {x['refused_429']} x 429, other {x['other'] or 'none'}"
+            f"{', socket errors ' + x['socket_errors'] if x['socket_errors'] else ''})"
+        )
     return "\n    ".join(parts)
 
 

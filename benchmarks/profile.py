@@ -20,9 +20,9 @@ import threading
 from pathlib import Path
 
 from benchmarks.bench import json_flat, lua_pool
+from devtools.servers import BentoServer, worker_pids
 from flatprice.schema import FEATURE_NAMES
 from flatprice.synthetic import generate_flats
-from devtools.servers import BentoServer, worker_pids
 
 BUCKETS = [  # (bucket, substrings of "function (file:line)"), first match from the innermost frame wins
     ("model", ("catboost/", "sklearn/")),
@@ -44,9 +44,31 @@ def bucket_of(stack: list[str]) -> str:
 
 
 def profile(url: str, pid: int, route: str, seconds: int, script: Path, out: Path) -> collections.Counter:
-    load = threading.Thread(target=subprocess.run, args=(["wrk", "-t1", "-c8", f"-d{seconds + 3}s", "-s", str(script), f"{url}{route}"],), kwargs={"capture_output": True})
+    load = threading.Thread(
+        target=subprocess.run,
+        args=(["wrk", "-t1", "-c8", f"-d{seconds + 3}s", "-s", str(script), f"{url}{route}"],),
+        kwargs={"capture_output": True},
+    )
     load.start()
-    subprocess.run(["py-spy", "record", "-p", str(pid), "-d", str(seconds), "-r", "250", "--nonblocking", "-f", "raw", "-o", str(out)], capture_output=True, check=True)
+    subprocess.run(
+        [
+            "py-spy",
+            "record",
+            "-p",
+            str(pid),
+            "-d",
+            str(seconds),
+            "-r",
+            "250",
+            "--nonblocking",
+            "-f",
+            "raw",
+            "-o",
+            str(out),
+        ],
+        capture_output=True,
+        check=True,
+    )
     load.join()
     counts: collections.Counter = collections.Counter()
     for line in out.read_text().splitlines():
@@ -68,7 +90,11 @@ def main() -> None:
     records = [json_flat(f) for f in generate_flats(1000, seed=96)[list(FEATURE_NAMES)].to_dict("records")]
     import json
 
-    bodies = [json.dumps(r) for r in records] if args.route == "/predict" else [json.dumps({k: [r[k] for r in records] for k in FEATURE_NAMES})]
+    bodies = (
+        [json.dumps(r) for r in records]
+        if args.route == "/predict"
+        else [json.dumps({k: [r[k] for r in records] for k in FEATURE_NAMES})]
+    )
     script = lua_pool(work / "pool.lua", bodies)
     with BentoServer(work / "home") as server:
         pid = worker_pids(server.process.pid)[0]

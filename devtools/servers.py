@@ -74,20 +74,41 @@ def private_home(home: Path, models_from: Path | None = None) -> Path:
 class BentoServer:
     """`bentoml serve TARGET` in a subprocess; a context manager."""
 
-    def __init__(self, home: Path, target: str = "service:FlatPriceService", cwd: Path = REPO, env: dict | None = None, share_models: bool = True, args: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        home: Path,
+        target: str = "service:FlatPriceService",
+        cwd: Path = REPO,
+        env: dict | None = None,
+        share_models: bool = True,
+        args: tuple[str, ...] = (),
+    ):
         self.home = private_home(home) if share_models else home
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = home.parent / f"{home.name}.log"
-        self.cmd = [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(self.port), *args]
+        self.cmd = [
+            sys.executable,
+            "-m",
+            "bentoml",
+            "serve",
+            target,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            *args,
+        ]
         self.cwd = cwd
         self.env = {**os.environ, "BENTOML_HOME": str(self.home), "BENTOML_DO_NOT_TRACK": "True", **(env or {})}
         self.env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # BentoML sets its own per home
         self.process: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 60, interval: float = 0.1) -> "BentoServer":
+    def start(self, timeout: float = 60, interval: float = 0.1) -> BentoServer:
         self.log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(self.cmd, cwd=self.cwd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.process = subprocess.Popen(
+            self.cmd, cwd=self.cwd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         wait_until(self._ready, timeout, interval, what=f"{self.url}/readyz (log: {self.log_path})")
         return self
 
@@ -134,13 +155,17 @@ class Process:
 
     def __enter__(self):
         self.log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(self.cmd, cwd=self.cwd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.process = subprocess.Popen(
+            self.cmd, cwd=self.cwd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         wait_until(self._ready, 60, what=f"{self.ready_url} (log: {self.log_path})")
         return self
 
     def _ready(self) -> bool:
         if self.process.poll() is not None:
-            raise RuntimeError(f"{self.cmd[0]} exited with {self.process.returncode}: {self.log_path.read_text(errors='replace')[-2000:]}")
+            raise RuntimeError(
+                f"{self.cmd[0]} exited with {self.process.returncode}: {self.log_path.read_text(errors='replace')[-2000:]}"
+            )
         try:
             return httpx.get(self.ready_url, timeout=1).status_code == 200
         except httpx.HTTPError:
@@ -159,7 +184,11 @@ class Process:
 def node_exporter(workdir: Path) -> tuple[Process, str]:
     """Debian's prometheus-node-exporter on a free loopback port; (process, host:port)."""
     target = f"127.0.0.1:{free_port()}"
-    return Process(["prometheus-node-exporter", f"--web.listen-address={target}"], f"http://{target}/metrics", workdir / "node-exporter.log"), target
+    return Process(
+        ["prometheus-node-exporter", f"--web.listen-address={target}"],
+        f"http://{target}/metrics",
+        workdir / "node-exporter.log",
+    ), target
 
 
 def prometheus(workdir: Path, service_target: str, node_target: str, interval: str = "1s") -> tuple[Process, str]:
@@ -184,6 +213,11 @@ def prometheus(workdir: Path, service_target: str, node_target: str, interval: s
     shutil.copy(committed / "alerts.yml", workdir / "alerts.yml")
     (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
     url = f"http://127.0.0.1:{port}"
-    cmd = ["prometheus", f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={workdir / 'data'}",
-           f"--web.listen-address=127.0.0.1:{port}", "--web.enable-lifecycle"]
+    cmd = [
+        "prometheus",
+        f"--config.file={workdir / 'prometheus.yml'}",
+        f"--storage.tsdb.path={workdir / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--web.enable-lifecycle",
+    ]
     return Process(cmd, f"{url}/-/ready", workdir / "prometheus.log"), url

@@ -44,13 +44,15 @@ class Settings(BaseSettings):
     fault_max_delay_s: float = Field(0.0, ge=0, le=5, description="Each /random request first sleeps U(0, this) s")
 
     @classmethod
-    def load(cls) -> "Settings":
+    def load(cls) -> Settings:
         """The settings from the environment, or exit with one line per bad variable."""
         try:
             return cls()
         except ValidationError as error:
-            lines = [f"{PREFIX}{str(e['loc'][0]).upper()}: {e['msg']} (accepts {accepted(str(e['loc'][0]))})"
-                     for e in error.errors()]
+            lines = [
+                f"{PREFIX}{str(e['loc'][0]).upper()}: {e['msg']} (accepts {accepted(str(e['loc'][0]))})"
+                for e in error.errors()
+            ]
             raise SystemExit("invalid setting: " + "; ".join(lines)) from None
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .schema import DROPPED_COLUMNS, FEATURE_BY_NAME, FEATURE_NAMES, TARGET, CROSS_FIELD_RULES
+from .schema import CROSS_FIELD_RULES, DROPPED_COLUMNS, FEATURE_BY_NAME, FEATURE_NAMES, TARGET
 from .synthetic import DEFAULT_ROWS, generate_flats
 
 DEFAULT_TABLE = "clean_flats"
@@ -42,7 +42,9 @@ def is_database_url(source: str) -> bool:
     return "://" in source
 
 
-def read_source(source: str | None, *, table: str = DEFAULT_TABLE, rows: int | None = None, seed: int = 42) -> tuple[pd.DataFrame, str]:
+def read_source(
+    source: str | None, *, table: str = DEFAULT_TABLE, rows: int | None = None, seed: int = 42
+) -> tuple[pd.DataFrame, str]:
     """The raw table and a description of its source."""
     if source is None:
         n = rows or DEFAULT_ROWS
@@ -106,7 +108,9 @@ def validate_frame(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
                 f"column {name!r} has {int(outside.sum())} value(s) outside [{feature.low}, {feature.high}], "
                 f"e.g. {values[outside][0]}"
             )
-    frame = frame[[*FEATURE_NAMES, TARGET]].astype({n: "int64" for n in FEATURE_NAMES if FEATURE_BY_NAME[n].kind is int} | {TARGET: "int64"})
+    frame = frame[[*FEATURE_NAMES, TARGET]].astype(
+        {n: "int64" for n in FEATURE_NAMES if FEATURE_BY_NAME[n].kind is int} | {TARGET: "int64"}
+    )
     frame = frame.astype({n: "float64" for n in FEATURE_NAMES if FEATURE_BY_NAME[n].kind is float})
     broken = np.zeros(len(frame), dtype=bool)
     for _field, _reason, rule_broken in CROSS_FIELD_RULES:
@@ -114,7 +118,9 @@ def validate_frame(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     return frame.loc[~broken].reset_index(drop=True), int(broken.sum())
 
 
-def load(source: str | None = None, *, table: str = DEFAULT_TABLE, rows: int | None = None, seed: int = 42) -> LoadedData:
+def load(
+    source: str | None = None, *, table: str = DEFAULT_TABLE, rows: int | None = None, seed: int = 42
+) -> LoadedData:
     raw, description = read_source(source, table=table, rows=rows, seed=seed)
     frame, dropped = validate_frame(raw)
     return LoadedData(frame=frame, source=description, dropped_rows=dropped)

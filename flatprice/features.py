@@ -14,8 +14,8 @@ from catboost import CatBoostRegressor
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.pipeline import Pipeline
 
-from .schema import FEATURE_NAMES, MOSCOW_CENTRE_LAT, MOSCOW_CENTRE_LON
 from .geo import LON_TO_LAT_SCALE, distance_to_centre_km
+from .schema import FEATURE_NAMES, MOSCOW_CENTRE_LAT, MOSCOW_CENTRE_LON
 
 _COL = {name: i for i, name in enumerate(FEATURE_NAMES)}
 ENGINEERED_NAMES: tuple[str, ...] = (
@@ -55,17 +55,19 @@ class FlatFeatures(TransformerMixin, BaseEstimator):
         floor, floors_total = X[:, c["floor"]], X[:, c["floors_total"]]
         total = X[:, c["total_area"]]
         bearing = np.arctan2(lat - MOSCOW_CENTRE_LAT, (lon - MOSCOW_CENTRE_LON) * LON_TO_LAT_SCALE)
-        extra = np.column_stack((
-            distance_to_centre_km(lat, lon),
-            np.sin(bearing),
-            np.cos(bearing),
-            floor / floors_total,
-            floor == 1,
-            floor == floors_total,
-            X[:, c["living_area"]] / total,
-            X[:, c["kitchen_area"]] / total,
-            total / X[:, c["rooms"]],
-        ))
+        extra = np.column_stack(
+            (
+                distance_to_centre_km(lat, lon),
+                np.sin(bearing),
+                np.cos(bearing),
+                floor / floors_total,
+                floor == 1,
+                floor == floors_total,
+                X[:, c["living_area"]] / total,
+                X[:, c["kitchen_area"]] / total,
+                total / X[:, c["rooms"]],
+            )
+        )
         return np.hstack((X, extra))
 
     def get_feature_names_out(self, input_features=None):
@@ -78,7 +80,9 @@ def default_learning_rate(iterations: int) -> float:
     return min(0.5, 30.0 / iterations)
 
 
-def build_pipeline(iterations: int = 1000, depth: int = 6, seed: int = 42, learning_rate: float | None = None) -> Pipeline:
+def build_pipeline(
+    iterations: int = 1000, depth: int = 6, seed: int = 42, learning_rate: float | None = None
+) -> Pipeline:
     """Feature engineering, then CatBoost (the original's defaults: 1,000 trees, depth 6).
 
     The Tweedie loss predicts exp(raw score): prices are positive by construction and

@@ -80,7 +80,7 @@ class DriftWindow:
         """Add rows: `features` is (n, 15) in schema order, `predictions` is (n,)."""
         n = len(predictions)
         if n > self.size:  # only the newest `size` rows can stay in the window
-            features, predictions, n = features[-self.size:], predictions[-self.size:], self.size
+            features, predictions, n = features[-self.size :], predictions[-self.size :], self.size
         positions = self.seen + np.arange(n)
         slots = positions % self.size
         overwritten = slots[positions >= self.size]  # slots whose old value leaves the window
@@ -100,4 +100,6 @@ class DriftWindow:
 
     def scores(self) -> dict[str, float]:
         """PSI per subject over the window."""
-        return {s: psi(ref, live) for s, ref, live in zip(self.subjects, self.reference_counts, self.counts)}
+        return {
+            s: psi(ref, live) for s, ref, live in zip(self.subjects, self.reference_counts, self.counts, strict=False)
+        }

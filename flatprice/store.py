@@ -89,9 +89,15 @@ def verified_files(model: bentoml.Model) -> dict[str, bytes]:
         raise ModelError(f"model {tag} was not trained on this service's 15 features; {fix}")
     trained_with = metadata.get("library_versions", {})
     installed = library_versions()
-    differing = [f"{lib} {trained_with.get(lib)} (installed {installed[lib]})" for lib in PINNED_LIBRARIES if trained_with.get(lib) != installed[lib]]
+    differing = [
+        f"{lib} {trained_with.get(lib)} (installed {installed[lib]})"
+        for lib in PINNED_LIBRARIES
+        if trained_with.get(lib) != installed[lib]
+    ]
     if differing:
-        raise ModelError(f"model {tag} was trained with {', '.join(differing)}; {fix}, or install the versions it was trained with")
+        raise ModelError(
+            f"model {tag} was trained with {', '.join(differing)}; {fix}, or install the versions it was trained with"
+        )
     payloads = {}
     for file in (PICKLE_FILE, SAMPLE_FILE):
         try:
@@ -120,4 +126,6 @@ def latest_model(name: str = MODEL_NAME) -> bentoml.Model:
         return bentoml.models.get(f"{name}:latest")
     except bentoml.exceptions.NotFound:
         home = os.environ.get("BENTOML_HOME", "~/bentoml")
-        raise ModelError(f"no model {name!r} in the BentoML model store (BENTOML_HOME={home}); train one with `{TRAIN_COMMAND}`") from None
+        raise ModelError(
+            f"no model {name!r} in the BentoML model store (BENTOML_HOME={home}); train one with `{TRAIN_COMMAND}`"
+        ) from None

@@ -97,17 +97,19 @@ def _building_table(n_buildings: int, rng: np.random.Generator) -> pd.DataFrame:
     flats_per_floor = rng.choice([4, 4, 6, 6, 8, 8], size=n_buildings)
     flats_count = np.clip(floors * sections * flats_per_floor * rng.uniform(0.9, 1.5, n_buildings), 1, 1630)
     ceiling = np.clip(ceiling + rng.choice([0.0, 0.0, 0.0, 0.05, -0.02], n_buildings), 2.48, 4.10)
-    return pd.DataFrame({
-        "era": era,
-        "build_year": year.astype(int),
-        "floors_total": floors.astype(int),
-        "ceiling_height": np.round(ceiling, 2),
-        "latitude": lat,
-        "longitude": lon,
-        "building_type_int": btype,
-        "has_elevator": has_elevator.astype(int),
-        "flats_count": np.round(flats_count).astype(int),
-    })
+    return pd.DataFrame(
+        {
+            "era": era,
+            "build_year": year.astype(int),
+            "floors_total": floors.astype(int),
+            "ceiling_height": np.round(ceiling, 2),
+            "latitude": lat,
+            "longitude": lon,
+            "building_type_int": btype,
+            "has_elevator": has_elevator.astype(int),
+            "flats_count": np.round(flats_count).astype(int),
+        }
+    )
 
 
 def generate_flats(rows: int = DEFAULT_ROWS, seed: int = 42, city_seed: int = 42) -> pd.DataFrame:
@@ -165,22 +167,24 @@ def generate_flats(rows: int = DEFAULT_ROWS, seed: int = 42, city_seed: int = 42
     price = total * price_per_m2 * rng.lognormal(0, 0.3, rows)
     price = np.round(np.clip(price, 70_000, 336_000_000), -4).astype(np.int64)
 
-    frame = pd.DataFrame({
-        "floor": floor,
-        "is_apartment": is_apartment,
-        "kitchen_area": kitchen,
-        "living_area": living,
-        "rooms": rooms,
-        "total_area": total,
-        "building_id": building_ids[which],
-        "build_year": year,
-        "building_type_int": b["building_type_int"].to_numpy(),
-        "latitude": b["latitude"].to_numpy(),
-        "longitude": b["longitude"].to_numpy(),
-        "ceiling_height": b["ceiling_height"].to_numpy(),
-        "flats_count": b["flats_count"].to_numpy(),
-        "floors_total": floors_total,
-        "has_elevator": b["has_elevator"].to_numpy(),
-    })
+    frame = pd.DataFrame(
+        {
+            "floor": floor,
+            "is_apartment": is_apartment,
+            "kitchen_area": kitchen,
+            "living_area": living,
+            "rooms": rooms,
+            "total_area": total,
+            "building_id": building_ids[which],
+            "build_year": year,
+            "building_type_int": b["building_type_int"].to_numpy(),
+            "latitude": b["latitude"].to_numpy(),
+            "longitude": b["longitude"].to_numpy(),
+            "ceiling_height": b["ceiling_height"].to_numpy(),
+            "flats_count": b["flats_count"].to_numpy(),
+            "floors_total": floors_total,
+            "has_elevator": b["has_elevator"].to_numpy(),
+        }
+    )
     frame[TARGET] = price
     return frame[[*FEATURE_NAMES, TARGET]]

@@ -36,8 +36,12 @@ INJECTED = "injected fault"
 
 @events.init_command_line_parser.add_listener
 def _thresholds(parser):
-    parser.add_argument("--max-fail-ratio", type=float, default=0.01, help="fail the run above this share of failed requests")
-    parser.add_argument("--max-p95-ms", type=float, default=200.0, help="fail the run above this p95 response time (ms)")
+    parser.add_argument(
+        "--max-fail-ratio", type=float, default=0.01, help="fail the run above this share of failed requests"
+    )
+    parser.add_argument(
+        "--max-p95-ms", type=float, default=200.0, help="fail the run above this p95 response time (ms)"
+    )
 
 
 class FlatVisitor(FastHttpUser):
@@ -73,7 +77,9 @@ class FlatVisitor(FastHttpUser):
 
     @task(1)
     def invalid_flat(self):
-        with self.client.post("/predict", json=random.choice(INVALID_FLATS), catch_response=True, name="/predict [invalid]") as response:
+        with self.client.post(
+            "/predict", json=random.choice(INVALID_FLATS), catch_response=True, name="/predict [invalid]"
+        ) as response:
             if response.status_code == 400 and response.json().get("detail"):
                 response.success()
             else:
@@ -90,13 +96,16 @@ class DriftedFlatVisitor(FlatVisitor):
         return flat | {"total_area": min(round(flat["total_area"] * 1.5, 1), 2000.0)}
 
 
-
 @events.quitting.add_listener
 def _check_thresholds(environment, **_):
     """Exit code 1 when a threshold is crossed: a headless run is a pass/fail check."""
     options, stats = environment.parsed_options, environment.stats
     total = stats.total
-    injected = sum(error.occurrences for error in stats.errors.values() if error.error == INJECTED or str(error.error).endswith(INJECTED))
+    injected = sum(
+        error.occurrences
+        for error in stats.errors.values()
+        if error.error == INJECTED or str(error.error).endswith(INJECTED)
+    )
     real_failures = total.num_failures - injected
     fail_ratio = real_failures / total.num_requests if total.num_requests else 1.0
     # Injected delays only slow /random: judge latency on the other routes then.
@@ -110,5 +119,7 @@ def _check_thresholds(environment, **_):
     if p95 > options.max_p95_ms:
         problems.append(f"p95 {p95:.0f} ms > {options.max_p95_ms:.0f} ms")
     verdict = "FAIL: " + "; ".join(problems) if problems else "PASS"
-    print(f"thresholds: {total.num_requests} requests, failure ratio {fail_ratio:.2%} (injected faults excluded: {injected}), worst p95 {p95:.0f} ms -> {verdict}")
+    print(
+        f"thresholds: {total.num_requests} requests, failure ratio {fail_ratio:.2%} (injected faults excluded: {injected}), worst p95 {p95:.0f} ms -> {verdict}"
+    )
     environment.process_exit_code = 1 if problems else 0

@@ -22,7 +22,9 @@ N = NAMESPACE
 
 
 def latency(q: float) -> str:
-    return f"histogram_quantile({q}, sum by (le) (rate({N}_request_duration_seconds_bucket{{{API}}}[$__rate_interval])))"
+    return (
+        f"histogram_quantile({q}, sum by (le) (rate({N}_request_duration_seconds_bucket{{{API}}}[$__rate_interval])))"
+    )
 
 
 @dataclass
@@ -41,77 +43,249 @@ class Panel:
 
 
 ROWS: list[tuple[str, list[Panel]]] = [
-    ("Traffic, latency, errors", [
-        Panel("Requests per second by endpoint", "All HTTP requests the service answered, per route (unknown paths share one value).",
-              [(f"sum by (endpoint) (rate({N}_request_total[$__rate_interval]))", "{{endpoint}}")], "reqps"),
-        Panel("Latency of API routes: p50, p95, p99, mean", "Time to answer /predict, /predict_batch and /random, from BentoML's request histogram.",
-              [(latency(0.5), "p50"), (latency(0.95), "p95"), (latency(0.99), "p99"),
-               (f"sum(rate({N}_request_duration_seconds_sum{{{API}}}[$__rate_interval])) / sum(rate({N}_request_duration_seconds_count{{{API}}}[$__rate_interval]))", "mean")],
-              "s", thresholds=[(0.25, "red")]),
-        Panel("Error share by endpoint and status", "Share of all requests answered with each non-2xx status: 429 are refused for overload, other 4xx are refused inputs, 5xx are failures.",
-              [(f"sum by (endpoint, http_response_code) (rate({N}_request_total{{http_response_code!~\"2..\"}}[$__rate_interval])) / on () group_left () sum(rate({N}_request_total[$__rate_interval]))", "{{endpoint}} {{http_response_code}}")],
-              "percentunit"),
-        Panel("Requests in flight", "Requests being processed right now, summed over workers and replicas: saturation.",
-              [(f"sum by (endpoint) ({N}_request_in_progress)", "{{endpoint}}")]),
-        Panel("Mean request and response size", "Mean body size of API requests and responses.",
-              [(f"sum by (endpoint) (rate({N}_http_request_size_bytes_sum[$__rate_interval])) / sum by (endpoint) (rate({N}_http_request_size_bytes_count[$__rate_interval]))", "request {{endpoint}}"),
-               (f"sum by (endpoint) (rate({N}_http_response_size_bytes_sum[$__rate_interval])) / sum by (endpoint) (rate({N}_http_response_size_bytes_count[$__rate_interval]))", "response {{endpoint}}")],
-              "bytes"),
-        Panel("p95 latency by endpoint", "p95 per API route: a slow batch route does not hide behind fast single predictions.",
-              [(f"histogram_quantile(0.95, sum by (le, endpoint) (rate({N}_request_duration_seconds_bucket{{{API}}}[$__rate_interval])))", "{{endpoint}}")], "s"),
-    ]),
-    ("Model", [
-        Panel("Predictions per second", "Flats priced per second (a batch of N counts N).",
-              [(f"sum(rate({N}_predicted_price_rubles_count[$__rate_interval]))", "flats/s")], "short"),
-        Panel("Predicted price distribution", "Flats priced in the dashboard's time range per price bucket (log-spaced, 1M to 500M rubles).",
-              [(f"sum by (le) (increase({N}_predicted_price_rubles_bucket[$__range]))", "{{le}}")],
-              "short", kind="bargauge", instant=True, heatmap=True, width=16),
-        Panel("Median and p90 predicted price", "Typical predicted price: watch for a shift in what the model answers.",
-              [(f"histogram_quantile(0.5, sum by (le) (rate({N}_predicted_price_rubles_bucket[$__rate_interval])))", "median"),
-               (f"histogram_quantile(0.9, sum by (le) (rate({N}_predicted_price_rubles_bucket[$__rate_interval])))", "p90")], "currencyRUB"),
-        Panel("Flats per prediction call", "Batch size: 1 for /predict and /random, up to 1,000 for /predict_batch.",
-              [(f"sum(rate({N}_batch_rows_sum[$__rate_interval])) / sum(rate({N}_batch_rows_count[$__rate_interval]))", "mean"),
-               (f"histogram_quantile(0.95, sum by (le) (rate({N}_batch_rows_bucket[$__rate_interval])))", "p95")]),
-        Panel("Rejected inputs by field", "Validation errors per second by the field at fault (body = malformed JSON, wrong content type, too large, empty batch...).",
-              [(f"sum by (field) (rate({N}_rejected_inputs_total[$__rate_interval])) > 0", "{{field}}"),
-               (f"sum(rate({N}_rejected_inputs_total[$__rate_interval]))", "all fields")], "short"),
-        Panel("Out-of-range values by feature", "Accepted values outside the training data's min/max, per second: the model extrapolates.",
-              [(f"sum by (feature) (rate({N}_out_of_range_values_total[$__rate_interval])) > 0", "{{feature}}"),
-               (f"sum(rate({N}_out_of_range_values_total[$__rate_interval]))", "all features")], "short"),
-        Panel("Drift by feature (PSI)", f"PSI of each feature's recent values (1,000 per worker) against the training data; worst worker. Below {PSI_NO_DRIFT}: no drift; above {PSI_ALERT}: alert.",
-              [(f"max by (feature) ({N}_feature_drift_psi)", "{{feature}}"), (f"max({N}_prediction_drift_psi)", "prediction")],
-              "short", width=16, thresholds=[(PSI_NO_DRIFT, "orange"), (PSI_ALERT, "red")]),
-        Panel("Live model", "Tag, training time and holdout R² of the model each replica serves.",
-              [(f"max by (model_tag, trained_at, holdout_r2) ({N}_model_info)", "{{model_tag}} R² {{holdout_r2}}")],
-              kind="table", instant=True),
-    ]),
-    ("Service and host", [
-        Panel("Start time", "When the service (its earliest worker) started.",
-              [(f"min({N}_start_time_seconds) * 1000", "started")], "dateTimeAsIso", kind="stat", width=6, height=4, instant=True),
-        Panel("Uptime", "Time since the service started.",
-              [(f"time() - min({N}_start_time_seconds)", "uptime")], "s", kind="stat", width=6, height=4, instant=True),
-        Panel("Predictions in range", "Flats priced in the dashboard's time range.",
-              [(f"sum(increase({N}_predicted_price_rubles_count[$__range]))", "flats")], "short", kind="stat", width=6, height=4, instant=True),
-        Panel("Replicas up", "Replicas Prometheus scrapes successfully (DNS discovery finds each one).",
-              [('sum(up{job="flat-price"})', "up")], "short", kind="stat", width=6, height=4, instant=True),
-        Panel("Memory", "Resident memory of the service's workers (summed over replicas) and memory used on the host.",
-              [(f"sum({N}_worker_resident_memory_bytes)", "service workers"),
-               ("sum(node_memory_MemTotal_bytes - node_memory_MemAvailable_bytes)", "host used")], "bytes"),
-        Panel("CPU", "CPU used by the service's workers and by the whole host, in cores.",
-              [(f"sum(rate({N}_worker_cpu_seconds_total[$__rate_interval]))", "service workers"),
-               ('sum(rate(node_cpu_seconds_total{mode!="idle"}[$__rate_interval]))', "host busy")], "short"),
-        Panel("Network traffic", "Bytes per second received and sent by the host's network interfaces.",
-              [('sum(rate(node_network_receive_bytes_total{device!="lo"}[$__rate_interval]))', "received"),
-               ('sum(rate(node_network_transmit_bytes_total{device!="lo"}[$__rate_interval]))', "sent")], "Bps"),
-        Panel("Disk usage", "Share of the root filesystem in use on the host.",
-              [('1 - sum(node_filesystem_avail_bytes{mountpoint="/"}) / sum(node_filesystem_size_bytes{mountpoint="/"})', "/")],
-              "percentunit", kind="gauge", thresholds=[(0.8, "orange"), (0.9, "red")]),
-    ]),
+    (
+        "Traffic, latency, errors",
+        [
+            Panel(
+                "Requests per second by endpoint",
+                "All HTTP requests the service answered, per route (unknown paths share one value).",
+                [(f"sum by (endpoint) (rate({N}_request_total[$__rate_interval]))", "{{endpoint}}")],
+                "reqps",
+            ),
+            Panel(
+                "Latency of API routes: p50, p95, p99, mean",
+                "Time to answer /predict, /predict_batch and /random, from BentoML's request histogram.",
+                [
+                    (latency(0.5), "p50"),
+                    (latency(0.95), "p95"),
+                    (latency(0.99), "p99"),
+                    (
+                        f"sum(rate({N}_request_duration_seconds_sum{{{API}}}[$__rate_interval])) / sum(rate({N}_request_duration_seconds_count{{{API}}}[$__rate_interval]))",
+                        "mean",
+                    ),
+                ],
+                "s",
+                thresholds=[(0.25, "red")],
+            ),
+            Panel(
+                "Error share by endpoint and status",
+                "Share of all requests answered with each non-2xx status: 429 are refused for overload, other 4xx are refused inputs, 5xx are failures.",
+                [
+                    (
+                        f'sum by (endpoint, http_response_code) (rate({N}_request_total{{http_response_code!~"2.."}}[$__rate_interval])) / on () group_left () sum(rate({N}_request_total[$__rate_interval]))',
+                        "{{endpoint}} {{http_response_code}}",
+                    )
+                ],
+                "percentunit",
+            ),
+            Panel(
+                "Requests in flight",
+                "Requests being processed right now, summed over workers and replicas: saturation.",
+                [(f"sum by (endpoint) ({N}_request_in_progress)", "{{endpoint}}")],
+            ),
+            Panel(
+                "Mean request and response size",
+                "Mean body size of API requests and responses.",
+                [
+                    (
+                        f"sum by (endpoint) (rate({N}_http_request_size_bytes_sum[$__rate_interval])) / sum by (endpoint) (rate({N}_http_request_size_bytes_count[$__rate_interval]))",
+                        "request {{endpoint}}",
+                    ),
+                    (
+                        f"sum by (endpoint) (rate({N}_http_response_size_bytes_sum[$__rate_interval])) / sum by (endpoint) (rate({N}_http_response_size_bytes_count[$__rate_interval]))",
+                        "response {{endpoint}}",
+                    ),
+                ],
+                "bytes",
+            ),
+            Panel(
+                "p95 latency by endpoint",
+                "p95 per API route: a slow batch route does not hide behind fast single predictions.",
+                [
+                    (
+                        f"histogram_quantile(0.95, sum by (le, endpoint) (rate({N}_request_duration_seconds_bucket{{{API}}}[$__rate_interval])))",
+                        "{{endpoint}}",
+                    )
+                ],
+                "s",
+            ),
+        ],
+    ),
+    (
+        "Model",
+        [
+            Panel(
+                "Predictions per second",
+                "Flats priced per second (a batch of N counts N).",
+                [(f"sum(rate({N}_predicted_price_rubles_count[$__rate_interval]))", "flats/s")],
+                "short",
+            ),
+            Panel(
+                "Predicted price distribution",
+                "Flats priced in the dashboard's time range per price bucket (log-spaced, 1M to 500M rubles).",
+                [(f"sum by (le) (increase({N}_predicted_price_rubles_bucket[$__range]))", "{{le}}")],
+                "short",
+                kind="bargauge",
+                instant=True,
+                heatmap=True,
+                width=16,
+            ),
+            Panel(
+                "Median and p90 predicted price",
+                "Typical predicted price: watch for a shift in what the model answers.",
+                [
+                    (
+                        f"histogram_quantile(0.5, sum by (le) (rate({N}_predicted_price_rubles_bucket[$__rate_interval])))",
+                        "median",
+                    ),
+                    (
+                        f"histogram_quantile(0.9, sum by (le) (rate({N}_predicted_price_rubles_bucket[$__rate_interval])))",
+                        "p90",
+                    ),
+                ],
+                "currencyRUB",
+            ),
+            Panel(
+                "Flats per prediction call",
+                "Batch size: 1 for /predict and /random, up to 1,000 for /predict_batch.",
+                [
+                    (
+                        f"sum(rate({N}_batch_rows_sum[$__rate_interval])) / sum(rate({N}_batch_rows_count[$__rate_interval]))",
+                        "mean",
+                    ),
+                    (f"histogram_quantile(0.95, sum by (le) (rate({N}_batch_rows_bucket[$__rate_interval])))", "p95"),
+                ],
+            ),
+            Panel(
+                "Rejected inputs by field",
+                "Validation errors per second by the field at fault (body = malformed JSON, wrong content type, too large, empty batch...).",
+                [
+                    (f"sum by (field) (rate({N}_rejected_inputs_total[$__rate_interval])) > 0", "{{field}}"),
+                    (f"sum(rate({N}_rejected_inputs_total[$__rate_interval]))", "all fields"),
+                ],
+                "short",
+            ),
+            Panel(
+                "Out-of-range values by feature",
+                "Accepted values outside the training data's min/max, per second: the model extrapolates.",
+                [
+                    (f"sum by (feature) (rate({N}_out_of_range_values_total[$__rate_interval])) > 0", "{{feature}}"),
+                    (f"sum(rate({N}_out_of_range_values_total[$__rate_interval]))", "all features"),
+                ],
+                "short",
+            ),
+            Panel(
+                "Drift by feature (PSI)",
+                f"PSI of each feature's recent values (1,000 per worker) against the training data; worst worker. Below {PSI_NO_DRIFT}: no drift; above {PSI_ALERT}: alert.",
+                [
+                    (f"max by (feature) ({N}_feature_drift_psi)", "{{feature}}"),
+                    (f"max({N}_prediction_drift_psi)", "prediction"),
+                ],
+                "short",
+                width=16,
+                thresholds=[(PSI_NO_DRIFT, "orange"), (PSI_ALERT, "red")],
+            ),
+            Panel(
+                "Live model",
+                "Tag, training time and holdout R² of the model each replica serves.",
+                [(f"max by (model_tag, trained_at, holdout_r2) ({N}_model_info)", "{{model_tag}} R² {{holdout_r2}}")],
+                kind="table",
+                instant=True,
+            ),
+        ],
+    ),
+    (
+        "Service and host",
+        [
+            Panel(
+                "Start time",
+                "When the service (its earliest worker) started.",
+                [(f"min({N}_start_time_seconds) * 1000", "started")],
+                "dateTimeAsIso",
+                kind="stat",
+                width=6,
+                height=4,
+                instant=True,
+            ),
+            Panel(
+                "Uptime",
+                "Time since the service started.",
+                [(f"time() - min({N}_start_time_seconds)", "uptime")],
+                "s",
+                kind="stat",
+                width=6,
+                height=4,
+                instant=True,
+            ),
+            Panel(
+                "Predictions in range",
+                "Flats priced in the dashboard's time range.",
+                [(f"sum(increase({N}_predicted_price_rubles_count[$__range]))", "flats")],
+                "short",
+                kind="stat",
+                width=6,
+                height=4,
+                instant=True,
+            ),
+            Panel(
+                "Replicas up",
+                "Replicas Prometheus scrapes successfully (DNS discovery finds each one).",
+                [('sum(up{job="flat-price"})', "up")],
+                "short",
+                kind="stat",
+                width=6,
+                height=4,
+                instant=True,
+            ),
+            Panel(
+                "Memory",
+                "Resident memory of the service's workers (summed over replicas) and memory used on the host.",
+                [
+                    (f"sum({N}_worker_resident_memory_bytes)", "service workers"),
+                    ("sum(node_memory_MemTotal_bytes - node_memory_MemAvailable_bytes)", "host used"),
+                ],
+                "bytes",
+            ),
+            Panel(
+                "CPU",
+                "CPU used by the service's workers and by the whole host, in cores.",
+                [
+                    (f"sum(rate({N}_worker_cpu_seconds_total[$__rate_interval]))", "service workers"),
+                    ('sum(rate(node_cpu_seconds_total{mode!="idle"}[$__rate_interval]))', "host busy"),
+                ],
+                "short",
+            ),
+            Panel(
+                "Network traffic",
+                "Bytes per second received and sent by the host's network interfaces.",
+                [
+                    ('sum(rate(node_network_receive_bytes_total{device!="lo"}[$__rate_interval]))', "received"),
+                    ('sum(rate(node_network_transmit_bytes_total{device!="lo"}[$__rate_interval]))', "sent"),
+                ],
+                "Bps",
+            ),
+            Panel(
+                "Disk usage",
+                "Share of the root filesystem in use on the host.",
+                [
+                    (
+                        '1 - sum(node_filesystem_avail_bytes{mountpoint="/"}) / sum(node_filesystem_size_bytes{mountpoint="/"})',
+                        "/",
+                    )
+                ],
+                "percentunit",
+                kind="gauge",
+                thresholds=[(0.8, "orange"), (0.9, "red")],
+            ),
+        ],
+    ),
 ]
 
 
 def _panel_json(panel: Panel, panel_id: int, x: int, y: int) -> dict:
-    steps = [{"color": "green", "value": None}] + [{"color": color, "value": value} for value, color in panel.thresholds]
+    steps = [{"color": "green", "value": None}] + [
+        {"color": color, "value": value} for value, color in panel.thresholds
+    ]
     targets = []
     for i, (expr, legend) in enumerate(panel.targets):
         target = {"datasource": DATASOURCE, "expr": expr, "legendFormat": legend, "refId": chr(ord("A") + i)}
@@ -129,21 +303,35 @@ def _panel_json(panel: Panel, panel_id: int, x: int, y: int) -> dict:
         "description": panel.description,
         "datasource": DATASOURCE,
         "gridPos": {"h": panel.height, "w": panel.width, "x": x, "y": y},
-        "fieldConfig": {"defaults": {"unit": panel.unit, "thresholds": {"mode": "absolute", "steps": steps}}, "overrides": []},
+        "fieldConfig": {
+            "defaults": {"unit": panel.unit, "thresholds": {"mode": "absolute", "steps": steps}},
+            "overrides": [],
+        },
         "options": panel.options,
         "targets": targets,
     }
     if panel.thresholds and panel.kind == "timeseries":
         result["fieldConfig"]["defaults"]["custom"] = {"thresholdsStyle": {"mode": "line"}}
     if panel.kind == "table":
-        result["transformations"] = [{"id": "organize", "options": {"excludeByName": {"Time": True, "Value": True, "__name__": True}}}]
+        result["transformations"] = [
+            {"id": "organize", "options": {"excludeByName": {"Time": True, "Value": True, "__name__": True}}}
+        ]
     return result
 
 
 def build() -> dict:
     panels, panel_id, y = [], 1, 0
     for row_title, row_panels in ROWS:
-        panels.append({"id": panel_id, "type": "row", "title": row_title, "collapsed": False, "gridPos": {"h": 1, "w": 24, "x": 0, "y": y}, "panels": []})
+        panels.append(
+            {
+                "id": panel_id,
+                "type": "row",
+                "title": row_title,
+                "collapsed": False,
+                "gridPos": {"h": 1, "w": 24, "x": 0, "y": y},
+                "panels": [],
+            }
+        )
         panel_id, y, x, row_height = panel_id + 1, y + 1, 0, 0
         for panel in row_panels:
             if x + panel.width > 24:

@@ -17,13 +17,26 @@ import sys
 import tempfile
 from pathlib import Path
 
-from monitoring.render_dashboard import draw
 from devtools.servers import REPO, BentoServer, node_exporter, prometheus
+from monitoring.render_dashboard import draw
 
 
 def locust(url: str, seconds: int, scenario: str) -> int:
-    cmd = [sys.executable, "-m", "locust", "-f", "loadtest/locustfile.py", "--config", "loadtest/locust.conf", "--host", url,
-           "--run-time", f"{seconds}s", "--users", "10"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        "loadtest/locustfile.py",
+        "--config",
+        "loadtest/locust.conf",
+        "--host",
+        url,
+        "--run-time",
+        f"{seconds}s",
+        "--users",
+        "10",
+    ]
     return subprocess.run(cmd, cwd=REPO, env={**os.environ, "LOADTEST_SCENARIO": scenario}).returncode
 
 

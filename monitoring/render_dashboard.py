@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import httpx
 import matplotlib
@@ -18,7 +18,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from monitoring import dashboard  # noqa: E402
 
-UNIT_SCALE = {"bytes": (1 / 2**20, "MiB"), "Bps": (1 / 2**10, "KiB/s"), "s": (1000, "ms"), "percentunit": (100, "%"), "currencyRUB": (1e-6, "M ₽"), "reqps": (1, "req/s")}
+UNIT_SCALE = {
+    "bytes": (1 / 2**20, "MiB"),
+    "Bps": (1 / 2**10, "KiB/s"),
+    "s": (1000, "ms"),
+    "percentunit": (100, "%"),
+    "currencyRUB": (1e-6, "M ₽"),
+    "reqps": (1, "req/s"),
+}
 
 
 def substitute(expr: str, rate_interval: str, minutes: int) -> str:
@@ -26,7 +33,9 @@ def substitute(expr: str, rate_interval: str, minutes: int) -> str:
 
 
 def query_range(url, expr, start, end, step):
-    data = httpx.get(f"{url}/api/v1/query_range", params={"query": expr, "start": start, "end": end, "step": step}, timeout=30).json()
+    data = httpx.get(
+        f"{url}/api/v1/query_range", params={"query": expr, "start": start, "end": end, "step": step}, timeout=30
+    ).json()
     return data["data"]["result"] if data["status"] == "success" else []
 
 
@@ -48,17 +57,20 @@ def draw(url: str, minutes: int, rate_interval: str, out: str) -> None:
     step = max(2, minutes * 60 // 150)
     rows = max(p["gridPos"]["y"] + p["gridPos"]["h"] for p in board["panels"])
     fig = plt.figure(figsize=(24, rows * 0.55))
-    fig.suptitle(f"{board['title']} — drawn from Prometheus data with the dashboard's queries, "
-                 f"{datetime.fromtimestamp(start, timezone.utc):%Y-%m-%d %H:%M}–{datetime.fromtimestamp(end, timezone.utc):%H:%M} UTC", fontsize=14)
+    fig.suptitle(
+        f"{board['title']} — drawn from Prometheus data with the dashboard's queries, "
+        f"{datetime.fromtimestamp(start, UTC):%Y-%m-%d %H:%M}–{datetime.fromtimestamp(end, UTC):%H:%M} UTC",
+        fontsize=14,
+    )
     grid = fig.add_gridspec(rows, 24, hspace=2.2, wspace=1.2, top=0.96, bottom=0.02, left=0.03, right=0.99)
     for panel in board["panels"]:
         g = panel["gridPos"]
         if panel["type"] == "row":
-            ax = fig.add_subplot(grid[g["y"]:g["y"] + 1, :])
+            ax = fig.add_subplot(grid[g["y"] : g["y"] + 1, :])
             ax.axis("off")
             ax.text(0, 0.2, panel["title"], fontsize=13, weight="bold")
             continue
-        ax = fig.add_subplot(grid[g["y"]:g["y"] + g["h"], g["x"]:g["x"] + g["w"]])
+        ax = fig.add_subplot(grid[g["y"] : g["y"] + g["h"], g["x"] : g["x"] + g["w"]])
         unit = panel["fieldConfig"]["defaults"]["unit"]
         scale, unit_label = UNIT_SCALE.get(unit, (1, ""))
         shows_unit = unit_label and panel["type"] == "timeseries"
@@ -89,7 +101,7 @@ def draw(url: str, minutes: int, rate_interval: str, out: str) -> None:
                 for r in query(url, substitute(target["expr"], rate_interval, minutes)):
                     value = float(r["value"][1])
                     if unit == "dateTimeAsIso":
-                        text = datetime.fromtimestamp(value / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+                        text = datetime.fromtimestamp(value / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
                     elif unit == "s":
                         text = f"{value / 60:.1f} min"
                     elif panel["type"] == "table":
@@ -97,7 +109,15 @@ def draw(url: str, minutes: int, rate_interval: str, out: str) -> None:
                     else:
                         text = f"{value * scale:,.3g}{unit_label}"
                     lines.append(text)
-            ax.text(0.5, 0.5, "\n".join(lines) or "no data", ha="center", va="center", fontsize=16 if panel["type"] != "table" else 10, transform=ax.transAxes)
+            ax.text(
+                0.5,
+                0.5,
+                "\n".join(lines) or "no data",
+                ha="center",
+                va="center",
+                fontsize=16 if panel["type"] != "table" else 10,
+                transform=ax.transAxes,
+            )
     fig.savefig(out, dpi=60)
     print(f"wrote {out}")
 
@@ -106,7 +126,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prometheus", default="http://127.0.0.1:9090")
     parser.add_argument("--minutes", type=int, default=15)
-    parser.add_argument("--rate-interval", default="30s", help="what Grafana's $__rate_interval would be (4 scrape intervals)")
+    parser.add_argument(
+        "--rate-interval", default="30s", help="what Grafana's $__rate_interval would be (4 scrape intervals)"
+    )
     parser.add_argument("--out", default="docs/dashboard.png")
     args = parser.parse_args()
     draw(args.prometheus, args.minutes, args.rate_interval, args.out)

@@ -42,7 +42,14 @@ BAD_REQUESTS = [
     ("text body", "/predict", body(), "text/plain", 415, "body"),
     ("empty batch", "/predict_batch", raw('{"flats": []}'), JSON, 400, "flats"),
     ("batch over the limit", "/predict_batch", raw(json.dumps({"flats": [EXAMPLE_FLAT] * 1001})), JSON, 400, "flats"),
-    ("bad flat inside a batch", "/predict_batch", raw(json.dumps({"flats": [EXAMPLE_FLAT, EXAMPLE_FLAT | {"rooms": "3"}]})), JSON, 400, "rooms"),
+    (
+        "bad flat inside a batch",
+        "/predict_batch",
+        raw(json.dumps({"flats": [EXAMPLE_FLAT, EXAMPLE_FLAT | {"rooms": "3"}]})),
+        JSON,
+        400,
+        "rooms",
+    ),
     ("batch as a bare list", "/predict_batch", raw(json.dumps([EXAMPLE_FLAT])), JSON, 400, "body"),
     ("body over 1 MiB", "/predict_batch", raw(json.dumps({"flats": [EXAMPLE_FLAT] * 3500})), JSON, 413, "body"),
 ]

@@ -3,13 +3,27 @@
 import subprocess
 import tempfile
 
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--virtual-time-budget=8000"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--virtual-time-budget=8000",
+]
 
 
 def rendered_dom(url: str) -> str:
     """The page's DOM after its scripts ran."""
     with tempfile.TemporaryDirectory() as profile:
-        result = subprocess.run(["chromium", *FLAGS, f"--user-data-dir={profile}", "--dump-dom", url], capture_output=True, text=True, timeout=90)
+        result = subprocess.run(
+            ["chromium", *FLAGS, f"--user-data-dir={profile}", "--dump-dom", url],
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout

@@ -41,3 +41,12 @@ def served(small_model, session_dir):
     """A real `bentoml serve` of service.py with its 2 workers, on a free port."""
     with BentoServer(session_dir / "serve-main") as server:
         yield server
+
+
+SLOW_FIXTURES = {"served", "compose", "stack"}  # real servers, docker-compose, Prometheus
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)

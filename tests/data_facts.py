@@ -26,7 +26,12 @@ TOTAL_ROWS = 130_755
 # Value frequencies (share of rows) of the low-cardinality columns.
 REAL_FREQUENCIES = {
     "rooms": {2: 49_303 / TOTAL_ROWS, 1: 38_906 / TOTAL_ROWS, 3: 34_205 / TOTAL_ROWS},
-    "building_type_int": {4: 73_635 / TOTAL_ROWS, 2: 22_764 / TOTAL_ROWS, 1: 21_269 / TOTAL_ROWS, 0: 1_726 / TOTAL_ROWS},
+    "building_type_int": {
+        4: 73_635 / TOTAL_ROWS,
+        2: 22_764 / TOTAL_ROWS,
+        1: 21_269 / TOTAL_ROWS,
+        0: 1_726 / TOTAL_ROWS,
+    },
     "has_elevator": {1: 117_402 / TOTAL_ROWS, 0: 13_353 / TOTAL_ROWS},
     "is_apartment": {0: 129_546 / TOTAL_ROWS, 1: 1_209 / TOTAL_ROWS},
 }

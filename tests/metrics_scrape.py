@@ -18,7 +18,9 @@ def sample_value(families: dict, family: str, sample: str | None = None, **label
     if metric is None:
         return 0.0
     name = sample or family
-    return sum(s.value for s in metric.samples if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+    return sum(
+        s.value for s in metric.samples if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
 
 
 def series_count(families: dict) -> int:

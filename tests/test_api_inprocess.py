@@ -12,10 +12,11 @@ from tests.bad_requests import BAD_REQUESTS
 
 @pytest.fixture(scope="module")
 def client(small_model):
-    from service import FlatPriceService
+    import service
 
-    with TestClient(FlatPriceService.to_asgi()) as client:
+    with TestClient(service.FlatPriceService.to_asgi()) as client:
         yield client
+    service.undo_server_hooks()  # importing service.py must not patch later tests
 
 
 def test_original_curl_body_gets_a_price(client, small_model):

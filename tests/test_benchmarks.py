@@ -4,13 +4,34 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from devtools.servers import REPO
+
+pytestmark = pytest.mark.slow  # starts real servers or Debian tools
 
 
 def test_benchmark_script_runs_and_prices_match(small_model, tmp_path):
     out = tmp_path / "bench.json"
-    run = subprocess.run([sys.executable, "-m", "benchmarks.bench", "--duration", "1", "--rounds", "1", "--connections", "8", "--out", str(out)],
-                         cwd=REPO, capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.bench",
+            "--duration",
+            "1",
+            "--rounds",
+            "1",
+            "--connections",
+            "8",
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     results = json.loads(out.read_text())
     assert set(results["http"]) == {"service", "original", "ceiling"}
@@ -20,16 +41,40 @@ def test_benchmark_script_runs_and_prices_match(small_model, tmp_path):
 
 
 def test_soak_script_runs(small_model):
-    run = subprocess.run([sys.executable, "-m", "benchmarks.soak", "--minutes", "2", "--minute-seconds", "3", "--rate", "200"],
-                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-m", "benchmarks.soak", "--minutes", "2", "--minute-seconds", "3", "--rate", "200"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "minute  2:" in run.stdout and "RSS growth after warm-up" in run.stdout
 
 
 def test_overload_script_runs(small_model, tmp_path):
     out = tmp_path / "overload.json"
-    run = subprocess.run([sys.executable, "-m", "benchmarks.overload", "--limits", "1", "--refusal-delays", "0.05", "--seconds", "5",
-                          "--layouts", "shared", "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.overload",
+            "--limits",
+            "1",
+            "--refusal-delays",
+            "0.05",
+            "--seconds",
+            "5",
+            "--layouts",
+            "shared",
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     [result] = json.loads(out.read_text())
     for load in ("2x", "flood"):

@@ -8,13 +8,17 @@ import httpx
 import pytest
 import yaml
 
-from flatprice.schema import EXAMPLE_FLAT
 from devtools.servers import REPO, BentoServer, private_home
+from flatprice.schema import EXAMPLE_FLAT
+
+pytestmark = pytest.mark.slow  # starts real servers or Debian tools
 
 
 def bentoml_cli(home, *args, cwd=REPO):
     env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True"}
-    result = subprocess.run([sys.executable, "-m", "bentoml", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "bentoml", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
 
@@ -32,9 +36,18 @@ def test_bento_holds_the_model_code_and_no_extras(bento, small_model):
     info = yaml.safe_load(open(os.path.join(path, "bento.yaml")))
     assert [m["tag"] for m in info["services"][0]["models"]] == [str(small_model.tag)]
     assert info["labels"]["project"] == "yandex-realty-flat-price"
-    src = sorted(os.path.relpath(os.path.join(d, f), os.path.join(path, "src")) for d, _, files in os.walk(os.path.join(path, "src")) for f in files)
+    src = sorted(
+        os.path.relpath(os.path.join(d, f), os.path.join(path, "src"))
+        for d, _, files in os.walk(os.path.join(path, "src"))
+        for f in files
+    )
     assert "service.py" in src and "flatprice/schema.py" in src
-    assert not [f for f in src if f.startswith(("tests", "train", ".venv", "loadtest", "monitoring")) or f.endswith((".pyc", ".csv", ".parquet"))], src
+    assert not [
+        f
+        for f in src
+        if f.startswith(("tests", "train", ".venv", "loadtest", "monitoring"))
+        or f.endswith((".pyc", ".csv", ".parquet"))
+    ], src
     requirements = open(os.path.join(path, "env/python/requirements.txt")).read()
     for pin in open(REPO / "requirements.txt").read().split():
         if "==" in pin:

@@ -5,10 +5,10 @@ import pytest
 from prometheus_client import CollectorRegistry, Histogram
 
 from flatprice.features import ENGINEERED_NAMES, FlatFeatures, as_feature_matrix
-from flatprice.server.hooks import bulk_observe as observe_many
+from flatprice.geo import distance_to_centre_km
 from flatprice.reference import PSI_ALERT, PSI_NO_DRIFT, DriftWindow, assign_bins, build_reference, psi
 from flatprice.schema import EXAMPLE_FLAT, FEATURE_NAMES
-from flatprice.geo import distance_to_centre_km
+from flatprice.server.hooks import bulk_observe as observe_many
 from flatprice.synthetic import generate_flats
 
 
@@ -65,7 +65,7 @@ def test_drift_window_counts_the_last_values(reference):
     fresh = generate_flats(3000, seed=2)
     matrix, prices = as_feature_matrix(fresh), fresh.price.to_numpy(dtype=float)
     for start in range(0, 3000, 130):  # uneven chunks, wrapping the ring many times
-        window.add(matrix[start:start + 130], prices[start:start + 130])
+        window.add(matrix[start : start + 130], prices[start : start + 130])
     last = matrix[-700:]
     for i, name in enumerate(FEATURE_NAMES):
         expected = np.bincount(assign_bins(window.edges[i], last[:, i]), minlength=len(window.edges[i]) + 1)
@@ -91,7 +91,12 @@ def test_observe_many_equals_observe():
     observe_many(Histogram("observe_many", "h", buckets=buckets, registry=many), values)
 
     def as_dict(registry):
-        return {(s.name.split("_", 2)[-1], tuple(s.labels.items())): s.value for m in registry.collect() for s in m.samples if not s.name.endswith("_created")}
+        return {
+            (s.name.split("_", 2)[-1], tuple(s.labels.items())): s.value
+            for m in registry.collect()
+            for s in m.samples
+            if not s.name.endswith("_created")
+        }
 
     got, want = as_dict(many), as_dict(one)
     assert got.keys() == want.keys()

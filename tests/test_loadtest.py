@@ -5,21 +5,29 @@ import subprocess
 import sys
 
 import httpx
+import pytest
 
+from devtools.servers import REPO, BentoServer, Process, free_port, wait_until
 from flatprice.observability import metrics
 from flatprice.reference import PSI_ALERT
 from tests.browser import rendered_dom
-from tests.metrics_scrape import scrape
-from tests.metrics_scrape import sample_value
-from devtools.servers import REPO, BentoServer, Process, free_port, wait_until
+from tests.metrics_scrape import sample_value, scrape
+
+pytestmark = pytest.mark.slow  # starts real servers or Debian tools
 
 LOCUSTFILE = str(REPO / "loadtest" / "locustfile.py")
 CONF = str(REPO / "loadtest" / "locust.conf")
 
 
 def locust(url, *args, env=None):
-    return subprocess.run([sys.executable, "-m", "locust", "-f", LOCUSTFILE, "--config", CONF, "--host", url, *args],
-                          cwd=REPO, capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "locust", "-f", LOCUSTFILE, "--config", CONF, "--host", url, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_headless_run_passes_its_thresholds(served):
@@ -39,14 +47,35 @@ def test_run_crossing_a_threshold_exits_non_zero(served):
 
 def test_web_ui_loads_and_drives_a_test(served, tmp_path):
     port = free_port()
-    cmd = [sys.executable, "-m", "locust", "-f", LOCUSTFILE, "--host", served.url, "--web-host", "127.0.0.1", "--web-port", str(port)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        LOCUSTFILE,
+        "--host",
+        served.url,
+        "--web-host",
+        "127.0.0.1",
+        "--web-port",
+        str(port),
+    ]
     with Process(cmd, f"http://127.0.0.1:{port}/", tmp_path / "locust-ui.log", cwd=REPO):
         dom = rendered_dom(f"http://127.0.0.1:{port}/")
         assert "Locust" in dom and "Start" in dom
-        started = httpx.post(f"http://127.0.0.1:{port}/swarm", data={"user_count": 3, "spawn_rate": 3, "host": served.url})
+        started = httpx.post(
+            f"http://127.0.0.1:{port}/swarm", data={"user_count": 3, "spawn_rate": 3, "host": served.url}
+        )
         assert started.json()["success"]
-        stats = lambda: httpx.get(f"http://127.0.0.1:{port}/stats/requests").json()
-        wait_until(lambda: stats()["total_rps"] > 0 and any(s["num_requests"] for s in stats()["stats"]), timeout=20, what="requests in the UI's stats")
+
+        def stats():
+            return httpx.get(f"http://127.0.0.1:{port}/stats/requests").json()
+
+        wait_until(
+            lambda: stats()["total_rps"] > 0 and any(s["num_requests"] for s in stats()["stats"]),
+            timeout=20,
+            what="requests in the UI's stats",
+        )
         httpx.get(f"http://127.0.0.1:{port}/stop")
 
 
@@ -80,4 +109,10 @@ def test_fault_injection_is_visible_and_the_thresholds_allow_for_it(small_model,
         name = f"{metrics.NAMESPACE}_injected_faults"
         assert sample_value(families, name, f"{name}_total", kind="error") >= len(injected)
         assert sample_value(families, name, f"{name}_total", kind="delay") >= 40
-        assert sample_value(families, f"{metrics.NAMESPACE}_request", f"{metrics.NAMESPACE}_request_total", endpoint="/random", http_response_code="500") >= len(injected)
+        assert sample_value(
+            families,
+            f"{metrics.NAMESPACE}_request",
+            f"{metrics.NAMESPACE}_request_total",
+            endpoint="/random",
+            http_response_code="500",
+        ) >= len(injected)

@@ -7,13 +7,15 @@ import httpx
 import numpy as np
 import pytest
 
+from devtools.servers import BentoServer, wait_until
 from flatprice.observability import metrics
 from flatprice.reference import PSI_ALERT, PSI_NO_DRIFT
 from flatprice.schema import EXAMPLE_FLAT, FEATURE_NAMES
 from flatprice.synthetic import generate_flats
 from tests.conftest import SMALL_MODEL
 from tests.metrics_scrape import sample_value, scrape, series_count
-from devtools.servers import BentoServer, wait_until
+
+pytestmark = pytest.mark.slow  # starts real servers or Debian tools
 
 PRICE = f"{metrics.NAMESPACE}_predicted_price_rubles"
 
@@ -51,9 +53,17 @@ def test_price_histogram_counts_every_prediction_exactly_across_workers(server):
     pids = {s.labels["pid"] for s in families[f"{metrics.NAMESPACE}_last_request_timestamp_seconds"].samples}
     assert len(pids) == 2
     size = f"{metrics.NAMESPACE}_http_response_size_bytes"
-    assert sample_value(families, size, f"{size}_sum", endpoint="/predict") > 60 * sample_value(families, size, f"{size}_count", endpoint="/predict") > 0
+    assert (
+        sample_value(families, size, f"{size}_sum", endpoint="/predict")
+        > 60 * sample_value(families, size, f"{size}_count", endpoint="/predict")
+        > 0
+    )
     rows = f"{metrics.NAMESPACE}_batch_rows"
-    assert sample_value(families, rows, f"{rows}_bucket", le="20.0") - sample_value(families, rows, f"{rows}_bucket", le="10.0") >= 1
+    assert (
+        sample_value(families, rows, f"{rows}_bucket", le="20.0")
+        - sample_value(families, rows, f"{rows}_bucket", le="10.0")
+        >= 1
+    )
 
 
 def test_every_declared_metric_is_exposed_with_its_type_and_buckets(server):
@@ -64,7 +74,10 @@ def test_every_declared_metric_is_exposed_with_its_type_and_buckets(server):
     buckets = [float(s.labels["le"]) for s in families[PRICE].samples if s.name == f"{PRICE}_bucket"]
     assert buckets == [*metrics.PRICE_BUCKETS, float("inf")]
     rows = f"{metrics.NAMESPACE}_batch_rows"
-    assert [float(s.labels["le"]) for s in families[rows].samples if s.name == f"{rows}_bucket"] == [*metrics.BATCH_ROWS_BUCKETS, float("inf")]
+    assert [float(s.labels["le"]) for s in families[rows].samples if s.name == f"{rows}_bucket"] == [
+        *metrics.BATCH_ROWS_BUCKETS,
+        float("inf"),
+    ]
     # BentoML's own request metrics carry the same prefix.
     assert f"{metrics.NAMESPACE}_request" in families and f"{metrics.NAMESPACE}_request_duration_seconds" in families
 
@@ -79,7 +92,12 @@ def test_gauges_combine_workers_as_declared(server, small_model):
     assert len(start) == 1 and start[0].value > 1.7e9
     memory = families[f"{metrics.NAMESPACE}_worker_resident_memory_bytes"].samples
     assert len(memory) == 1 and 2 * 50e6 < memory[0].value < 2 * 2e9  # two live workers, summed
-    assert sample_value(families, f"{metrics.NAMESPACE}_worker_cpu_seconds", f"{metrics.NAMESPACE}_worker_cpu_seconds_total") > 0
+    assert (
+        sample_value(
+            families, f"{metrics.NAMESPACE}_worker_cpu_seconds", f"{metrics.NAMESPACE}_worker_cpu_seconds_total"
+        )
+        > 0
+    )
     for name in metrics.EXPOSED:
         for sample in families[name].samples:
             assert "pid" not in sample.labels, name
@@ -95,7 +113,10 @@ def test_rejected_inputs_are_counted_by_field(server):
     post(server, "/predict", content=b"{not json", headers={"Content-Type": "application/json"})
     post(server, "/predict", content=b"a=1", headers={"Content-Type": "application/x-www-form-urlencoded"})
     after = scrape(server.url)
-    delta = lambda field: sample_value(after, name, total, field=field) - sample_value(before, name, total, field=field)
+
+    def delta(field):
+        return sample_value(after, name, total, field=field) - sample_value(before, name, total, field=field)
+
     assert delta("total_area") == 2 and delta("rooms") == 1 and delta("floors_total") == 1
     assert delta(metrics.BODY_FIELD) == 2
     assert {s.labels["field"] for s in after[name].samples if s.name == total} == set(metrics.REJECTED_FIELDS)
@@ -109,8 +130,15 @@ def test_out_of_range_values_are_counted_by_feature(server, small_model):
     big = reference["total_area"]["max"] + 100
     flat = EXAMPLE_FLAT | {"total_area": big, "living_area": 200.0, "kitchen_area": 40.0, "rooms": 5}
     assert post(server, "/predict", json=flat).status_code == 200
-    count = lambda families, feature: sample_value(families, name, total, feature=feature)
-    wait_until(lambda: count(scrape(server.url), "total_area") > count(before, "total_area"), timeout=10, what="out-of-range count")
+
+    def count(families, feature):
+        return sample_value(families, name, total, feature=feature)
+
+    wait_until(
+        lambda: count(scrape(server.url), "total_area") > count(before, "total_area"),
+        timeout=10,
+        what="out-of-range count",
+    )
     after = scrape(server.url)
     assert count(after, "total_area") - count(before, "total_area") == 1
     assert count(after, "floor") == count(before, "floor")
@@ -126,7 +154,18 @@ def test_unknown_paths_add_no_series(server):
     after = scrape(server.url)
     assert series_count(after) == before
     endpoints = {s.labels.get("endpoint") for f in after.values() for s in f.samples if "endpoint" in s.labels}
-    assert endpoints <= {"/predict", "/predict_batch", "/predict_columns", "/random", "/readyz", "/livez", "/metrics", "/docs.json", "/", "/__unknown__"}
+    assert endpoints <= {
+        "/predict",
+        "/predict_batch",
+        "/predict_columns",
+        "/random",
+        "/readyz",
+        "/livez",
+        "/metrics",
+        "/docs.json",
+        "/",
+        "/__unknown__",
+    }
 
 
 def test_labels_are_bounded_and_carry_no_request_data(server):
@@ -136,7 +175,9 @@ def test_labels_are_bounded_and_carry_no_request_data(server):
         "endpoint": {"/predict", "/predict_batch", "/predict_columns", "/random"},
         "kind": {"error", "delay"},
         "le": None,
-        "model_tag": None, "trained_at": None, "holdout_r2": None,  # one value per model
+        "model_tag": None,
+        "trained_at": None,
+        "holdout_r2": None,  # one value per model
     }
     for name in metrics.EXPOSED:
         for sample in scrape(server.url)[name].samples:
@@ -148,7 +189,7 @@ def test_labels_are_bounded_and_carry_no_request_data(server):
 
 def _send_rows(server, rows: list[dict], per_request: int = 50):
     for start in range(0, len(rows), per_request):
-        answer = post(server, "/predict_batch", json={"flats": rows[start:start + per_request]})
+        answer = post(server, "/predict_batch", json={"flats": rows[start : start + per_request]})
         assert answer.status_code == 200, answer.text
 
 
@@ -170,7 +211,9 @@ def test_drift_scores_stay_low_in_distribution_and_flag_a_shifted_feature(server
     shifted = generate_flats(4000, seed=SMALL_MODEL["seed"] + 200)[list(FEATURE_NAMES)]
     shifted["total_area"] = np.round(shifted["total_area"] * 1.5, 1)
     _send_rows(server, shifted.to_dict("records"))
-    wait_until(lambda: _drift(server)["total_area"] > PSI_ALERT, timeout=10, what="total_area drift over the alert threshold")
+    wait_until(
+        lambda: _drift(server)["total_area"] > PSI_ALERT, timeout=10, what="total_area drift over the alert threshold"
+    )
     drifted = _drift(server)
     others = {k: v for k, v in drifted.items() if k not in ("total_area", "prediction")}
     assert max(others.values()) < PSI_NO_DRIFT, others

@@ -55,7 +55,9 @@ def test_price_is_positive_and_plausible_for_the_original_example(loaded):
 
 def test_price_rises_with_total_area(loaded):
     areas = [36.0, 45.0, 60.0, 80.0, 110.0]  # living and kitchen grow with the flat
-    prices = [loaded.pipeline.predict(example_row(total_area=a, living_area=0.6 * a, kitchen_area=0.17 * a))[0] for a in areas]
+    prices = [
+        loaded.pipeline.predict(example_row(total_area=a, living_area=0.6 * a, kitchen_area=0.17 * a))[0] for a in areas
+    ]
     assert prices[-1] > 1.5 * prices[0]
     assert np.all(np.diff(prices) > -0.02 * np.mean(prices))  # never falls by more than noise
 
@@ -79,7 +81,11 @@ def test_fixed_flats_reproduce_recorded_predictions(loaded):
 
 def test_one_thread_and_default_threads_give_identical_prices(loaded):
     flats = generate_flats(500, seed=78)[list(FEATURE_NAMES)]
-    np.testing.assert_allclose(loaded.pipeline.predict(flats.to_numpy(dtype=np.float64), thread_count=1), loaded.pipeline.predict(flats), rtol=1e-12)
+    np.testing.assert_allclose(
+        loaded.pipeline.predict(flats.to_numpy(dtype=np.float64), thread_count=1),
+        loaded.pipeline.predict(flats),
+        rtol=1e-12,
+    )
 
 
 def test_tampered_model_is_refused(small_model):
@@ -100,7 +106,9 @@ def test_tampered_model_is_refused(small_model):
 def test_model_from_other_library_versions_is_refused(small_model, monkeypatch):
     from flatprice import store
 
-    monkeypatch.setattr(store, "library_versions", lambda: {"catboost": "1.2.9", "scikit-learn": "1.9.1", "numpy": "2.4.6"})
+    monkeypatch.setattr(
+        store, "library_versions", lambda: {"catboost": "1.2.9", "scikit-learn": "1.9.1", "numpy": "2.4.6"}
+    )
     with pytest.raises(ModelError, match=r"trained with catboost 1.2.10 \(installed 1.2.9\).*python -m train"):
         verified_files(bentoml.models.get(small_model.tag))
 

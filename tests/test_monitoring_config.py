@@ -7,8 +7,8 @@ import subprocess
 import pytest
 import yaml
 
-from monitoring import dashboard
 from devtools.servers import REPO
+from monitoring import dashboard
 
 MONITORING = REPO / "monitoring"
 PROMETHEUS = MONITORING / "prometheus"
@@ -20,11 +20,13 @@ def run(*cmd, cwd=None):
     return result.stdout
 
 
+@pytest.mark.slow
 def test_promtool_checks_config_and_rules():
     assert "SUCCESS" in run("promtool", "check", "config", str(PROMETHEUS / "prometheus.yml"))
     assert "SUCCESS" in run("promtool", "check", "rules", str(PROMETHEUS / "alerts.yml"))
 
 
+@pytest.mark.slow
 def test_promtool_unit_tests_of_the_alerts():
     assert "SUCCESS" in run("promtool", "test", "rules", "alerts_test.yml", cwd=PROMETHEUS)
 
@@ -38,8 +40,15 @@ def test_alerts_are_named_labelled_annotated_and_each_tested():
     tests = yaml.safe_load((PROMETHEUS / "alerts_test.yml").read_text())["tests"]
     cases = [case for test in tests for case in test["alert_rule_test"]]
     names = {rule["alert"] for rule in alert_rules()}
-    assert names >= {"FlatPriceServiceDown", "FlatPriceHighServerErrorRatio", "FlatPriceHighValidationErrorRatio", "FlatPriceHighLatencyP95",
-                     "FlatPriceNoPredictions", "FlatPriceFeatureDrift", "FlatPriceOutOfRangeInputs"}
+    assert names >= {
+        "FlatPriceServiceDown",
+        "FlatPriceHighServerErrorRatio",
+        "FlatPriceHighValidationErrorRatio",
+        "FlatPriceHighLatencyP95",
+        "FlatPriceNoPredictions",
+        "FlatPriceFeatureDrift",
+        "FlatPriceOutOfRangeInputs",
+    }
     for rule in alert_rules():
         name = rule["alert"]
         assert re.fullmatch(r"(?:[A-Z][a-z0-9]*)+(?:P95)?", name), name
@@ -118,13 +127,19 @@ def test_prometheus_discovers_every_replica_by_dns(compose):
     assert "flat-price" in compose["services"]
     node = next(j for j in config["scrape_configs"] if j["job_name"] == "node")
     assert node["static_configs"][0]["targets"] == ["node-exporter:9100"]
-    assert {"/etc/prometheus/alerts.yml", "/etc/prometheus/prometheus.yml"} <= mount_targets(compose["services"]["prometheus"])
+    assert {"/etc/prometheus/alerts.yml", "/etc/prometheus/prometheus.yml"} <= mount_targets(
+        compose["services"]["prometheus"]
+    )
 
 
 def test_grafana_provisioning_matches_the_dashboard_and_the_mounts(compose):
-    datasource = yaml.safe_load((MONITORING / "grafana/provisioning/datasources/prometheus.yml").read_text())["datasources"][0]
+    datasource = yaml.safe_load((MONITORING / "grafana/provisioning/datasources/prometheus.yml").read_text())[
+        "datasources"
+    ][0]
     assert datasource["uid"] == dashboard.DATASOURCE["uid"] and datasource["url"] == "http://prometheus:9090"
-    provider = yaml.safe_load((MONITORING / "grafana/provisioning/dashboards/flat-price.yml").read_text())["providers"][0]
+    provider = yaml.safe_load((MONITORING / "grafana/provisioning/dashboards/flat-price.yml").read_text())["providers"][
+        0
+    ]
     targets = mount_targets(compose["services"]["grafana"])
     assert provider["options"]["path"] in targets and "/etc/grafana/provisioning" in targets
     built = dashboard.build()
@@ -135,15 +150,36 @@ def test_grafana_provisioning_matches_the_dashboard_and_the_mounts(compose):
 
 
 def test_committed_dashboard_equals_the_generator_output():
-    assert dashboard.OUTPUT.read_text() == dashboard.render(), "run `python -m monitoring.dashboard` and commit the result"
+    assert dashboard.OUTPUT.read_text() == dashboard.render(), (
+        "run `python -m monitoring.dashboard` and commit the result"
+    )
 
 
 def test_dashboard_has_every_panel_of_the_original_and_the_new_ones():
     titles = " | ".join(p["title"].lower() for p in dashboard.build()["panels"])
-    for word in ["p95", "mean", "p50", "p99", "requests per second by endpoint", "error share", "memory", "cpu", "network",
-                 "request and response size", "predicted price distribution", "start time", "uptime", "predictions in range",
-                 "in flight", "flats per prediction call", "rejected inputs by field", "out-of-range values by feature",
-                 "drift by feature", "live model", "disk"]:
+    for word in [
+        "p95",
+        "mean",
+        "p50",
+        "p99",
+        "requests per second by endpoint",
+        "error share",
+        "memory",
+        "cpu",
+        "network",
+        "request and response size",
+        "predicted price distribution",
+        "start time",
+        "uptime",
+        "predictions in range",
+        "in flight",
+        "flats per prediction call",
+        "rejected inputs by field",
+        "out-of-range values by feature",
+        "drift by feature",
+        "live model",
+        "disk",
+    ]:
         assert word in titles, word
 
 

@@ -6,10 +6,12 @@ import re
 import httpx
 import pytest
 
-from monitoring import dashboard
 from devtools.servers import node_exporter, prometheus, wait_until
+from monitoring import dashboard
 from tests.test_monitoring_config import alert_rules
 from tests.traffic import Traffic, flood
+
+pytestmark = pytest.mark.slow  # starts real servers or Debian tools
 
 # Grafana's variables, as Grafana would set them for a short time range at 1 s scrapes.
 GRAFANA_VARIABLES = {"$__rate_interval": "15s", "$__range": "2m"}
@@ -27,7 +29,9 @@ def stack(served, session_dir):
         try:
             assert "Non-2xx" in flood(served.url, workdir, 2)  # some overload refusals (429) to measure too
             # Enough scrapes for every rate window, and rules evaluated at least once.
-            wait_until(lambda: _count(url, 'count_over_time(up{job="flat-price"}[1m])') >= 20, timeout=60, what="20 scrapes")
+            wait_until(
+                lambda: _count(url, 'count_over_time(up{job="flat-price"}[1m])') >= 20, timeout=60, what="20 scrapes"
+            )
             yield url
         finally:
             traffic.stop()
@@ -49,7 +53,11 @@ def test_both_targets_are_up(stack):
     assert up == {"flat-price": "1", "node": "1", "prometheus": "1"}
 
 
-@pytest.mark.parametrize("title,expr", dashboard.queries(dashboard.build()), ids=[f"{t}:{e[:40]}" for t, e in dashboard.queries(dashboard.build())])
+@pytest.mark.parametrize(
+    "title,expr",
+    dashboard.queries(dashboard.build()),
+    ids=[f"{t}:{e[:40]}" for t, e in dashboard.queries(dashboard.build())],
+)
 def test_every_dashboard_query_returns_data(stack, title, expr):
     for variable, value in GRAFANA_VARIABLES.items():
         expr = expr.replace(variable, value)
@@ -69,7 +77,7 @@ def test_every_alert_expression_is_valid_and_measures_data(stack, rule):
     for part in alert_parts(rule["expr"]):
         if part.startswith("absent("):
             continue  # empty exactly when the service is scraped
-        result = wait_until(lambda: query(stack, part), timeout=20, what=f"data for {part}")
+        result = wait_until(lambda part=part: query(stack, part), timeout=20, what=f"data for {part}")
         assert result, part
 
 

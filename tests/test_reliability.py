@@ -13,19 +13,39 @@ import httpx
 import pytest
 
 from benchmarks.bench import parse_wrk
+from devtools.servers import REPO, BentoServer, wait_until
 from flatprice.schema import EXAMPLE_FLAT
 from tests.metrics_scrape import sample_value, scrape
-from devtools.servers import REPO, BentoServer, wait_until
 from tests.traffic import flood
+
+pytestmark = pytest.mark.slow  # starts real servers or Debian tools
 
 
 def test_schemathesis_finds_no_server_error_and_every_answer_matches_the_docs(served, tmp_path):
     report = tmp_path / "schemathesis.json"
     run = subprocess.run(
-        ["schemathesis", "run", f"{served.url}/docs.json", "--max-examples", "150", "--generation-deterministic",
-         "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
-         "--request-timeout", "10", "--report", "ndjson", "--report-ndjson-path", str(report), "--no-color"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=900)
+        [
+            "schemathesis",
+            "run",
+            f"{served.url}/docs.json",
+            "--max-examples",
+            "150",
+            "--generation-deterministic",
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
+            "--request-timeout",
+            "10",
+            "--report",
+            "ndjson",
+            "--report-ndjson-path",
+            str(report),
+            "--no-color",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-5000:]
     calls = len(re.findall(r'"request"', report.read_text()))
@@ -33,7 +53,9 @@ def test_schemathesis_finds_no_server_error_and_every_answer_matches_the_docs(se
     print(output[-1500:])
 
 
-def test_overload_answers_429_at_a_paced_rate_never_errors_and_admitted_requests_are_served(small_model, session_dir, tmp_path):
+def test_overload_answers_429_at_a_paced_rate_never_errors_and_admitted_requests_are_served(
+    small_model, session_dir, tmp_path
+):
     """A flood of 128 connections against a limit of 1 per worker: everything over the limit
     gets 429 (documented body, Retry-After, after the refusal delay), nothing else; a light
     client still gets answers. Latency figures: `python -m benchmarks.overload`."""
@@ -44,7 +66,12 @@ def test_overload_answers_429_at_a_paced_rate_never_errors_and_admitted_requests
         wrk.start()
         answers = []
         with httpx.Client(timeout=10) as client:
-            wait_until(lambda: client.post(f"{server.url}/predict", json=EXAMPLE_FLAT).status_code == 429, 10, 0, what="a 429 under the flood")
+            wait_until(
+                lambda: client.post(f"{server.url}/predict", json=EXAMPLE_FLAT).status_code == 429,
+                10,
+                0,
+                what="a 429 under the flood",
+            )
             while wrk.is_alive():
                 start = time.perf_counter()
                 response = client.post(f"{server.url}/predict", json=EXAMPLE_FLAT)
@@ -55,8 +82,11 @@ def test_overload_answers_429_at_a_paced_rate_never_errors_and_admitted_requests
     result = parse_wrk(out)
     assert result["socket_errors"] == "", out  # no resets or timeouts
     shed = result["non_2xx"]
-    by_status = {s.labels["http_response_code"]: s.value for s in families["flat_price_request"].samples
-                 if s.name == "flat_price_request_total" and s.labels["endpoint"] == "/predict"}
+    by_status = {
+        s.labels["http_response_code"]: s.value
+        for s in families["flat_price_request"].samples
+        if s.name == "flat_price_request_total" and s.labels["endpoint"] == "/predict"
+    }
     assert by_status.get("429", 0) >= shed > 0  # what wrk saw refused was 429
     assert not [code for code, n in by_status.items() if code.startswith("5") and n], by_status
     assert {r.status_code for r, _ in answers} == {200, 429}  # the light client was served, and refused
@@ -64,8 +94,10 @@ def test_overload_answers_429_at_a_paced_rate_never_errors_and_admitted_requests
         if response.status_code == 429:
             assert response.headers["retry-after"] == "1" and response.json()["error"].startswith("Too many requests")
             assert seconds >= 0.05  # paced: a client retrying at once cannot keep the worker busy refusing
-    print(f"wrk: {shed} x 429 of {result['requests']}; light client: "
-          f"{sum(r.status_code == 200 for r, _ in answers)} answered, {sum(r.status_code == 429 for r, _ in answers)} refused")
+    print(
+        f"wrk: {shed} x 429 of {result['requests']}; light client: "
+        f"{sum(r.status_code == 200 for r, _ in answers)} answered, {sum(r.status_code == 429 for r, _ in answers)} refused"
+    )
 
 
 def test_a_request_past_the_timeout_gets_504_and_the_worker_serves_on(small_model, session_dir):
@@ -78,7 +110,13 @@ def test_a_request_past_the_timeout_gets_504_and_the_worker_serves_on(small_mode
             if answer.status_code == 504:
                 assert answer.json()["error"] == "Not able to process the request in 0.2 seconds"
         assert httpx.post(f"{server.url}/predict", json=EXAMPLE_FLAT).status_code == 200  # serves on
-        timed_out = sample_value(scrape(server.url), "flat_price_request", "flat_price_request_total", endpoint="/random", http_response_code="504")
+        timed_out = sample_value(
+            scrape(server.url),
+            "flat_price_request",
+            "flat_price_request_total",
+            endpoint="/random",
+            http_response_code="504",
+        )
     assert timed_out == sum(a.status_code == 504 for a in answers)
 
 
@@ -111,7 +149,9 @@ class Clients:
 
 def test_killed_worker_is_replaced_and_errors_stop_within_15_s(small_model, session_dir):
     with BentoServer(session_dir / "serve-crash") as server:
-        workers = wait_until(lambda: len(server.worker_pids()) == 2 and server.worker_pids(), timeout=20, what="2 workers")
+        workers = wait_until(
+            lambda: len(server.worker_pids()) == 2 and server.worker_pids(), timeout=20, what="2 workers"
+        )
         with Clients(server.url) as clients:
             wait_until(lambda: len(clients.events) > 50, timeout=10, what="traffic")
             killed_at = time.monotonic()
@@ -120,7 +160,9 @@ def test_killed_worker_is_replaced_and_errors_stop_within_15_s(small_model, sess
             wait_until(lambda: time.monotonic() - killed_at > 16, timeout=20)
         errors = [t for t, ok in clients.events if not ok]
         after = [ok for t, ok in clients.events if t > killed_at + 15]
-        print(f"{len(errors)} errors, the last {max(errors, default=killed_at) - killed_at:.1f} s after the kill; {len(after)} requests after 15 s")
+        print(
+            f"{len(errors)} errors, the last {max(errors, default=killed_at) - killed_at:.1f} s after the kill; {len(after)} requests after 15 s"
+        )
         assert not errors or max(errors) - killed_at < 15
         assert after and all(after)
         assert len(server.worker_pids()) == 2
@@ -137,8 +179,15 @@ def test_sigterm_lets_in_flight_requests_finish(small_model, session_dir):
         for t in threads:
             t.start()
         # All 5 are in the workers, sleeping up to 1.5 s, once each has counted its injected delay.
-        wait_until(lambda: sample_value(scrape(server.url), "flat_price_injected_faults", "flat_price_injected_faults_total", kind="delay") >= 5,
-                   timeout=10, interval=0.02, what="5 requests in the workers")
+        wait_until(
+            lambda: sample_value(
+                scrape(server.url), "flat_price_injected_faults", "flat_price_injected_faults_total", kind="delay"
+            )
+            >= 5,
+            timeout=10,
+            interval=0.02,
+            what="5 requests in the workers",
+        )
         os.kill(server.process.pid, signal.SIGTERM)  # the arbiter only, as an orchestrator would
         for t in threads:
             t.join(15)
@@ -164,7 +213,9 @@ def test_tampered_model_is_refused_at_start_with_the_command_to_run(small_model,
     server = BentoServer(home, share_models=False)
     run = subprocess.run(server.cmd, cwd=REPO, env=server.env, capture_output=True, text=True, timeout=60)
     assert run.returncode != 0
-    assert "does not match its saved checksum" in run.stderr + run.stdout and "python -m train" in run.stderr + run.stdout
+    assert (
+        "does not match its saved checksum" in run.stderr + run.stdout and "python -m train" in run.stderr + run.stdout
+    )
 
 
 def request_lines(server, skip: int) -> list[str]:
@@ -186,7 +237,12 @@ def test_a_refused_request_is_one_concise_line_without_its_values(served):
 
 def test_a_refused_content_type_is_logged_in_one_line(served):
     before = served.log_text().count("\n")
-    assert httpx.post(f"{served.url}/predict", content=b"a=1", headers={"Content-Type": "application/x-www-form-urlencoded"}).status_code == 415
+    assert (
+        httpx.post(
+            f"{served.url}/predict", content=b"a=1", headers={"Content-Type": "application/x-www-form-urlencoded"}
+        ).status_code
+        == 415
+    )
     new = wait_until(lambda: request_lines(served, before), timeout=5, what="a log line")
     assert len(new) == 1 and "POST /predict refused with 415: unsupported_media_type" in new[0], new
 

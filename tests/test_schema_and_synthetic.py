@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from flatprice.api.payloads import Flat
-from flatprice.schema import CROSS_FIELD_RULES, EXAMPLE_FLAT, FEATURE_NAMES, FEATURES, TARGET
 from flatprice.geo import distance_to_centre_km
+from flatprice.schema import CROSS_FIELD_RULES, EXAMPLE_FLAT, FEATURE_NAMES, FEATURES, TARGET
 from flatprice.synthetic import DEFAULT_ROWS, generate_flats
 from tests.data_facts import REAL_FREQUENCIES, REAL_MARGINALS
 
@@ -53,7 +53,7 @@ def test_frequencies_of_categorical_columns(flats, column):
 
 
 def test_rows_make_sense(flats):
-    for field, reason, broken in CROSS_FIELD_RULES:
+    for _field, reason, broken in CROSS_FIELD_RULES:
         assert not broken(flats).any(), reason
     assert (flats.living_area + flats.kitchen_area < flats.total_area).all()
     mean_area = flats.groupby("rooms").total_area.mean()
@@ -70,7 +70,10 @@ def test_price_structure(flats):
     per_m2 = flats.price / flats.total_area
     distance = distance_to_centre_km(flats.latitude, flats.longitude)
     assert per_m2[distance < 5].median() > 1.5 * per_m2[distance > 15].median()
-    assert per_m2[flats.build_year >= 2011].median() > per_m2[(flats.build_year >= 1960) & (flats.build_year < 2011)].median()
+    assert (
+        per_m2[flats.build_year >= 2011].median()
+        > per_m2[(flats.build_year >= 1960) & (flats.build_year < 2011)].median()
+    )
     assert per_m2[flats.ceiling_height >= 3.0].median() > per_m2[flats.ceiling_height < 2.7].median()
     # Heavy right tail, as in the real table: the mean well above the median.
     assert flats.price.mean() > 1.2 * flats.price.median()

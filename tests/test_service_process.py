@@ -6,20 +6,32 @@ import sys
 import httpx
 import pytest
 
+from devtools.servers import REPO, BentoServer
 from flatprice.schema import EXAMPLE_FLAT, FEATURE_NAMES
 from flatprice.synthetic import generate_flats
 from tests.bad_requests import BAD_REQUESTS
-from devtools.servers import REPO, BentoServer
 
-ORIGINAL_CURL = ["curl", "-s", "-X", "POST", "-H", "Content-Type: application/json", "-d",
-                 '{"floor": 1, "is_apartment": 0, "kitchen_area": 7.0, "living_area": 27.0, "rooms": 2, '
-                 '"total_area": 40.0, "building_id": 764, "build_year": 1936, "building_type_int": 1, '
-                 '"latitude": 55.74044418334961, "longitude": 37.52492141723633, "ceiling_height": 3.0, '
-                 '"flats_count": 63, "floors_total": 7, "has_elevator": 1}']
+pytestmark = pytest.mark.slow  # starts real servers or Debian tools
+
+ORIGINAL_CURL = [
+    "curl",
+    "-s",
+    "-X",
+    "POST",
+    "-H",
+    "Content-Type: application/json",
+    "-d",
+    '{"floor": 1, "is_apartment": 0, "kitchen_area": 7.0, "living_area": 27.0, "rooms": 2, '
+    '"total_area": 40.0, "building_id": 764, "build_year": 1936, "building_type_int": 1, '
+    '"latitude": 55.74044418334961, "longitude": 37.52492141723633, "ceiling_height": 3.0, '
+    '"flats_count": 63, "floors_total": 7, "has_elevator": 1}',
+]
 
 
 def test_original_curl_example_gets_a_plausible_price(served):
-    out = subprocess.run([*ORIGINAL_CURL, f"{served.url}/predict", "-w", "\n%{http_code}"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [*ORIGINAL_CURL, f"{served.url}/predict", "-w", "\n%{http_code}"], capture_output=True, text=True, check=True
+    ).stdout
     body, status = out.rsplit("\n", 1)
     assert status == "200", out
     price = httpx.Response(200, content=body).json()["price"]
@@ -60,7 +72,11 @@ def test_chunked_body_over_the_limit_gets_413(served):
 
 def test_chunked_body_within_the_limit_is_served(served):
     payload = httpx.Request("POST", "/", json=EXAMPLE_FLAT).content
-    answer = httpx.post(f"{served.url}/predict", content=iter([payload[:50], payload[50:]]), headers={"Content-Type": "application/json"})
+    answer = httpx.post(
+        f"{served.url}/predict",
+        content=iter([payload[:50], payload[50:]]),
+        headers={"Content-Type": "application/json"},
+    )
     assert answer.status_code == 200, answer.text
 
 
@@ -76,7 +92,17 @@ def test_no_model_in_the_store_stops_the_service_with_the_command_to_run(session
 def test_train_command_if_missing_trains_once(session_dir):
     home = session_dir / "train-cli-home"
     env = {"BENTOML_HOME": str(home)}
-    run = lambda *args: subprocess.run([sys.executable, "-m", "train", *args], cwd=REPO, env={**__import__("os").environ, **env}, capture_output=True, text=True, timeout=120)
+
+    def run(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "train", *args],
+            cwd=REPO,
+            env={**__import__("os").environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
     first = run("--rows", "3000", "--iterations", "30", "--if-missing")
     assert first.returncode == 0, first.stderr
     assert "saved flat_price:" in first.stdout and "R²" in first.stdout + first.stderr

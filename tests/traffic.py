@@ -44,7 +44,10 @@ class Traffic(threading.Thread):
         elif roll < 0.85:
             client.post("/predict", json=EXAMPLE_FLAT | {"rooms": "two"})
         elif roll < 0.95:  # possible but larger than anything in training
-            client.post("/predict", json=EXAMPLE_FLAT | {"total_area": 600.0, "living_area": 400.0, "kitchen_area": 60.0, "rooms": 8})
+            client.post(
+                "/predict",
+                json=EXAMPLE_FLAT | {"total_area": 600.0, "living_area": 400.0, "kitchen_area": 60.0, "rooms": 8},
+            )
         else:
             client.get(f"/admin/{self.rng.randint(0, 10**6)}")
 
@@ -57,5 +60,10 @@ def flood(url: str, workdir: Path, seconds: int, connections: int = 128) -> str:
     """wrk holding `connections` open, each posting the example flat without pause: far
     more than a worker admits, so it gets 429s. Returns wrk's report (`benchmarks.bench.parse_wrk` reads it)."""
     script = lua_pool(workdir / "example-flat.lua", [json.dumps(EXAMPLE_FLAT)])
-    return subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), f"{url}/predict"],
-                          capture_output=True, text=True, check=True, timeout=seconds + 30).stdout
+    return subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), f"{url}/predict"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=seconds + 30,
+    ).stdout

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 from sklearn.metrics import mean_absolute_error, r2_score
@@ -57,18 +57,36 @@ def train(
 
     predictions = pipeline.predict(X_test)
     metrics = holdout_metrics(y_test, predictions)
-    step(f"holdout ({len(y_test):,} rows): R² {metrics['r2']:.4f}, MAE {metrics['mae_rub']:,.0f} ₽, median APE {metrics['median_ape']:.2%}")
+    step(
+        f"holdout ({len(y_test):,} rows): R² {metrics['r2']:.4f}, MAE {metrics['mae_rub']:,.0f} ₽, median APE {metrics['median_ape']:.2%}"
+    )
     train_matrix = as_feature_matrix(X_train)
     reference = build_reference(train_matrix, pipeline.predict(X_train))
-    sample_rows = np.random.default_rng(seed).choice(len(train_matrix), size=min(SAMPLE_ROWS, len(train_matrix)), replace=False)
+    sample_rows = np.random.default_rng(seed).choice(
+        len(train_matrix), size=min(SAMPLE_ROWS, len(train_matrix)), replace=False
+    )
     model = save_pipeline(
         pipeline,
         train_matrix[np.sort(sample_rows)],
         {
             "metrics": metrics,
-            "params": {"iterations": iterations, "depth": depth, "seed": seed, "loss": pipeline[-1].get_params()["loss_function"], "learning_rate": pipeline[-1].get_params()["learning_rate"], "holdout_share": HOLDOUT_SHARE},
-            "data": {"source": loaded.source, "sha256": loaded.sha256, "rows": len(loaded.frame), "dropped_rows": loaded.dropped_rows, "train_rows": len(y_train), "holdout_rows": len(y_test)},
-            "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "params": {
+                "iterations": iterations,
+                "depth": depth,
+                "seed": seed,
+                "loss": pipeline[-1].get_params()["loss_function"],
+                "learning_rate": pipeline[-1].get_params()["learning_rate"],
+                "holdout_share": HOLDOUT_SHARE,
+            },
+            "data": {
+                "source": loaded.source,
+                "sha256": loaded.sha256,
+                "rows": len(loaded.frame),
+                "dropped_rows": loaded.dropped_rows,
+                "train_rows": len(y_train),
+                "holdout_rows": len(y_test),
+            },
+            "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "training_seconds": round(fit_seconds, 2),
             "reference": reference,
         },

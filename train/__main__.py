@@ -16,14 +16,24 @@ from . import train
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m train", description=__doc__)
-    parser.add_argument("--data", metavar="SOURCE", help="CSV or Parquet file, or an SQLAlchemy URL (default: built-in synthetic data)")
-    parser.add_argument("--table", default=DEFAULT_TABLE, help=f"table to read from a database URL (default: {DEFAULT_TABLE})")
-    parser.add_argument("--rows", type=int, help=f"use only this many rows (synthetic: generate this many; default {DEFAULT_ROWS:,})")
+    parser.add_argument(
+        "--data", metavar="SOURCE", help="CSV or Parquet file, or an SQLAlchemy URL (default: built-in synthetic data)"
+    )
+    parser.add_argument(
+        "--table", default=DEFAULT_TABLE, help=f"table to read from a database URL (default: {DEFAULT_TABLE})"
+    )
+    parser.add_argument(
+        "--rows", type=int, help=f"use only this many rows (synthetic: generate this many; default {DEFAULT_ROWS:,})"
+    )
     parser.add_argument("--iterations", type=int, default=1000, help="CatBoost trees (default 1000)")
     parser.add_argument("--depth", type=int, default=6, help="CatBoost tree depth (default 6)")
-    parser.add_argument("--seed", type=int, default=42, help="seed for the split, the model and synthetic data (default 42)")
+    parser.add_argument(
+        "--seed", type=int, default=42, help="seed for the split, the model and synthetic data (default 42)"
+    )
     parser.add_argument("--model-name", default=MODEL_NAME, help=f"name in the model store (default {MODEL_NAME})")
-    parser.add_argument("--if-missing", action="store_true", help="do nothing if the store already has a model of this name")
+    parser.add_argument(
+        "--if-missing", action="store_true", help="do nothing if the store already has a model of this name"
+    )
     return parser.parse_args(argv)
 
 
@@ -39,8 +49,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with Progress(*columns) as progress:
             model = train(
-                args.data, table=args.table, rows=args.rows, iterations=args.iterations,
-                depth=args.depth, seed=args.seed, model_name=args.model_name, progress=progress,
+                args.data,
+                table=args.table,
+                rows=args.rows,
+                iterations=args.iterations,
+                depth=args.depth,
+                seed=args.seed,
+                model_name=args.model_name,
+                progress=progress,
             )
     except DataError as exc:
         print(f"error: cannot train on this data: {exc}", file=sys.stderr)

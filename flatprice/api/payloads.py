@@ -14,7 +14,16 @@ from operator import attrgetter
 from typing import Annotated
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, create_model, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from ..schema import CROSS_FIELD_RULES, EXAMPLE_FLAT, FEATURE_NAMES, FEATURES
@@ -35,7 +44,10 @@ def _field(feature):
 def _column(feature):
     kind = int if feature.kind is int else float
     description = f"{feature.description}{f', {feature.unit}' if feature.unit else ''}, one value per flat"
-    return Annotated[list[Annotated[kind, Field(ge=feature.low, le=feature.high)]], Field(min_length=1, max_length=MAX_BATCH_ROWS, description=description)]
+    return Annotated[
+        list[Annotated[kind, Field(ge=feature.low, le=feature.high)]],
+        Field(min_length=1, max_length=MAX_BATCH_ROWS, description=description),
+    ]
 
 
 def _few_unknown_keys(cls, data):
@@ -44,7 +56,9 @@ def _few_unknown_keys(cls, data):
     if isinstance(data, dict) and len(data) > len(FEATURE_NAMES) + MAX_UNKNOWN_KEYS:
         unknown = len(data.keys() - _NAMES)
         if unknown > MAX_UNKNOWN_KEYS:
-            raise PydanticCustomError("extra_forbidden", "{count} unknown fields; the fields are the 15 features", {"count": unknown})
+            raise PydanticCustomError(
+                "extra_forbidden", "{count} unknown fields; the fields are the 15 features", {"count": unknown}
+            )
     return data
 
 
@@ -80,7 +94,12 @@ Flat = create_model(
 class FlatBatch(BaseModel):
     """Up to 1,000 flats, priced in one call, in order."""
 
-    model_config = ConfigDict(**_STRICT, json_schema_extra={"example": {"flats": [EXAMPLE_FLAT, EXAMPLE_FLAT | {"total_area": 80.0, "living_area": 50.0, "rooms": 3}]}})
+    model_config = ConfigDict(
+        **_STRICT,
+        json_schema_extra={
+            "example": {"flats": [EXAMPLE_FLAT, EXAMPLE_FLAT | {"total_area": 80.0, "living_area": 50.0, "rooms": 3}]}
+        },
+    )
     flats: list[FlatFields] = Field(min_length=1, max_length=MAX_BATCH_ROWS, description=f"1 to {MAX_BATCH_ROWS} flats")
     few_unknown_keys = model_validator(mode="before")(_few_unknown_keys)
 
@@ -90,13 +109,23 @@ def _same_lengths(model):
     if len(set(lengths.values())) > 1:
         usual = max(set(lengths.values()), key=list(lengths.values()).count)
         odd = ", ".join(f"{name} has {n}" for name, n in lengths.items() if n != usual)
-        raise PydanticCustomError("column_lengths", "every column must have one value per flat: {odd} values, the others {usual}", {"odd": odd, "usual": usual})
+        raise PydanticCustomError(
+            "column_lengths",
+            "every column must have one value per flat: {odd} values, the others {usual}",
+            {"odd": odd, "usual": usual},
+        )
     return model
 
 
 FlatColumns = create_model(
     "FlatColumns",
-    __config__=ConfigDict(**_STRICT, json_schema_extra={"example": {f.name: [f.example, f.example] for f in FEATURES} | {"total_area": [40.0, 80.0], "living_area": [27.0, 50.0]}}),
+    __config__=ConfigDict(
+        **_STRICT,
+        json_schema_extra={
+            "example": {f.name: [f.example, f.example] for f in FEATURES}
+            | {"total_area": [40.0, 80.0], "living_area": [27.0, 50.0]}
+        },
+    ),
     __doc__="Up to 1,000 flats as 15 columns of equal length (pandas: df.to_dict('list')), priced in order.",
     __validators__={
         "few_unknown_keys": model_validator(mode="before")(_few_unknown_keys),
@@ -125,7 +154,13 @@ def check_cross_fields(matrix: np.ndarray, title: str, loc_of) -> None:
     errors: list[InitErrorDetails] = []
     for field, reason, broken in CROSS_FIELD_RULES:
         for row in np.flatnonzero(broken(data)):
-            errors.append({"type": PydanticCustomError("cross_field", reason), "loc": loc_of(int(row), field), "input": float(data[field][row])})
+            errors.append(
+                {
+                    "type": PydanticCustomError("cross_field", reason),
+                    "loc": loc_of(int(row), field),
+                    "input": float(data[field][row]),
+                }
+            )
     if errors:
         raise ValidationError.from_exception_data(title, errors)
 
@@ -149,4 +184,4 @@ class RandomPrediction(BaseModel):
 
 def flat_from_row(row) -> Flat:
     """A Flat from 15 numbers in schema order (as stored in the training sample)."""
-    return Flat(**{f.name: f.kind(value) for f, value in zip(FEATURES, row)})
+    return Flat(**{f.name: f.kind(value) for f, value in zip(FEATURES, row, strict=False)})

@@ -34,4 +34,9 @@ def endpoint_label(path: str) -> str:
 
 
 _KNOWN = frozenset((*API_ROUTES, *FRAMEWORK_ROUTES))
-ENDPOINT_LABELS: tuple[str, ...] = (*API_ROUTES, *FRAMEWORK_ROUTES, *(p + "*" for p in STATIC_PREFIXES), UNKNOWN_ENDPOINT)
+ENDPOINT_LABELS: tuple[str, ...] = (
+    *API_ROUTES,
+    *FRAMEWORK_ROUTES,
+    *(p + "*" for p in STATIC_PREFIXES),
+    UNKNOWN_ENDPOINT,
+)

@@ -20,9 +20,25 @@ NAMESPACE = "flat_price"  # BentoML's request metrics use it too (see service.py
 # Log-spaced (1-1.5-2-3-4-5-7 per decade) from 1M to 500M rubles: Moscow prices span
 # two orders of magnitude, and linear 20M-wide buckets put most flats in one bucket.
 PRICE_BUCKETS = (
-    1e6, 1.5e6, 2e6, 3e6, 4e6, 5e6, 7e6,
-    1e7, 1.5e7, 2e7, 3e7, 4e7, 5e7, 7e7,
-    1e8, 1.5e8, 2e8, 3e8, 5e8,
+    1e6,
+    1.5e6,
+    2e6,
+    3e6,
+    4e6,
+    5e6,
+    7e6,
+    1e7,
+    1.5e7,
+    2e7,
+    3e7,
+    4e7,
+    5e7,
+    7e7,
+    1e8,
+    1.5e8,
+    2e8,
+    3e8,
+    5e8,
 )
 BATCH_ROWS_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 BODY_FIELD = "body"  # label for errors not tied to one field (malformed JSON, empty batch...)
@@ -105,7 +121,9 @@ INJECTED_FAULTS = Counter(
     ["kind"],
 )
 
-DRIFT_GAUGE_SUBJECTS = {PREDICTION: PREDICTION_DRIFT} | {name: FEATURE_DRIFT.labels(feature=name) for name in FEATURE_NAMES}
+DRIFT_GAUGE_SUBJECTS = {PREDICTION: PREDICTION_DRIFT} | {
+    name: FEATURE_DRIFT.labels(feature=name) for name in FEATURE_NAMES
+}
 # (name as exposed, type) of every metric above, for tests and docs to check against /metrics.
 EXPOSED = {
     f"{NAMESPACE}_predicted_price_rubles": "histogram",

@@ -19,7 +19,7 @@ Hooks touch private code and are version-checked: see `hooks` and docs/upgrading
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from ..api.routes import API_ROUTES, GET_ROUTES
 from ..config import Settings

@@ -30,8 +30,9 @@ class Admission:
             return await self.app(scope, receive, send)
         if self.in_flight >= self.max_in_flight:
             await asyncio.sleep(self.refusal_delay_s)
-            return await send_error(send, 429, "Too many requests in flight; retry later", "too_many_requests",
-                                    [(b"retry-after", b"1")])
+            return await send_error(
+                send, 429, "Too many requests in flight; retry later", "too_many_requests", [(b"retry-after", b"1")]
+            )
         self.in_flight += 1
         try:
             await self.app(scope, receive, send)

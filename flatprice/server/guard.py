@@ -31,7 +31,10 @@ _FEATURES = frozenset(FEATURE_NAMES)
 def error_messages(status: int, body: bytes, headers=()) -> tuple[dict, dict]:
     """The two ASGI messages of a JSON error answer."""
     head = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]
-    return {"type": "http.response.start", "status": status, "headers": head}, {"type": "http.response.body", "body": body}
+    return {"type": "http.response.start", "status": status, "headers": head}, {
+        "type": "http.response.body",
+        "body": body,
+    }
 
 
 async def send_error(send, status: int, reason: str, error_type: str, headers=()) -> None:
@@ -63,7 +66,11 @@ class RequestGuard:
     def __init__(self, app, api_routes, get_routes, max_body_bytes: int, max_header_bytes: int, body_timeout_s: float):
         self.app = app
         self.api_routes, self.get_routes = frozenset(api_routes), frozenset(get_routes)
-        self.max_body_bytes, self.max_header_bytes, self.body_timeout_s = max_body_bytes, max_header_bytes, body_timeout_s
+        self.max_body_bytes, self.max_header_bytes, self.body_timeout_s = (
+            max_body_bytes,
+            max_header_bytes,
+            body_timeout_s,
+        )
         self.docs: list[dict] | None = None  # the /docs.json answer, once built
 
     async def __call__(self, scope, receive, send):
@@ -75,7 +82,9 @@ class RequestGuard:
         if path not in self.api_routes:
             return await self.app(scope, receive, send)
         if sum(len(k) + len(v) for k, v in scope["headers"]) > self.max_header_bytes:
-            return await self._refuse(scope, send, 431, f"request headers over {self.max_header_bytes} bytes", "headers_too_large")
+            return await self._refuse(
+                scope, send, 431, f"request headers over {self.max_header_bytes} bytes", "headers_too_large"
+            )
         if scope["method"] == "GET" and path in self.get_routes:
             scope = dict(scope, method="POST")
             length = 0
@@ -83,21 +92,35 @@ class RequestGuard:
             headers = dict(scope["headers"])
             declared = headers.get(b"content-length")
             if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
-                return await self._refuse(scope, send, 413, f"request body over {self.max_body_bytes} bytes", "body_too_large")
+                return await self._refuse(
+                    scope, send, 413, f"request body over {self.max_body_bytes} bytes", "body_too_large"
+                )
             encoding = headers.get(b"content-encoding", b"identity").strip().lower()
             if encoding != b"identity":
                 shown = encoding.decode("latin-1")[:32]
-                return await self._refuse(scope, send, 415, f"Content-Encoding {shown!r} is not accepted: send the body unencoded", "unsupported_encoding")
+                return await self._refuse(
+                    scope,
+                    send,
+                    415,
+                    f"Content-Encoding {shown!r} is not accepted: send the body unencoded",
+                    "unsupported_encoding",
+                )
             media_type = headers.get(b"content-type", b"application/json").split(b";")[0].strip().lower()
             if media_type != b"application/json":
                 shown = media_type.decode("latin-1")[:64]
-                return await self._refuse(scope, send, 415, f"Content-Type must be application/json, not {shown!r}", "unsupported_media_type")
+                return await self._refuse(
+                    scope, send, 415, f"Content-Type must be application/json, not {shown!r}", "unsupported_media_type"
+                )
             try:
                 body = await asyncio.wait_for(self._read(receive), self.body_timeout_s)
-            except asyncio.TimeoutError:
-                return await self._refuse(scope, send, 408, f"request body not received within {self.body_timeout_s:g} s", "body_timeout")
+            except TimeoutError:
+                return await self._refuse(
+                    scope, send, 408, f"request body not received within {self.body_timeout_s:g} s", "body_timeout"
+                )
             if body is None:
-                return await self._refuse(scope, send, 413, f"request body over {self.max_body_bytes} bytes", "body_too_large")
+                return await self._refuse(
+                    scope, send, 413, f"request body over {self.max_body_bytes} bytes", "body_too_large"
+                )
             receive, length = _replay(body, receive), len(body)
         else:
             return await self.app(scope, receive, send)  # BentoML answers 405

@@ -9,9 +9,9 @@ hook returns its undo. Why each is kept, what it buys and its tests: docs/upgrad
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Callable
 
 import numpy as np
 
@@ -61,7 +61,9 @@ def _bound_endpoint_labels() -> Callable[[], None]:
 
         async def __call__(self, scope, receive, send):
             if scope["type"] == "http" and (label := endpoint_label(scope["path"])) != scope["path"]:
-                scope = dict(scope, path=label, **{"flatprice.path": scope["path"], "flatprice.raw_path": scope.get("raw_path")})
+                scope = dict(
+                    scope, path=label, **{"flatprice.path": scope["path"], "flatprice.raw_path": scope.get("raw_path")}
+                )
             await super().__call__(scope, receive, send)
 
     instruments.RunnerTrafficMetricsMiddleware = BoundedEndpointMetrics
@@ -98,7 +100,8 @@ class ConciseClientErrors(logging.Filter):
         if isinstance(exc, ValidationError):
             errors = exc.errors(include_input=False, include_url=False, include_context=False)
             fields = ", ".join(
-                f"{'.'.join(safe_field(p) for p in e['loc']) or 'body'} ({e['type']})" for e in errors[:MAX_REPORTED_ERRORS]
+                f"{'.'.join(safe_field(p) for p in e['loc']) or 'body'} ({e['type']})"
+                for e in errors[:MAX_REPORTED_ERRORS]
             )
             detail = f"{len(errors)} validation error{'s' if len(errors) != 1 else ''}: {fields}"
         else:
@@ -140,7 +143,9 @@ def _document_error_responses() -> Callable[[], None]:
     schema = bentoml_cattr.structure(_inlined(ErrorBody.model_json_schema()), Schema)
     openapi.error_responses.clear()
     for status, description in ERROR_STATUSES.items():
-        openapi.error_responses[status] = Response(description=description, content={"application/json": MediaType(schema=schema)})
+        openapi.error_responses[status] = Response(
+            description=description, content={"application/json": MediaType(schema=schema)}
+        )
 
     def undo():
         openapi.error_responses.clear()
