@@ -36,7 +36,18 @@ def price_count(server) -> float:
 
 
 def test_price_histogram_counts_every_prediction_exactly_across_workers(server):
-    before = price_count(server)
+    rows = f"{metrics.NAMESPACE}_batch_rows"
+    scraped = scrape(server.url)
+    before = sample_value(scraped, PRICE, f"{PRICE}_count")
+    rows_before = {
+        key: sample_value(scraped, rows, f"{rows}{suffix}", **labels)
+        for key, suffix, labels in (
+            ("count", "_count", {}),
+            ("sum", "_sum", {}),
+            ("11-20", "_bucket", {"le": "20.0"}),
+            ("<=10", "_bucket", {"le": "10.0"}),
+        )
+    }
     flats = generate_flats(60, seed=21)[list(FEATURE_NAMES)].to_dict("records")
     for flat in flats[:40]:
         assert post(server, "/predict", json=flat).status_code == 200
@@ -58,12 +69,13 @@ def test_price_histogram_counts_every_prediction_exactly_across_workers(server):
         > 60 * sample_value(families, size, f"{size}_count", endpoint="/predict")
         > 0
     )
-    rows = f"{metrics.NAMESPACE}_batch_rows"
-    assert (
-        sample_value(families, rows, f"{rows}_bucket", le="20.0")
-        - sample_value(families, rows, f"{rows}_bucket", le="10.0")
-        >= 1
+    # Exactly one call per request: 40 single flats, one batch of 20, 5 random flats.
+    assert sample_value(families, rows, f"{rows}_count") - rows_before["count"] == 46
+    assert sample_value(families, rows, f"{rows}_sum") - rows_before["sum"] == 65
+    in_11_to_20 = sample_value(families, rows, f"{rows}_bucket", le="20.0") - sample_value(
+        families, rows, f"{rows}_bucket", le="10.0"
     )
+    assert in_11_to_20 - (rows_before["11-20"] - rows_before["<=10"]) == 1
 
 
 def test_every_declared_metric_is_exposed_with_its_type_and_buckets(server):

@@ -1,7 +1,8 @@
 """`Admission`: a per-worker limit on API requests in flight (ASGI middleware).
 
 It runs after `RequestGuard`, so a request takes a slot only once its whole body is in:
-a slow sender cannot hold one. Over the limit the request gets 429 with Retry-After,
+a slow sender cannot hold one. A slot is held from then until the answer is sent, queued
+or running: the limit bounds each worker's queue (rule and figures: docs/decisions). Over the limit the request gets 429 with Retry-After,
 sent after `refusal_delay_s` (a sleep, no slot held): a client retrying at once is paced
 instead of keeping the worker busy refusing. BentoML's metrics middleware sits outside,
 so refusals are counted in `flat_price_request_total` like every answer.
@@ -35,6 +36,10 @@ class Admission:
             )
         self.in_flight += 1
         try:
+            # A request's handler runs without yielding, so requests queue in the event loop
+            # where no count sees them. Yielding once puts this one behind the requests that
+            # have already arrived, so `in_flight` counts the queue, not only the one running.
+            await asyncio.sleep(0)
             await self.app(scope, receive, send)
         finally:
             self.in_flight -= 1

@@ -149,8 +149,13 @@ class RequestGuard:
         async def answering_send(message):
             nonlocal start
             if message["type"] == "http.response.start":
+                # BentoML names itself in a `server` header: nothing a client needs.
+                message = {
+                    **message,
+                    "headers": [(k, v) for k, v in message.get("headers", ()) if k.lower() != b"server"],
+                }
                 if message["status"] != 400:
-                    for key, value in message.get("headers", ()):
+                    for key, value in message["headers"]:
                         if key == b"content-length":
                             metrics.RESPONSE_SIZE.labels(endpoint=path).observe(int(value))
                     return await send(message)
