@@ -37,6 +37,18 @@ def small_model():
 
 
 @pytest.fixture(scope="session")
+def client(small_model):
+    """The service's ASGI app in process (one per session: its request metrics register once)."""
+    from starlette.testclient import TestClient
+
+    import service
+
+    with TestClient(service.FlatPriceService.to_asgi()) as client:
+        yield client
+    service.undo_server_hooks()  # importing service.py must not patch later tests
+
+
+@pytest.fixture(scope="session")
 def served(small_model, session_dir):
     """A real `bentoml serve` of service.py with its 2 workers, on a free port."""
     with BentoServer(session_dir / "serve-main") as server:

@@ -3,20 +3,10 @@
 import json
 
 import pytest
-from starlette.testclient import TestClient
 
 from flatprice.schema import EXAMPLE_FLAT, FEATURE_NAMES
 from flatprice.synthetic import generate_flats
 from tests.bad_requests import BAD_REQUESTS
-
-
-@pytest.fixture(scope="module")
-def client(small_model):
-    import service
-
-    with TestClient(service.FlatPriceService.to_asgi()) as client:
-        yield client
-    service.undo_server_hooks()  # importing service.py must not patch later tests
 
 
 def test_original_curl_body_gets_a_price(client, small_model):

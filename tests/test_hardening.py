@@ -50,7 +50,7 @@ def read_answer(sock: socket.socket) -> bytes:
 def test_slow_bodies_hold_no_slot_and_get_408(guarded):
     """40 connections each send headers and 5 bytes of a 200-byte body, against a limit of 4
     per worker: normal requests are still served, and each slow sender gets 408."""
-    head = f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n"
+    head = "POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n"
     slow = []
     for _ in range(40):
         sock = raw_socket(guarded)

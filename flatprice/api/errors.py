@@ -64,7 +64,9 @@ def validation_json(errors: list[dict], total: int) -> bytes:
         }
         for e in errors[:MAX_REPORTED_ERRORS]
     ]
-    fields = ", ".join(dict.fromkeys(str(d["loc"][-1]) for d in detail))
+    fields = ", ".join(
+        dict.fromkeys(next((str(p) for p in reversed(d["loc"]) if isinstance(p, str)), "body") for d in detail)
+    )
     noun = "validation error" if total == 1 else "validation errors"
     shown = "" if total <= len(detail) else f" (the first {len(detail)} listed)"
     return json.dumps({"error": f"{total} {noun}{shown}: {fields}", "detail": detail, "total": total}).encode()

@@ -175,11 +175,11 @@ observe_many = plain_observe  # the public way until the hook is installed
 
 def _bulk_histogram_observe() -> Callable[[], None]:
     global observe_many
-    observe_many = bulk_observe
+    previous, observe_many = observe_many, bulk_observe
 
     def undo():
         global observe_many
-        observe_many = plain_observe
+        observe_many = previous
 
     return undo
 
