@@ -8,7 +8,7 @@ PORT ?= 3000
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export BENTOML_DO_NOT_TRACK ?= True
 
-.PHONY: serve install install-dev model test test-fast system-deps build bench soak format lint mutation
+.PHONY: serve install install-dev model test test-fast system-deps build bench soak format mutation grafana-env
 
 serve: install model  ## install, train the default model if the store has none, serve on $(HOST):$(PORT)
 	$(PYTHON) -m bentoml serve service:FlatPriceService --host $(HOST) --port $(PORT)
@@ -49,6 +49,11 @@ bench: install-dev model system-deps  ## service vs the original design vs Bento
 
 soak: install-dev model system-deps  ## 10 minutes at half capacity: memory, errors, p95 per minute
 	$(PYTHON) -m benchmarks.soak
+
+grafana-env: monitoring/grafana.env  ## Grafana's admin credentials for the compose stack, generated once
+monitoring/grafana.env:
+	sed "s/^GF_SECURITY_ADMIN_PASSWORD=.*/GF_SECURITY_ADMIN_PASSWORD=$$($(BASE_PYTHON) -c 'import secrets; print(secrets.token_urlsafe(24))')/" monitoring/grafana.env.example > $@
+	chmod 600 $@
 
 format: install-dev
 	$(PYTHON) -m ruff format . && $(PYTHON) -m ruff check --fix .

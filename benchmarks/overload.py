@@ -137,7 +137,7 @@ def measure(work: Path, layout: str, capacity: float, limit: int, refusal_delay_
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "--limits", default="1,16", help="per-worker limits (FLAT_PRICE_MAX_CONCURRENCY), comma-separated"
+        "--limits", default="1,64", help="per-worker limits (FLAT_PRICE_MAX_CONCURRENCY), comma-separated"
     )
     parser.add_argument("--refusal-delays", default="0.05,0", help="FLAT_PRICE_REFUSAL_DELAY_S values, comma-separated")
     parser.add_argument("--seconds", type=int, default=9, help="seconds of each loaded run (at least 5)")

@@ -12,12 +12,13 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from flatprice.api.routes import API_ROUTES
 from flatprice.observability.metrics import NAMESPACE
 from flatprice.reference import PSI_ALERT, PSI_NO_DRIFT
 
 OUTPUT = Path(__file__).parent / "grafana" / "dashboards" / "flat-price.json"
 DATASOURCE = {"type": "prometheus", "uid": "prometheus"}
-API = 'endpoint=~"/predict|/predict_batch|/predict_columns|/random"'
+API = f'endpoint=~"{"|".join(API_ROUTES)}"'  # the API routes, from the one definition
 N = NAMESPACE
 
 

@@ -59,6 +59,20 @@ def test_alerts_are_named_labelled_annotated_and_each_tested():
         assert True in outcomes and False in outcomes, f"{name}: needs a silent and a firing case"
 
 
+def test_alerts_name_exactly_the_api_routes_and_the_psi_threshold():
+    """Facts once: every alert's endpoint matcher is the routes constant, every PSI line the code's."""
+    from flatprice.api.routes import API_ROUTES
+    from flatprice.reference import PSI_ALERT
+
+    matchers = set()
+    for rule in alert_rules():
+        matchers |= set(re.findall(r'endpoint=~"([^"]*)"', rule["expr"]))
+        if "_psi" in rule["expr"]:
+            assert float(re.search(r">\s*([0-9.]+)", rule["expr"]).group(1)) == PSI_ALERT, rule["alert"]
+            assert f"threshold {PSI_ALERT}" in rule["annotations"]["description"], rule["alert"]
+    assert matchers == {"|".join(API_ROUTES)}
+
+
 @pytest.fixture(scope="module")
 def compose(tmp_path_factory):
     """The compose file as `docker-compose config` resolves it (with the example env file)."""
@@ -98,7 +112,7 @@ def mount_targets(service) -> set[str]:
 
 def test_prometheus_and_grafana_on_localhost_only_and_no_port_clash(compose):
     services = compose["services"]
-    for name in ("prometheus", "grafana"):
+    for name in ("flat-price", "prometheus", "grafana"):
         for port in published(services[name]):
             assert port.get("host_ip") == "127.0.0.1", name
     grafana_host_ports = {str(p["published"]) for p in published(services["grafana"])}
@@ -115,7 +129,22 @@ def test_grafana_has_no_default_credentials_anonymous_access_or_sign_up(compose)
     assert not [key for key in raw["environment"] if key.startswith("GF_SECURITY_ADMIN")]  # only from the env file
     assert raw["env_file"] == ["grafana.env"]
     example = (MONITORING / "grafana.env.example").read_text()
-    assert "GF_SECURITY_ADMIN_PASSWORD=" in example and "=admin\n" not in example
+    assert "GF_SECURITY_ADMIN_PASSWORD=change-me\n" in example
+    # Grafana refuses to start with the example's placeholder, an empty password or "admin".
+    check = " ".join(raw["entrypoint"])
+    assert '""|admin|change-me*) echo' in check and "exit 1" in check and check.endswith("exec /run.sh")
+
+
+def test_make_grafana_env_generates_a_password(tmp_path):
+    shutil.copytree(MONITORING, tmp_path / "monitoring", ignore=shutil.ignore_patterns("grafana.env"))
+    shutil.copy(REPO / "Makefile", tmp_path)
+    subprocess.run(["make", "-s", "monitoring/grafana.env"], cwd=tmp_path, check=True)
+    written = dict(
+        line.split("=", 1)
+        for line in (tmp_path / "monitoring/grafana.env").read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    )
+    assert len(written["GF_SECURITY_ADMIN_PASSWORD"]) >= 24 and written["GF_SECURITY_ADMIN_PASSWORD"] != "change-me"
     assert "monitoring/grafana.env" in (REPO / ".gitignore").read_text()
 
 

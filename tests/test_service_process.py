@@ -38,11 +38,6 @@ def test_original_curl_example_gets_a_plausible_price(served):
     assert 5e6 < price < 40e6
 
 
-def test_health_endpoints(served):
-    assert httpx.get(f"{served.url}/livez").status_code == 200
-    assert httpx.get(f"{served.url}/readyz").status_code == 200
-
-
 def test_batch_and_random(served):
     flats = generate_flats(25, seed=12)[list(FEATURE_NAMES)].to_dict("records")
     batch = httpx.post(f"{served.url}/predict_batch", json={"flats": flats})
