@@ -37,7 +37,7 @@ from flatprice.store import MODEL_NAME, latest_model, load_pipeline, verified_fi
 settings = Settings.load()  # exits with one line naming a bad FLAT_PRICE_* variable
 # Fail here, in `bentoml serve` itself, when the store has no usable model: a worker
 # that fails in __init__ is restarted forever and the message drowns in the log.
-verified_files(latest_model(MODEL_NAME))
+verified_files(latest_model(MODEL_NAME), settings.model_sha256)
 
 
 @bentoml.service(
@@ -47,7 +47,7 @@ class FlatPriceService:
     model_ref = bentoml.models.BentoModel(f"{MODEL_NAME}:latest")
 
     def __init__(self) -> None:
-        loaded = load_pipeline(self.model_ref)
+        loaded = load_pipeline(self.model_ref, settings.model_sha256)
         self.tag = loaded.tag
         # The Pipeline's own steps, called directly: Pipeline.predict adds ~80 µs per call.
         self.features, self.regressor = loaded.pipeline.named_steps["features"], loaded.pipeline[-1]

@@ -3,6 +3,7 @@ own BentoML home, ready when /readyz says so (never a fixed sleep)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -65,7 +66,7 @@ def worker_pids(root_pid: int) -> list[int]:
 def private_home(home: Path, models_from: Path | None = None) -> Path:
     """A BentoML home of its own (so its own metrics directory) sharing a model store."""
     home.mkdir(parents=True, exist_ok=True)
-    source = models_from or Path(os.environ["BENTOML_HOME"]) / "models"
+    source = models_from or Path(os.environ.get("BENTOML_HOME", Path.home() / "bentoml")) / "models"
     if not (home / "models").exists():
         (home / "models").symlink_to(source, target_is_directory=True)
     return home
@@ -149,14 +150,17 @@ class BentoServer:
 class Process:
     """A background server process with a readiness URL; a context manager."""
 
-    def __init__(self, cmd: list[str], ready_url: str, log_path: Path, cwd: Path | None = None):
+    def __init__(
+        self, cmd: list[str], ready_url: str, log_path: Path, cwd: Path | None = None, env: dict | None = None
+    ):
         self.cmd, self.ready_url, self.log_path, self.cwd = cmd, ready_url, log_path, cwd
+        self.env = {**os.environ, **env} if env else None
         self.process: subprocess.Popen | None = None
 
     def __enter__(self):
         self.log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
-            self.cmd, cwd=self.cwd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+            self.cmd, cwd=self.cwd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
         )
         wait_until(self._ready, 60, what=f"{self.ready_url} (log: {self.log_path})")
         return self
@@ -221,3 +225,20 @@ def prometheus(workdir: Path, service_target: str, node_target: str, interval: s
         "--web.enable-lifecycle",
     ]
     return Process(cmd, f"{url}/-/ready", workdir / "prometheus.log"), url
+
+
+@contextlib.contextmanager
+def haproxy(workdir: Path, targets: list[str]):
+    """Debian's HAProxy with the committed config (deploy/haproxy/haproxy.cfg) in front of
+    `targets` (host:port), on a free loopback port; yields its URL once a replica is up."""
+    config = (REPO / "deploy" / "haproxy" / "haproxy.cfg").read_text()
+    servers = "\n".join(f"    server replica{i} {target}" for i, target in enumerate(targets))
+    path = workdir / "haproxy.cfg"
+    path.write_text(config.replace("    # SERVERS", servers))
+    bind = f"127.0.0.1:{free_port()}"
+    url = f"http://{bind}"
+    process = Process(
+        ["haproxy", "-db", "-f", str(path)], f"{url}/readyz", workdir / "haproxy.log", env={"HAPROXY_BIND": bind}
+    )
+    with process:
+        yield url

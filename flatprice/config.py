@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     server_hooks: bool = Field(
         True, description="Install the version-checked BentoML hooks (docs/upgrading.md); 0 = public behaviour only"
     )
+    model_sha256: str = Field(
+        "",
+        pattern=r"^([0-9a-f]{64})?$",
+        description="If set, the only pipeline.joblib digest served (trust anchor outside the model store)",
+    )
     fault_error_rate: float = Field(0.0, ge=0, le=1, description="Share of /random requests answered 500 on purpose")
     fault_max_delay_s: float = Field(0.0, ge=0, le=5, description="Each /random request first sleeps U(0, this) s")
 
@@ -60,6 +65,8 @@ def accepted(name: str) -> str:
     """What a field accepts, in words: its type and bounds."""
     field = Settings.model_fields[name]
     kind = {int: "an integer", float: "a number", bool: "0 or 1", str: "text"}[field.annotation]
+    if name == "model_sha256":
+        return "64 lowercase hex digits, or empty"
     bounds = {key: getattr(m, key) for m in field.metadata for key in ("ge", "gt", "le") if hasattr(m, key)}
     if not bounds:
         return kind
@@ -73,7 +80,8 @@ def markdown_table() -> str:
     for name, field in Settings.model_fields.items():
         default = field.default
         shown = {True: "1", False: "0"}.get(default, default) if isinstance(default, bool) else default
-        rows.append(f"| `{PREFIX}{name.upper()}` | `{shown}` | {field.description} |")
+        shown = f"`{shown}`" if shown != "" else "(empty)"
+        rows.append(f"| `{PREFIX}{name.upper()}` | {shown} | {field.description} |")
     return "\n".join(rows)
 
 

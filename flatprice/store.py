@@ -76,8 +76,10 @@ class LoadedModel:
     metadata: dict
 
 
-def verified_files(model: bentoml.Model) -> dict[str, bytes]:
-    """The model's files, after checking schema, library versions and checksums.
+def verified_files(model: bentoml.Model, pinned_sha256: str = "") -> dict[str, bytes]:
+    """The model's files, after checking schema, library versions and checksums, and, when
+    `pinned_sha256` is given, that the pickle is exactly that one: the checksums in the store
+    only catch corruption, since whoever can write the store can rewrite them too.
 
     Cheap (no unpickling): the service runs it at import, so that `bentoml serve` stops
     at once with this message instead of restarting workers that cannot load the model.
@@ -107,12 +109,17 @@ def verified_files(model: bentoml.Model) -> dict[str, bytes]:
             raise ModelError(f"model {tag} has no {file}: it was not saved by {TRAIN_COMMAND}; {fix}") from None
         if hashlib.sha256(payloads[file]).hexdigest() != metadata.get("file_sha256", {}).get(file):
             raise ModelError(f"model {tag}: {file} does not match its saved checksum (corrupted or altered); {fix}")
+    if pinned_sha256 and hashlib.sha256(payloads[PICKLE_FILE]).hexdigest() != pinned_sha256:
+        raise ModelError(
+            f"model {tag}: {PICKLE_FILE} is not the one FLAT_PRICE_MODEL_SHA256 pins ({pinned_sha256[:12]}…); "
+            "refusing to unpickle it. Serve the pinned model, or pin this one after checking where it came from"
+        )
     return payloads
 
 
-def load_pipeline(model: bentoml.Model) -> LoadedModel:
+def load_pipeline(model: bentoml.Model, pinned_sha256: str = "") -> LoadedModel:
     """The Pipeline and training sample of a stored model, after `verified_files`."""
-    payloads = verified_files(model)
+    payloads = verified_files(model, pinned_sha256)
     return LoadedModel(
         pipeline=joblib.load(io.BytesIO(payloads[PICKLE_FILE])),
         training_sample=np.load(io.BytesIO(payloads[SAMPLE_FILE]), allow_pickle=False),

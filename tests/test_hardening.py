@@ -181,3 +181,21 @@ def test_a_model_that_loads_but_cannot_price_is_never_ready(small_model, session
         assert status != 200
     finally:
         server.stop()
+
+
+def test_a_pinned_digest_refuses_a_rewritten_store(small_model, session_dir, tmp_path):
+    """A store whose pickle and recorded checksum were both rewritten passes the store's own check;
+    the digest pinned outside the store stops it before anything is unpickled."""
+    pinned = small_model.info.metadata["file_sha256"]["pipeline.joblib"]
+    server = BentoServer(
+        negative_model_home(session_dir, tmp_path), share_models=False, env={"FLAT_PRICE_MODEL_SHA256": pinned}
+    )
+    run = subprocess.run(server.cmd, cwd=REPO, env=server.env, capture_output=True, text=True, timeout=60)
+    assert run.returncode != 0
+    assert "is not the one FLAT_PRICE_MODEL_SHA256 pins" in run.stdout + run.stderr
+
+
+def test_the_pinned_digest_of_the_served_model_is_accepted(small_model, session_dir):
+    pinned = small_model.info.metadata["file_sha256"]["pipeline.joblib"]
+    with BentoServer(session_dir / "serve-pinned", env={"FLAT_PRICE_MODEL_SHA256": pinned}) as server:
+        assert httpx.post(f"{server.url}/predict", json=EXAMPLE_FLAT).status_code == 200

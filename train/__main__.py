@@ -8,7 +8,7 @@ import sys
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from flatprice.data import DEFAULT_TABLE, DataError
-from flatprice.store import MODEL_NAME, ModelError, latest_model
+from flatprice.store import MODEL_NAME, PICKLE_FILE, ModelError, latest_model
 from flatprice.synthetic import DEFAULT_ROWS
 
 from . import train
@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as exc:
         print(f"error: cannot train on this data: {exc}", file=sys.stderr)
         return 2
-    print(f"saved {model.tag}")
+    digest = model.info.metadata["file_sha256"][PICKLE_FILE]
+    print(f"saved {model.tag} ({PICKLE_FILE} sha256 {digest}: pin it with FLAT_PRICE_MODEL_SHA256)")
     return 0
 
 
