@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Debian packages used by the tests and scripts (Prometheus, node-exporter, Chromium,
-# docker-compose for validating the compose file, wrk for benchmarks); installs only what is missing.
+# docker-compose for validating the compose file, wrk for benchmarks, HAProxy in front of replicas);
+# installs only what is missing, and says what before it does.
 set -euo pipefail
-declare -A package_of=([promtool]=prometheus [prometheus-node-exporter]=prometheus-node-exporter [chromium]=chromium [docker-compose]=docker-compose [wrk]=wrk)
+declare -A package_of=([promtool]=prometheus [haproxy]=haproxy [prometheus-node-exporter]=prometheus-node-exporter [chromium]=chromium [docker-compose]=docker-compose [wrk]=wrk)
 missing=()
 for command in "${!package_of[@]}"; do
   command -v "$command" >/dev/null 2>&1 || missing+=("${package_of[$command]}")

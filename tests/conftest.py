@@ -10,7 +10,8 @@ from pathlib import Path
 
 # Before bentoml or prometheus_client is imported anywhere: a private model store, and
 # multiprocess metrics for the in-process service (as BentoML's workers have them).
-_SESSION_DIR = Path(tempfile.mkdtemp(prefix="flatprice-tests-"))
+# Kept in the environment so that a second pytest run in this process (mutmut) reuses it.
+_SESSION_DIR = Path(os.environ.setdefault("FLATPRICE_TEST_DIR", tempfile.mkdtemp(prefix="flatprice-tests-")))
 os.environ["BENTOML_HOME"] = str(_SESSION_DIR / "bentoml")
 os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(_SESSION_DIR / "prometheus-inprocess"))
 Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
@@ -30,10 +31,14 @@ def session_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def small_model():
-    """flat_price:latest in the session's store, trained on 6,000 synthetic rows."""
+    """flat_price:latest in the session's store, trained on 6,000 synthetic rows (once per process)."""
+    from flatprice.store import ModelError, latest_model
     from train import train
 
-    return train(**SMALL_MODEL)
+    try:
+        return latest_model()
+    except ModelError:
+        return train(**SMALL_MODEL)
 
 
 @pytest.fixture(scope="session")
@@ -43,7 +48,11 @@ def client(small_model):
 
     import service
 
-    with TestClient(service.FlatPriceService.to_asgi()) as client:
+    # One app per process: BentoML registers its request metrics once (mutmut reruns pytest in-process).
+    if not hasattr(service, "asgi_app_for_tests"):
+        service.asgi_app_for_tests = service.FlatPriceService.to_asgi()
+    app = service.asgi_app_for_tests
+    with TestClient(app) as client:
         yield client
     service.undo_server_hooks()  # importing service.py must not patch later tests
 

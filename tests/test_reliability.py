@@ -21,27 +21,28 @@ from tests.traffic import flood
 pytestmark = pytest.mark.slow  # starts real servers or Debian tools
 
 
-def test_schemathesis_finds_no_server_error_and_every_answer_matches_the_docs(served, tmp_path):
+CONFORMANCE = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"
+# The coverage phase builds boundary cases without the body hooks, so its "valid" flats can break the cross-field
+# rules the schema cannot state (tests/schemathesis_hooks.py): it runs for negative data only.
+RUNS = {
+    "examples, fuzzing, stateful; positive and negative": (
+        ["--phases", "examples,fuzzing,stateful"],
+        f"{CONFORMANCE},negative_data_rejection,positive_data_acceptance",
+    ),
+    "coverage; negative": (["--phases", "coverage", "--mode", "negative"], f"{CONFORMANCE},negative_data_rejection"),
+}
+
+
+@pytest.mark.parametrize("run_name", RUNS)
+def test_schemathesis_finds_no_server_error_and_every_answer_matches_the_docs(served, tmp_path, run_name):
+    options, checks = RUNS[run_name]
     report = tmp_path / "schemathesis.json"
+    command = ["schemathesis", "run", f"{served.url}/docs.json", "--max-examples", "150", "--generation-deterministic"]
     run = subprocess.run(
-        [
-            "schemathesis",
-            "run",
-            f"{served.url}/docs.json",
-            "--max-examples",
-            "150",
-            "--generation-deterministic",
-            "--checks",
-            "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
-            "--request-timeout",
-            "10",
-            "--report",
-            "ndjson",
-            "--report-ndjson-path",
-            str(report),
-            "--no-color",
-        ],
+        [*command, *options, "--checks", checks, "--request-timeout", "10", "--report", "ndjson"]
+        + ["--report-ndjson-path", str(report), "--no-color"],
         cwd=tmp_path,
+        env={**os.environ, "SCHEMATHESIS_HOOKS": "tests.schemathesis_hooks", "PYTHONPATH": str(REPO)},
         capture_output=True,
         text=True,
         timeout=900,
@@ -49,7 +50,7 @@ def test_schemathesis_finds_no_server_error_and_every_answer_matches_the_docs(se
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-5000:]
     calls = len(re.findall(r'"request"', report.read_text()))
-    assert calls >= 1000, f"only {calls} requests generated\n{output[-3000:]}"
+    assert calls >= 300, f"only {calls} requests generated\n{output[-3000:]}"
     print(output[-1500:])
 
 
