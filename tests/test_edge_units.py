@@ -1,0 +1,306 @@
+"""The server edge's ASGI middlewares and the error shape, driven directly (no framework):
+every answer they give, its exact body, and what they pass on."""
+
+import asyncio
+import json
+import os
+
+import pytest
+from prometheus_client import CollectorRegistry, multiprocess
+
+from flatprice.api import errors, routes
+from flatprice.server.admission import Admission
+from flatprice.server.guard import RequestGuard, bounded_400, field_label, truthful_docs
+
+LIMITS = {"max_body_bytes": 1024, "max_header_bytes": 512, "body_timeout_s": 0.2}
+
+
+def scope(path="/predict", method="POST", headers=(("content-type", "application/json"),)):
+    encoded = [(k.encode(), v.encode()) for k, v in headers]
+    return {"type": "http", "path": path, "raw_path": path.encode(), "method": method, "headers": encoded}
+
+
+class Downstream:
+    """The app behind the middleware: records what it got, answers `status` with `body`."""
+
+    def __init__(self, status=200, body=b'{"price": 1.0}', headers=()):
+        self.status, self.body, self.headers = status, body, list(headers)
+        self.calls = []
+
+    async def __call__(self, scope, receive, send):
+        message = await receive()
+        self.calls.append((scope, message.get("body", b"")))
+        length = str(len(self.body)).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": self.status,
+                "headers": [(b"content-length", length), *self.headers],
+            }
+        )
+        await send({"type": "http.response.body", "body": self.body})
+
+
+def run(app, scope_, chunks=(b"{}",), hang=False):
+    """Send `chunks` as the request body (or never finish it with `hang`); the answer's messages."""
+    sent = []
+    pending = list(chunks)
+
+    async def receive():
+        if pending:
+            chunk = pending.pop(0)
+            return {"type": "http.request", "body": chunk, "more_body": bool(pending) or hang}
+        await asyncio.sleep(3600 if hang else 0)
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(app(scope_, receive, send))
+    return sent
+
+
+def answer(sent) -> tuple[int, dict, dict]:
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], dict(start["headers"]), json.loads(body)
+
+
+def guard(app, **limits):
+    return RequestGuard(app, routes.API_ROUTES, routes.GET_ROUTES, **(LIMITS | limits))
+
+
+def one_error(status, reason, error_type):
+    return status, {"error": reason, "detail": [{"type": error_type, "loc": ["body"], "msg": reason}], "total": 1}
+
+
+def test_a_declared_body_over_the_limit_gets_413_unread():
+    app = Downstream()
+    sent = run(guard(app), scope(headers=(("content-type", "application/json"), ("content-length", "1025"))))
+    status, headers, body = answer(sent)
+    assert (status, body) == one_error(413, "request body over 1024 bytes", "body_too_large")
+    assert headers[b"content-type"] == b"application/json" and int(headers[b"content-length"]) == len(json.dumps(body))
+    assert app.calls == []
+
+
+def test_a_body_at_the_limit_passes_and_a_nonsense_length_is_413():
+    app = Downstream()
+    run(guard(app), scope(headers=(("content-length", "1024"),)), chunks=(b"x" * 1024,))
+    assert app.calls[0][1] == b"x" * 1024
+    sent = run(guard(Downstream()), scope(headers=(("content-length", "-5"),)))
+    assert answer(sent)[0] == 413
+
+
+def test_a_streamed_body_over_the_limit_gets_413():
+    app = Downstream()
+    sent = run(guard(app), scope(), chunks=(b"x" * 600, b"x" * 425))
+    assert answer(sent)[0] == 413 and app.calls == []
+    run(guard(app), scope(), chunks=(b"x" * 600, b"x" * 424))
+    assert app.calls[0][1] == b"x" * 1024  # the chunks, replayed as one body
+
+
+def test_a_body_that_never_arrives_gets_408():
+    app = Downstream()
+    sent = run(guard(app, body_timeout_s=0.05), scope(), chunks=(b'{"fl',), hang=True)
+    assert answer(sent)[::2] == one_error(408, "request body not received within 0.05 s", "body_timeout")
+    assert app.calls == []
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data"])
+def test_other_media_types_get_415_naming_them(content_type):
+    sent = run(guard(Downstream()), scope(headers=(("content-type", content_type),)))
+    reason = f"Content-Type must be application/json, not {content_type!r}"
+    assert answer(sent)[::2] == one_error(415, reason, "unsupported_media_type")
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "Application/JSON; charset=utf-8", None])
+def test_json_with_parameters_or_no_content_type_passes(content_type):
+    app = Downstream()
+    headers = (("content-type", content_type),) if content_type else ()
+    assert answer(run(guard(app), scope(headers=headers)))[0] == 200 and len(app.calls) == 1
+
+
+def test_encoded_bodies_get_415_and_identity_passes():
+    sent = run(guard(Downstream()), scope(headers=(("content-encoding", "GZIP"),)))
+    reason = "Content-Encoding 'gzip' is not accepted: send the body unencoded"
+    assert answer(sent)[::2] == one_error(415, reason, "unsupported_encoding")
+    assert answer(run(guard(Downstream()), scope(headers=(("content-encoding", "identity"),))))[0] == 200
+
+
+def test_headers_over_the_limit_get_431_and_at_the_limit_pass():
+    padding = "a" * (512 - len("x-pad"))
+    assert answer(run(guard(Downstream()), scope(headers=(("x-pad", padding),))))[0] == 200
+    sent = run(guard(Downstream()), scope(headers=(("x-pad", padding + "a"),)))
+    assert answer(sent)[::2] == one_error(431, "request headers over 512 bytes", "headers_too_large")
+
+
+def test_get_random_is_served_as_post_and_other_gets_pass_unchanged():
+    app = Downstream()
+    run(guard(app), scope("/random", "GET", headers=()))
+    run(guard(app), scope("/predict", "GET", headers=()))
+    run(guard(app), scope("/metrics", "GET", headers=()))
+    assert [(s["path"], s["method"]) for s, _ in app.calls] == [
+        ("/random", "POST"),
+        ("/predict", "GET"),
+        ("/metrics", "GET"),
+    ]
+
+
+def test_non_http_scopes_pass_untouched():
+    app = Downstream()
+    lifespan = {"type": "lifespan", "path": "/predict"}
+    run(guard(app), lifespan)
+    assert app.calls[0][0] is lifespan
+
+
+def test_the_server_header_is_dropped_from_api_answers():
+    app = Downstream(headers=[(b"server", b"BentoML Service/flat_price"), (b"x-keep", b"1")])
+    _, headers, _ = answer(run(guard(app), scope()))
+    assert b"server" not in headers and headers[b"x-keep"] == b"1"
+
+
+def pydantic_400(n: int) -> bytes:
+    detail = [
+        {
+            "type": "int_type",
+            "loc": ["flats", i, "rooms"],
+            "msg": "Input should be a valid integer",
+            "url": "https://errors.pydantic.dev/x",
+        }
+        for i in range(n)
+    ]
+    return json.dumps({"error": f"{n} validation error for FlatIODescriptor", "detail": detail}).encode()
+
+
+def rejected(field: str) -> float:
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    return registry.get_sample_value("flat_price_rejected_inputs_total", {"field": field}) or 0.0
+
+
+def test_a_400_is_rewritten_bounded_and_counted_per_reported_field():
+    before = rejected("rooms")
+    sent = run(guard(Downstream(400, pydantic_400(30))), scope())
+    status, headers, body = answer(sent)
+    assert status == 400 and body["total"] == 30 and len(body["detail"]) == errors.MAX_REPORTED_ERRORS
+    assert body["error"] == "30 validation errors (the first 20 listed): rooms"
+    assert body["detail"][0] == {
+        "type": "int_type",
+        "loc": ["flats", 0, "rooms"],
+        "msg": "Input should be a valid integer",
+    }
+    assert int(headers[b"content-length"]) == len(
+        b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    )
+    assert rejected("rooms") - before == errors.MAX_REPORTED_ERRORS
+
+
+def test_a_400_that_is_not_the_validation_shape_becomes_one_body_error():
+    assert json.loads(bounded_400(b"not json")[0])["detail"] == [
+        {"type": "invalid", "loc": ["body"], "msg": "invalid request"}
+    ]
+    body, fields = bounded_400(json.dumps({"error": "task_id is required"}).encode())
+    assert json.loads(body)["detail"][0]["msg"] == "task_id is required" and fields == ["body"]
+    assert json.loads(bounded_400(b'{"detail": []}')[0])["total"] == 1
+
+
+def test_field_labels_are_schema_fields_or_body():
+    assert field_label(["flats", 3, "rooms"]) == "rooms"
+    assert field_label(["balcony"]) == field_label([]) == "body"
+    assert field_label(["floor", "floors_total"]) == "floors_total"
+
+
+def test_error_json_bounds_what_a_client_wrote():
+    body = json.loads(errors.validation_json([{"type": "extra_forbidden", "loc": ["k" * 500, 3], "msg": "m" * 500}], 1))
+    assert body["detail"][0]["loc"] == ["k" * 63 + "…", 3] and len(body["detail"][0]["msg"]) == 200
+    assert body["error"] == f"1 validation error: {'k' * 63}…" and body["total"] == 1
+    assert json.loads(errors.validation_json([{}], 2))["detail"] == [{"type": "invalid", "loc": ["body"], "msg": ""}]
+    assert errors.clip("abc", 3) == "abc" and errors.clip("abcd", 3) == "ab…"
+
+
+def test_the_docs_say_flat_bodies_are_required():
+    spec = {"paths": {p: {"post": {"requestBody": {"content": {}}}} for p in routes.API_ROUTES}}
+    fixed = json.loads(truthful_docs(json.dumps(spec).encode(), routes.API_ROUTES))
+    assert {p: op["post"]["requestBody"].get("required") for p, op in fixed["paths"].items()} == {
+        "/predict": True,
+        "/predict_batch": True,
+        "/predict_columns": True,
+        "/random": None,
+    }
+
+
+def test_a_failed_docs_answer_is_not_kept():
+    app = Downstream(500, b'{"error": "x"}')
+    for _ in range(2):
+        assert answer(run(guard(app), scope("/docs.json", "GET", headers=())))[0] == 500
+    assert len(app.calls) == 2
+
+
+class Gate:
+    """A downstream app that holds every request until released."""
+
+    def __init__(self):
+        self.entered, self.release = 0, None
+
+    async def __call__(self, scope, receive, send):
+        self.entered += 1
+        await self.release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+
+def test_admission_refuses_over_the_limit_after_the_delay_and_frees_slots():
+    async def scenario():
+        gate = Gate()
+        gate.release = asyncio.Event()
+        admission = Admission(gate, routes.API_ROUTES, max_in_flight=2, refusal_delay_s=0.05)
+        answers = []
+
+        async def request(path="/predict"):
+            sent = []
+
+            async def send(message):
+                sent.append(message)
+
+            started = asyncio.get_running_loop().time()
+            await admission(scope(path), None, send)
+            answers.append(
+                (path, sent[0]["status"], dict(sent[0]["headers"]), asyncio.get_running_loop().time() - started)
+            )
+
+        held = [asyncio.create_task(request()) for _ in range(2)]
+        await asyncio.sleep(0.01)
+        assert admission.in_flight == 2 and gate.entered == 2
+        await request()  # refused
+        gate.release.set()
+        await asyncio.gather(*held)
+        assert admission.in_flight == 0
+        await request()  # admitted again
+        return answers
+
+    answers = asyncio.run(scenario())
+    refused = [a for a in answers if a[1] == 429]
+    assert len(refused) == 1 and refused[0][2][b"retry-after"] == b"1" and refused[0][3] >= 0.05
+    assert [a[1] for a in answers].count(200) == 3
+
+
+def test_admission_counts_only_api_routes_and_frees_the_slot_on_errors():
+    async def scenario():
+        async def failing(scope, receive, send):
+            raise RuntimeError("boom")
+
+        admission = Admission(failing, routes.API_ROUTES, max_in_flight=1, refusal_delay_s=0)
+        with pytest.raises(RuntimeError):
+            await admission(scope(), None, None)
+        assert admission.in_flight == 0
+        with pytest.raises(RuntimeError):
+            await admission(scope("/metrics", "GET"), None, None)
+        assert admission.in_flight == 0
+
+    asyncio.run(scenario())
+
+
+def test_every_static_prefix_has_its_own_label():
+    for prefix in routes.STATIC_PREFIXES:
+        assert routes.endpoint_label(prefix + "x/y") == prefix + "*"
+    assert routes.endpoint_label(routes.STATIC_PREFIXES[0].rstrip("/")) == routes.UNKNOWN_ENDPOINT
