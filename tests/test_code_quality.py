@@ -21,3 +21,13 @@ def test_code_is_ruff_formatted():
         [sys.executable, "-m", "ruff", "format", "--check", "."], cwd=REPO, capture_output=True, text=True
     )
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_serving_needs_none_of_the_training_extras(small_model):
+    """The Bento's image installs requirements.txt only: service.py must not import the training extras."""
+    requirements = (REPO / "requirements.txt").read_text().lower()
+    training_only = ("pyarrow", "sqlalchemy", "psycopg2")  # (rich comes with BentoML itself)
+    assert not [name for name in training_only if f"\n{name}==" in requirements]
+    code = f"import sys, service; print(sorted(m for m in {training_only!r} if m in sys.modules), service.FlatPriceService)"
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout.startswith("[] "), run.stdout + run.stderr[-2000:]

@@ -304,3 +304,154 @@ def test_every_static_prefix_has_its_own_label():
     for prefix in routes.STATIC_PREFIXES:
         assert routes.endpoint_label(prefix + "x/y") == prefix + "*"
     assert routes.endpoint_label(routes.STATIC_PREFIXES[0].rstrip("/")) == routes.UNKNOWN_ENDPOINT
+
+
+def test_a_client_gone_before_its_body_gets_nothing_and_reaches_nothing():
+    app = Downstream()
+
+    async def scenario():
+        messages = [{"type": "http.request", "body": b'{"fl', "more_body": True}, {"type": "http.disconnect"}]
+        sent = []
+
+        async def receive():
+            return messages.pop(0)
+
+        async def send(message):
+            sent.append(message)
+
+        await guard(app)(scope(), receive, send)
+        return sent
+
+    assert asyncio.run(scenario()) == [] and app.calls == []
+
+
+def test_body_messages_without_a_body_key_and_the_replayed_disconnect():
+    seen = []
+
+    async def reads_twice(scope, receive, send):
+        seen.append(await receive())
+        seen.append(await receive())
+        await send({"type": "http.response.start", "status": 200})  # no headers key: allowed by ASGI
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    async def scenario():
+        messages = [{"type": "http.request", "more_body": True}, {"type": "http.request", "body": b"{}"}]
+
+        async def receive():
+            return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        await guard(reads_twice)(scope(), receive, send)
+        return sent
+
+    sent = asyncio.run(scenario())
+    assert seen == [{"type": "http.request", "body": b"{}", "more_body": False}, {"type": "http.disconnect"}]
+    assert sent[0]["status"] == 200 and sent[0]["headers"] == []
+
+
+def size_sum(name: str, endpoint: str) -> float:
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    return registry.get_sample_value(f"flat_price_http_{name}_size_bytes_sum", {"endpoint": endpoint}) or 0.0
+
+
+def test_request_and_response_sizes_are_recorded_per_route():
+    before = (
+        size_sum("request", "/predict_batch"),
+        size_sum("response", "/predict_batch"),
+        size_sum("request", "/random"),
+    )
+    run(guard(Downstream(body=b"x" * 37)), scope("/predict_batch"), chunks=(b"y" * 11,))
+    run(guard(Downstream(body=b"z" * 5)), scope("/random", "GET", headers=()))
+    assert size_sum("request", "/predict_batch") - before[0] == 11
+    assert size_sum("response", "/predict_batch") - before[1] == 37
+    assert size_sum("request", "/random") - before[2] == 0
+
+
+def test_a_400_in_several_chunks_is_rewritten_with_one_content_length():
+    class Chunked(Downstream):
+        async def __call__(self, scope, receive, send):
+            await receive()
+            body = pydantic_400(2)
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 400,
+                    "headers": [(b"content-length", str(len(body)).encode()), (b"x-a", b"1")],
+                }
+            )
+            await send({"type": "http.response.body", "body": body[:10], "more_body": True})
+            await send({"type": "http.response.body", "body": body[10:]})
+
+    sent = run(guard(Chunked()), scope())
+    start = sent[0]
+    lengths = [v for k, v in start["headers"] if k == b"content-length"]
+    body = sent[1]["body"]
+    assert len(sent) == 2 and lengths == [str(len(body)).encode()] and (b"x-a", b"1") in start["headers"]
+    assert json.loads(body)["total"] == 2
+
+
+def test_refusals_are_logged_in_one_line_and_counted_under_body(caplog):
+    before = rejected("body")
+    with caplog.at_level("WARNING", logger="flatprice.refused"):
+        run(guard(Downstream()), scope("/predict_columns", headers=(("content-length", "99999"),)))
+    assert [r.getMessage() for r in caplog.records] == ["POST /predict_columns refused with 413: body_too_large"]
+    assert rejected("body") - before == 1
+
+
+def test_long_encodings_and_media_types_are_clipped_in_the_answer():
+    encoding, media = "e" * 40, "m/" + "t" * 80
+    sent = run(guard(Downstream()), scope(headers=(("content-encoding", encoding),)))
+    assert answer(sent)[2]["error"] == f"Content-Encoding {'e' * 32!r} is not accepted: send the body unencoded"
+    sent = run(guard(Downstream()), scope(headers=(("content-type", media),)))
+    assert answer(sent)[2]["error"] == f"Content-Type must be application/json, not {media[:64]!r}"
+
+
+def test_a_streamed_body_over_the_limit_has_the_413_body():
+    sent = run(guard(Downstream()), scope(), chunks=(b"x" * 1025,))
+    assert answer(sent)[::2] == one_error(413, "request body over 1024 bytes", "body_too_large")
+
+
+def test_the_429_body_is_the_error_shape():
+    async def scenario():
+        gate = Gate()
+        gate.release = asyncio.Event()
+        admission = Admission(gate, routes.API_ROUTES, max_in_flight=1, refusal_delay_s=0)
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        held = asyncio.create_task(admission(scope(), None, lambda m: asyncio.sleep(0)))
+        await asyncio.sleep(0.01)
+        await admission(scope(), None, send)
+        gate.release.set()
+        await held
+        return sent
+
+    status, headers, body = answer(asyncio.run(scenario()))
+    assert (status, body) == one_error(429, "Too many requests in flight; retry later", "too_many_requests")
+    assert headers[b"retry-after"] == b"1"
+
+
+def test_docs_in_several_chunks_are_joined():
+    spec = json.dumps({"paths": {"/predict": {"post": {"requestBody": {}}}}}).encode()
+
+    async def chunked(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": spec[:7], "more_body": True})
+        await send({"type": "http.response.body", "body": spec[7:]})
+
+    status, _, body = answer(run(guard(chunked), scope("/docs.json", "GET", headers=())))
+    assert status == 200 and body["paths"]["/predict"]["post"]["requestBody"] == {"required": True}
+
+
+def test_an_error_located_by_index_only_is_named_body():
+    assert (
+        json.loads(errors.validation_json([{"type": "t", "loc": [0], "msg": "m"}], 1))["error"]
+        == "1 validation error: body"
+    )

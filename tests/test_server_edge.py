@@ -159,3 +159,40 @@ def test_concise_log_line_with_a_forged_key(client, caplog):
     lines = [r.getMessage() for r in caplog.records if "refused with 400" in r.getMessage()]
     assert len(lines) == 1 and "\n" not in lines[0] and len(lines[0]) < 200, lines
     assert service.settings.max_concurrency >= 1
+
+
+@pytest.mark.parametrize("route", ["/predict", "/predict_batch"])
+def test_more_than_20_unknown_keys_are_one_error_and_20_are_each_named(client, route):
+    def body(n):
+        flat = EXAMPLE_FLAT | {f"extra{i}": 1 for i in range(n)}
+        return flat if route == "/predict" else {"flats": [flat]}
+
+    many = client.post(route, json=body(21)).json()
+    assert many["total"] == 1 and many["detail"][0]["type"] == "extra_forbidden"
+    assert many["detail"][0]["msg"] == "21 unknown fields; the fields are the 15 features"
+    few = client.post(route, json=body(20)).json()
+    assert few["total"] == 20 and {d["loc"][-1] for d in few["detail"]} == {f"extra{i}" for i in range(20)}
+
+
+def test_a_batch_body_with_many_unknown_top_level_keys_is_one_error(client):
+    answer = client.post("/predict_batch", json={"flats": [EXAMPLE_FLAT]} | {f"k{i}": 1 for i in range(40)}).json()
+    assert answer["total"] == 1 and answer["detail"][0]["msg"] == "40 unknown fields; the fields are flats"
+
+
+def test_unequal_columns_name_every_odd_column(client):
+    columns = {key: [value] * 3 for key, value in EXAMPLE_FLAT.items()} | {"rooms": [2], "floor": [1, 1]}
+    detail = client.post("/predict_columns", json=columns).json()["detail"]
+    assert detail == [
+        {
+            "type": "column_lengths",
+            "loc": ["body"],
+            "msg": "every column must have one value per flat: floor has 2, rooms has 1 values, the others 3",
+        }
+    ]
+
+
+def test_a_broken_cross_field_rule_on_one_flat_says_which(client):
+    detail = client.post("/predict", json=EXAMPLE_FLAT | {"floor": 9}).json()["detail"]
+    assert detail == [
+        {"type": "value_error", "loc": ["floors_total"], "msg": "Value error, floors_total must be at least floor"}
+    ]

@@ -30,7 +30,6 @@ from ..schema import CROSS_FIELD_RULES, EXAMPLE_FLAT, FEATURE_NAMES, FEATURES
 
 MAX_BATCH_ROWS = 1000
 MAX_UNKNOWN_KEYS = 20  # reported one by one up to this many
-_NAMES = frozenset(FEATURE_NAMES)
 
 _STRICT = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
 
@@ -53,11 +52,12 @@ def _column(feature):
 def _few_unknown_keys(cls, data):
     """Unknown keys are each an error (extra="forbid"); past a few, one error says how many,
     so a body with thousands of made-up keys cannot make thousands of errors."""
-    if isinstance(data, dict) and len(data) > len(FEATURE_NAMES) + MAX_UNKNOWN_KEYS:
-        unknown = len(data.keys() - _NAMES)
+    if isinstance(data, dict) and len(data) > MAX_UNKNOWN_KEYS:
+        unknown = len(data.keys() - cls.model_fields.keys())
         if unknown > MAX_UNKNOWN_KEYS:
+            known = "the 15 features" if len(cls.model_fields) == len(FEATURE_NAMES) else ", ".join(cls.model_fields)
             raise PydanticCustomError(
-                "extra_forbidden", "{count} unknown fields; the fields are the 15 features", {"count": unknown}
+                "extra_forbidden", "{count} unknown fields; the fields are {known}", {"count": unknown, "known": known}
             )
     return data
 

@@ -124,19 +124,24 @@ INJECTED_FAULTS = Counter(
 DRIFT_GAUGE_SUBJECTS = {PREDICTION: PREDICTION_DRIFT} | {
     name: FEATURE_DRIFT.labels(feature=name) for name in FEATURE_NAMES
 }
-# (name as exposed, type) of every metric above, for tests and docs to check against /metrics.
+# (name as exposed, type) of every metric above, for tests and docs to check against /metrics;
+# read from the collectors themselves (prometheus_client's public describe()).
 EXPOSED = {
-    f"{NAMESPACE}_predicted_price_rubles": "histogram",
-    f"{NAMESPACE}_batch_rows": "histogram",
-    f"{NAMESPACE}_rejected_inputs": "counter",
-    f"{NAMESPACE}_out_of_range_values": "counter",
-    f"{NAMESPACE}_feature_drift_psi": "gauge",
-    f"{NAMESPACE}_prediction_drift_psi": "gauge",
-    f"{NAMESPACE}_model_info": "gauge",
-    f"{NAMESPACE}_start_time_seconds": "gauge",
-    f"{NAMESPACE}_worker_resident_memory_bytes": "gauge",
-    f"{NAMESPACE}_worker_cpu_seconds": "counter",
-    f"{NAMESPACE}_http_request_size_bytes": "summary",
-    f"{NAMESPACE}_http_response_size_bytes": "summary",
-    f"{NAMESPACE}_injected_faults": "counter",
+    family.name: family.type
+    for collector in (
+        PREDICTED_PRICE,
+        BATCH_ROWS,
+        REJECTED_INPUTS,
+        OUT_OF_RANGE,
+        FEATURE_DRIFT,
+        PREDICTION_DRIFT,
+        MODEL_INFO,
+        START_TIME,
+        WORKER_MEMORY,
+        WORKER_CPU,
+        REQUEST_SIZE,
+        RESPONSE_SIZE,
+        INJECTED_FAULTS,
+    )
+    for family in collector.describe()
 }

@@ -28,6 +28,10 @@ refused_logger = logging.getLogger("flatprice.refused")
 _FEATURES = frozenset(FEATURE_NAMES)
 
 
+class ClientGone(Exception):
+    """The client disconnected before its body was in."""
+
+
 def error_messages(status: int, body: bytes, headers=()) -> tuple[dict, dict]:
     """The two ASGI messages of a JSON error answer."""
     head = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]
@@ -57,7 +61,7 @@ def bounded_400(body: bytes) -> tuple[bytes, list[str]]:
     answer = answer if isinstance(answer, dict) else {}
     errors = answer.get("detail")
     if not isinstance(errors, list) or not errors or not all(isinstance(e, dict) for e in errors):
-        errors = [{"type": "invalid", "loc": ["body"], "msg": str(answer.get("error", "invalid request"))[:200]}]
+        errors = [{"msg": str(answer.get("error", "invalid request"))}]  # type and loc: the shape's defaults
     shown = errors[:MAX_REPORTED_ERRORS]
     return validation_json(shown, len(errors)), [field_label(e.get("loc") or ()) for e in shown]
 
@@ -68,7 +72,7 @@ def truthful_docs(body: bytes, api_routes) -> bytes:
     spec = json.loads(body)
     for path in api_routes:
         request_body = spec.get("paths", {}).get(path, {}).get("post", {}).get("requestBody")
-        if request_body and path != RANDOM:
+        if request_body is not None and path != RANDOM:
             request_body["required"] = True
     return json.dumps(spec).encode()
 
@@ -128,6 +132,8 @@ class RequestGuard:
                 return await self._refuse(
                     scope, send, 408, f"request body not received within {self.body_timeout_s:g} s", "body_timeout"
                 )
+            except ClientGone:
+                return None
             if body is None:
                 return await self._refuse(
                     scope, send, 413, f"request body over {self.max_body_bytes} bytes", "body_too_large"
@@ -143,8 +149,8 @@ class RequestGuard:
         chunks, size = [], 0
         while True:
             message = await receive()
-            if message["type"] != "http.request":  # the client went away
-                return b""
+            if message["type"] != "http.request":  # the client went away: nothing to answer
+                raise ClientGone
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             if size > self.max_body_bytes:
