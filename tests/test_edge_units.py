@@ -455,3 +455,19 @@ def test_an_error_located_by_index_only_is_named_body():
         json.loads(errors.validation_json([{"type": "t", "loc": [0], "msg": "m"}], 1))["error"]
         == "1 validation error: body"
     )
+
+
+def test_a_400_whose_body_is_a_list_becomes_one_body_error():
+    body, fields = bounded_400(b'["not", "an", "object"]')
+    assert json.loads(body)["detail"] == [{"type": "invalid", "loc": ["body"], "msg": "invalid request"}]
+
+
+def test_docs_body_messages_without_a_body_key():
+    spec = json.dumps({"paths": {}}).encode()
+
+    async def sparse(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "more_body": True})
+        await send({"type": "http.response.body", "body": spec})
+
+    assert answer(run(guard(sparse), scope("/docs.json", "GET", headers=())))[2] == {"paths": {}}

@@ -196,3 +196,14 @@ def test_a_broken_cross_field_rule_on_one_flat_says_which(client):
     assert detail == [
         {"type": "value_error", "loc": ["floors_total"], "msg": "Value error, floors_total must be at least floor"}
     ]
+
+
+def test_a_long_json_list_instead_of_a_flat_is_a_400(client):
+    answer = client.post("/predict", json=[EXAMPLE_FLAT] * 30)
+    assert answer.status_code == 400 and answer.json()["detail"][0]["loc"] == ["body"]
+
+
+def test_the_usual_column_length_is_the_most_common_not_the_longest(client):
+    columns = {key: [value] * 3 for key, value in EXAMPLE_FLAT.items()} | {"rooms": [2] * 5}
+    msg = client.post("/predict_columns", json=columns).json()["detail"][0]["msg"]
+    assert msg == "every column must have one value per flat: rooms has 5 values, the others 3"
