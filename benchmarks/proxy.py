@@ -32,6 +32,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="flatprice-proxy-"))
     records = [json_flat(r) for r in generate_flats(1000, seed=99)[list(FEATURE_NAMES)].to_dict("records")]
     pool = lua_pool(work / "pool.lua", [json.dumps(r) for r in records])
+    columns = lua_pool(work / "columns.lua", [json.dumps({k: [r[k] for r in records] for k in FEATURE_NAMES})])
     results = {}
 
     with BentoServer(work / "home-workers") as server:
@@ -40,6 +41,8 @@ def main() -> None:
             wrk(f"{server.url}/predict", pool, c, args.seconds, server.process.pid) | {"connections": c}
             for c in connections
         ]
+        batches = wrk(f"{server.url}/predict_columns", columns, 8, args.seconds, server.process.pid)
+        results["1 server, 2 workers"].append(batches | {"connections": "8, 1,000-flat columns"})
 
     one_worker = {"FLAT_PRICE_WORKERS": "1"}
     with contextlib.ExitStack() as stack:
@@ -53,12 +56,14 @@ def main() -> None:
             used = [cpu_seconds(process_tree(r.process.pid)) - b for r, b in zip(replicas, before, strict=True)]
             result["worker_split"] = [round(u / sum(used), 2) for u in used]
             rows.append(result | {"connections": c})
+        batches = wrk(f"{proxy_url}/predict_columns", columns, 8, args.seconds, replicas[0].process.pid)
+        rows.append(batches | {"connections": "8, 1,000-flat columns"})
         results["HAProxy, 2 replicas x 1 worker"] = rows
 
     for layout, rows in results.items():
         for r in rows:
             print(
-                f"{layout:32s} c={r['connections']:<3d} {r['rps']:7.0f} req/s  p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:7.2f} ms  "
+                f"{layout:32s} c={r['connections']!s:<3s} {r['rps']:7.0f} req/s  p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:7.2f} ms  "
                 f"split {r['worker_split']}  non-2xx {r['non_2xx']}  socket errors {r['socket_errors'] or 'none'}"
             )
     Path(args.out).parent.mkdir(exist_ok=True)

@@ -218,9 +218,12 @@ def test_error_json_bounds_what_a_client_wrote():
     assert errors.clip("abc", 3) == "abc" and errors.clip("abcd", 3) == "ab…"
 
 
-def test_the_docs_say_flat_bodies_are_required():
+def test_the_docs_say_flat_bodies_are_required_and_describe_the_service():
     spec = {"paths": {p: {"post": {"requestBody": {"content": {}}}} for p in routes.API_ROUTES}}
+    spec |= {"info": {"description": "[BentoML-1.4.40]"}, "tags": [{"name": "Service APIs", "description": "BentoML"}]}
     fixed = json.loads(truthful_docs(json.dumps(spec).encode(), routes.API_ROUTES))
+    assert fixed["info"]["title"] == "Flat price service" and fixed["tags"] == [{"name": "Service APIs"}]
+    assert "BentoML" not in json.dumps(fixed)
     assert {p: op["post"]["requestBody"].get("required") for p, op in fixed["paths"].items()} == {
         "/predict": True,
         "/predict_batch": True,
@@ -470,4 +473,4 @@ def test_docs_body_messages_without_a_body_key():
         await send({"type": "http.response.body", "more_body": True})
         await send({"type": "http.response.body", "body": spec})
 
-    assert answer(run(guard(sparse), scope("/docs.json", "GET", headers=())))[2] == {"paths": {}}
+    assert answer(run(guard(sparse), scope("/docs.json", "GET", headers=())))[2]["paths"] == {}

@@ -127,6 +127,12 @@ def test_error_answers_leak_no_internals(guarded):
     assert "server" not in answer.headers
 
 
+def test_docs_name_the_service_not_the_framework_version(guarded):
+    spec = httpx.get(f"{guarded.url}/docs.json").json()
+    assert spec["info"]["title"] == "Flat price service" and spec["info"]["contact"]
+    assert "1.4.40" not in json.dumps(spec) and "BentoML-" not in json.dumps(spec)
+
+
 def test_oversized_headers_get_431(guarded):
     answer = httpx.post(f"{guarded.url}/predict", json=EXAMPLE_FLAT, headers={"X-Padding": "a" * 40_000})
     assert answer.status_code == 431

@@ -19,6 +19,7 @@ import asyncio
 import json
 import logging
 
+from ..api import API_INFO
 from ..api.errors import MAX_REPORTED_ERRORS, error_json, validation_json
 from ..api.routes import DOCS, RANDOM
 from ..observability import metrics
@@ -67,9 +68,13 @@ def bounded_400(body: bytes) -> tuple[bytes, list[str]]:
 
 
 def truthful_docs(body: bytes, api_routes) -> bytes:
-    """BentoML's OpenAPI document, corrected where it says less than the API does: the
-    flat routes require their body (an empty one gets 400)."""
+    """BentoML's OpenAPI document, corrected where it says less than the API does (the flat
+    routes require their body: an empty one gets 400), and describing this service rather
+    than the framework (whose badges name its version)."""
     spec = json.loads(body)
+    spec["info"] = API_INFO
+    for tag in spec.get("tags", []):
+        tag.pop("description", None)
     for path in api_routes:
         request_body = spec.get("paths", {}).get(path, {}).get("post", {}).get("requestBody")
         if request_body is not None and path != RANDOM:
