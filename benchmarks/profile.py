@@ -26,9 +26,9 @@ from flatprice.synthetic import generate_flats
 
 BUCKETS = [  # (bucket, substrings of "function (file:line)"), first match from the innermost frame wins
     ("model", ("catboost/", "sklearn/")),
-    ("features", ("flatprice/features.py", "flatprice/synthetic.py")),
+    ("features", ("flatprice/features.py", "flatprice/geo.py")),
     ("validation", ("pydantic",)),
-    ("metrics", ("prometheus_client", "flatprice/monitor.py", "flatprice/reference.py", "http/instruments.py")),
+    ("metrics", ("prometheus_client", "flatprice/observability/", "flatprice/reference.py", "http/instruments.py")),
     ("logging", ("logging/", "http/access.py")),
     ("service", ("service.py", "flatprice/")),
     ("framework", ("bentoml", "starlette", "uvicorn", "h11", "asyncio", "anyio", "opentelemetry", "selectors")),
