@@ -31,3 +31,13 @@ def test_serving_needs_none_of_the_training_extras(small_model):
     code = f"import sys, service; print(sorted(m for m in {training_only!r} if m in sys.modules), service.FlatPriceService)"
     run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert run.returncode == 0 and run.stdout.startswith("[] "), run.stdout + run.stderr[-2000:]
+
+
+def test_every_tool_module_imports():
+    """Benchmarks and monitoring tools are not run by every test; they must at least import."""
+    modules = [
+        f"{d}.{p.stem}" for d in ("benchmarks", "monitoring") for p in (REPO / d).glob("*.py") if p.stem != "__init__"
+    ]
+    code = "import importlib, sys\nfor m in sys.argv[1:]:\n    importlib.import_module(m)"
+    run = subprocess.run([sys.executable, "-c", code, *modules], cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
