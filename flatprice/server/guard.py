@@ -34,7 +34,7 @@ class ClientGone(Exception):
 
 
 def error_messages(status: int, body: bytes, headers=()) -> tuple[dict, dict]:
-    """The two ASGI messages of a JSON error answer."""
+    """The two ASGI messages of a JSON answer (an error, or the cached /docs.json)."""
     head = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]
     return {"type": "http.response.start", "status": status, "headers": head}, {
         "type": "http.response.body",
