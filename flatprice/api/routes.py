@@ -11,6 +11,7 @@ PREDICT_BATCH = "/predict_batch"
 PREDICT_COLUMNS = "/predict_columns"
 RANDOM = "/random"
 API_ROUTES: tuple[str, ...] = (PREDICT, PREDICT_BATCH, PREDICT_COLUMNS, RANDOM)
+BODY_ROUTES: tuple[str, ...] = (PREDICT, PREDICT_BATCH, PREDICT_COLUMNS)  # take flats in a JSON body
 GET_ROUTES: tuple[str, ...] = (RANDOM,)  # API routes that also answer GET, as the original service did
 
 DOCS = "/docs.json"

@@ -21,7 +21,7 @@ import logging
 
 from ..api import API_INFO
 from ..api.errors import MAX_REPORTED_ERRORS, error_json, validation_json
-from ..api.routes import DOCS, RANDOM
+from ..api.routes import BODY_ROUTES, DOCS
 from ..observability import metrics
 from ..schema import FEATURE_NAMES
 
@@ -67,7 +67,7 @@ def bounded_400(body: bytes) -> tuple[bytes, list[str]]:
     return validation_json(shown, len(errors)), [field_label(e.get("loc") or ()) for e in shown]
 
 
-def truthful_docs(body: bytes, api_routes) -> bytes:
+def truthful_docs(body: bytes) -> bytes:
     """BentoML's OpenAPI document, corrected where it says less than the API does (the flat
     routes require their body: an empty one gets 400), and describing this service rather
     than the framework (whose badges name its version)."""
@@ -75,9 +75,9 @@ def truthful_docs(body: bytes, api_routes) -> bytes:
     spec["info"] = API_INFO
     for tag in spec.get("tags", []):
         tag.pop("description", None)
-    for path in api_routes:
+    for path in BODY_ROUTES:
         request_body = spec.get("paths", {}).get(path, {}).get("post", {}).get("requestBody")
-        if request_body is not None and path != RANDOM:
+        if request_body is not None:
             request_body["required"] = True
     return json.dumps(spec).encode()
 
@@ -210,7 +210,7 @@ class RequestGuard:
                 for message in answer:
                     await send(message)
                 return
-            body = truthful_docs(b"".join(m.get("body", b"") for m in answer[1:]), self.api_routes)
+            body = truthful_docs(b"".join(m.get("body", b"") for m in answer[1:]))
             self.docs = list(error_messages(200, body))
         for message in self.docs:
             await send(message)
