@@ -7,7 +7,7 @@ import re
 import httpx
 import pytest
 
-from devtools.servers import node_exporter, prometheus, wait_until
+from devtools.servers import BentoServer, node_exporter, prometheus, wait_until
 from monitoring import dashboard
 from tests.test_monitoring_config import alert_rules
 from tests.traffic import Traffic, flood
@@ -22,9 +22,12 @@ GRAFANA_VARIABLES = {"$__rate_interval": "15s", "$__range": "2m"}
 
 
 @pytest.fixture(scope="module")
-def stack(served, session_dir):
+def stack(small_model, session_dir):
     workdir = session_dir / "prometheus-live"
     workdir.mkdir(exist_ok=True)
+    # A low admission limit, so that the short flood below surely gets 429s for the overload panel and alert
+    # (the default of 64 per worker does not refuse 128 connections that split over the workers).
+    served = BentoServer(session_dir / "serve-live", env={"FLAT_PRICE_MAX_CONCURRENCY": "2"}).start()
     exporter, node_target = node_exporter(workdir)
     server, url = prometheus(workdir, served.url.removeprefix("http://"), node_target)
     traffic = Traffic(served.url)
@@ -39,6 +42,7 @@ def stack(served, session_dir):
             yield url
         finally:
             traffic.stop()
+            served.stop()
 
 
 def query(url: str, expr: str) -> list:
