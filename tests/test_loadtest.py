@@ -1,8 +1,10 @@
 """The locust load test against a real `bentoml serve`: headless pass/fail, the web UI, drift."""
 
+import http.server
 import os
 import subprocess
 import sys
+import threading
 
 import httpx
 import pytest
@@ -40,9 +42,57 @@ def test_headless_run_passes_its_thresholds(served):
 
 
 def test_run_crossing_a_threshold_exits_non_zero(served):
-    run = locust(served.url, "--run-time", "4s", "--users", "5", "--max-p95-ms", "0.01")
+    run = locust(served.url, "--run-time", "4s", "--users", "5", "--p95-ms", "/predict=0.01")
     assert run.returncode == 1
-    assert "FAIL: p95" in run.stdout + run.stderr
+    assert "FAIL: p95 of /predict" in run.stdout + run.stderr
+
+
+class _Garbage(http.server.BaseHTTPRequestHandler):
+    """A server that answers 200 with text that is not JSON, or a JSON list."""
+
+    def _answer(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = b"[1, 2]" if self.path == "/random" else b"<html>oops</html>"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, *args):
+        pass
+
+
+def error_lines(summary: str) -> list[str]:
+    report = summary.split("Error report", 1)[1].split("\n")[3:]
+    return [line for line in report if line[:1].isdigit()]
+
+
+def test_garbage_answers_fail_by_cause_without_crashing_the_checks():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Garbage)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        run = locust(f"http://127.0.0.1:{server.server_port}", "--run-time", "3s", "--users", "5")
+    finally:
+        server.shutdown()
+    summary = run.stdout + run.stderr
+    assert run.returncode == 1 and "Traceback" not in summary
+    errors = error_lines(summary)
+    assert {line.split(None, 1)[1].strip() for line in errors} == {
+        "POST /predict: answer is not JSON",
+        "POST /predict_batch: answer is not JSON",
+        "POST /predict [invalid]: status 200, expected 400",
+        "GET /random: answer is not a JSON object",
+    }
+
+
+def test_a_service_that_is_down_fails_the_run_with_one_line_per_route():
+    run = locust(f"http://127.0.0.1:{free_port()}", "--run-time", "2s", "--users", "3")
+    summary = run.stdout + run.stderr
+    assert run.returncode == 1 and "Traceback" not in summary
+    assert all(line.endswith("no answer (connection failed)") for line in map(str.strip, error_lines(summary)))
+    assert "failure ratio 100.00%" in summary
 
 
 def test_web_ui_loads_and_drives_a_test(served, tmp_path):
@@ -53,19 +103,17 @@ def test_web_ui_loads_and_drives_a_test(served, tmp_path):
         "locust",
         "-f",
         LOCUSTFILE,
-        "--host",
-        served.url,
         "--web-host",
         "127.0.0.1",
         "--web-port",
         str(port),
     ]
-    with Process(cmd, f"http://127.0.0.1:{port}/", tmp_path / "locust-ui.log", cwd=REPO):
+    env = {"LOADTEST_HOST": served.url}  # the locustfile's default host, as http://127.0.0.1:3000 is
+    with Process(cmd, f"http://127.0.0.1:{port}/", tmp_path / "locust-ui.log", cwd=REPO, env=env):
         dom = rendered_dom(f"http://127.0.0.1:{port}/")
         assert "Locust" in dom and "Start" in dom
-        started = httpx.post(
-            f"http://127.0.0.1:{port}/swarm", data={"user_count": 3, "spawn_rate": 3, "host": served.url}
-        )
+        assert f'"host": "{served.url}"' in httpx.get(f"http://127.0.0.1:{port}/").text  # the form starts filled in
+        started = httpx.post(f"http://127.0.0.1:{port}/swarm", data={"user_count": 3, "spawn_rate": 3})
         assert started.json()["success"]
 
         def stats():
