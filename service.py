@@ -26,15 +26,18 @@ from flatprice.api.payloads import (
     columns_matrix,
     flat_from_row,
     rows_matrix,
+    rubles,
 )
 from flatprice.config import Settings
 from flatprice.faults import FaultInjection
 from flatprice.observability.metrics import NAMESPACE
 from flatprice.observability.monitor import PredictionMonitor, publish_static
 from flatprice.schema import EXAMPLE_FLAT, FEATURE_NAMES
+from flatprice.server import home_lock
 from flatprice.store import MODEL_NAME, latest_model, load_pipeline, verified_files
 
 settings = Settings.load()  # exits with one line naming a bad FLAT_PRICE_* variable
+home_lock.claim(home_lock.bentoml_home())  # a second server on this home would wipe our metrics
 # Fail here, in `bentoml serve` itself, when the store has no usable model: a worker
 # that fails in __init__ is restarted forever and the message drowns in the log.
 verified_files(latest_model(MODEL_NAME), settings.model_sha256)
@@ -88,7 +91,7 @@ class FlatPriceService:
     async def predict(self, **flat) -> Prediction:
         """Price of one flat, in rubles."""
         row = np.array([[flat[name] for name in FEATURE_NAMES]], dtype=np.float64)
-        price = float(self._priced(row)[0])
+        price = rubles(self._priced(row))[0]
         return Prediction(price=price, score=price, model=self.tag)
 
     @bentoml.api(route=routes.PREDICT_BATCH, input_spec=FlatBatch, output_spec=BatchPrediction)
@@ -96,14 +99,14 @@ class FlatPriceService:
         """Prices of up to 1,000 flats, in the order sent."""
         rows = rows_matrix(flats)
         check_cross_fields(rows, "FlatBatch", lambda row, field: ("flats", row, field))
-        return BatchPrediction(prices=self._priced(rows).tolist(), model=self.tag)
+        return BatchPrediction(prices=rubles(self._priced(rows)), model=self.tag)
 
     @bentoml.api(route=routes.PREDICT_COLUMNS, input_spec=FlatColumns, output_spec=BatchPrediction)
     async def predict_columns(self, **columns: list) -> BatchPrediction:
         """Prices of up to 1,000 flats sent as 15 columns, in order: the fastest way to price many flats."""
         rows = columns_matrix(columns)
         check_cross_fields(rows, "FlatColumns", lambda row, field: (field, row))
-        return BatchPrediction(prices=self._priced(rows).tolist(), model=self.tag)
+        return BatchPrediction(prices=rubles(self._priced(rows)), model=self.tag)
 
     @bentoml.api(route=routes.RANDOM, output_spec=RandomPrediction)
     async def random(self) -> RandomPrediction:
@@ -111,7 +114,7 @@ class FlatPriceService:
         if self.faults.enabled and (injected := await self.faults.maybe_fail()):
             return injected  # a 500 answer in the usual error shape, marked X-Injected-Fault
         row = self.training_sample[self.rng.integers(len(self.training_sample))][None, :]
-        return RandomPrediction(flat=flat_from_row(row[0]), price=float(self._priced(row)[0]), model=self.tag)
+        return RandomPrediction(flat=flat_from_row(row[0]), price=rubles(self._priced(row))[0], model=self.tag)
 
 
 # The server edge (guard, admission) and the version-checked hooks; the undo is for tests.

@@ -40,6 +40,7 @@ import httpx
 import numpy as np
 
 from devtools.servers import REPO, BentoServer, Process, free_port, process_tree, worker_pids
+from flatprice.api.payloads import rubles
 from flatprice.schema import FEATURE_NAMES, INT_FEATURES
 from flatprice.store import latest_model, load_pipeline
 from flatprice.synthetic import generate_flats
@@ -320,8 +321,8 @@ def main() -> None:
 
 
 def identity(url: str, pipeline, flats, records) -> float:
-    """Largest relative difference between the service's prices and the Pipeline's."""
-    expected = pipeline.predict(flats[list(FEATURE_NAMES)])
+    """Largest relative difference between the service's prices and the Pipeline's (in whole rubles)."""
+    expected = np.array(rubles(pipeline.predict(flats[list(FEATURE_NAMES)])))
     columns = httpx.post(
         f"{url}/predict_columns", json={k: [r[k] for r in records] for k in FEATURE_NAMES}, timeout=30
     ).json()["prices"]

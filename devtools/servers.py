@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -242,3 +244,30 @@ def haproxy(workdir: Path, targets: list[str]):
     )
     with process:
         yield url
+
+
+@contextlib.contextmanager
+def postgres():
+    """A throwaway PostgreSQL (Debian's package) on a free loopback port; yields its SQLAlchemy URL.
+    As root it runs as the `postgres` user, since initdb refuses root."""
+    initdbs = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not initdbs:
+        raise RuntimeError("PostgreSQL is not installed: run scripts/install-system-deps.sh")
+    bindir = initdbs[-1].parent
+    as_owner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    workdir = Path(tempfile.mkdtemp(prefix="flatprice-pg-"))
+    if as_owner:
+        shutil.chown(workdir, "postgres")
+    data, port = workdir / "data", free_port()
+    options = f"-p {port} -k {workdir} -c listen_addresses=127.0.0.1"
+
+    def pg(*args):
+        subprocess.run([*as_owner, *args], check=True, capture_output=True, timeout=120)
+
+    pg(bindir / "initdb", "-D", data, "-A", "trust", "-U", "postgres")
+    pg(bindir / "pg_ctl", "-D", data, "-o", options, "-l", workdir / "log", "-w", "start")  # -w: until it accepts
+    try:
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        pg(bindir / "pg_ctl", "-D", data, "-m", "fast", "-w", "stop")
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -76,37 +76,72 @@ def read_source(
     return frame, description
 
 
+MAX_EXAMPLES = 3  # offending rows quoted in an error
+
+
+def offending(column: pd.Series, mask: np.ndarray) -> str:
+    """'3 row(s), e.g. row 2: '45,5', row 9: 'n/a'' (rows counted from 1, as in a spreadsheet)."""
+    positions = np.flatnonzero(mask)
+    values = (column.iloc[i] for i in positions[:MAX_EXAMPLES])
+    shown = ", ".join(
+        f"row {i + 1}: {v.item() if isinstance(v, np.generic) else v!r}"
+        for i, v in zip(positions, values, strict=False)
+    )
+    return f"{len(positions)} row(s), e.g. {shown}"
+
+
+def likely_cause(column: pd.Series, bad: np.ndarray) -> str:
+    """A hint for text where numbers were expected, when the cause is obvious."""
+    texts = column[bad].astype(str)
+    if texts.str.fullmatch(r"-?\d+,\d+").any():
+        return " (a decimal comma? write 45.5, or read the file with decimal=',')"
+    return ""
+
+
 def validate_frame(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    """The table reduced to the schema's columns in order; raises DataError naming the column."""
+    """The table reduced to the schema's columns in order; raises DataError naming the column,
+    the first offending rows and their values."""
     frame = frame.drop(columns=[c for c in DROPPED_COLUMNS if c in frame.columns])
     missing = [c for c in (*FEATURE_NAMES, TARGET) if c not in frame.columns]
     if missing:
-        raise DataError(f"missing column(s): {', '.join(missing)}")
+        hint = ""
+        if len(frame.columns) == 1 and ";" in str(frame.columns[0]):
+            hint = " (the file looks ';'-separated: save it with commas, or convert it with pandas sep=';')"
+        raise DataError(f"missing column(s): {', '.join(missing)}{hint}")
     if frame.empty:
         raise DataError("the table has no rows")
     for name in (*FEATURE_NAMES, TARGET):
-        column = frame[name]
+        column = frame[name].reset_index(drop=True)
         if not pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
-            raise DataError(f"column {name!r} has type {column.dtype}, expected numbers")
-        nans = int(column.isna().sum())
-        if nans:
-            raise DataError(f"column {name!r} has {nans} NaN value(s)")
+            numbers = pd.to_numeric(column, errors="coerce")
+            bad = (numbers.isna() & column.notna()).to_numpy()
+            if pd.api.types.is_bool_dtype(column) or not bad.any():
+                raise DataError(f"column {name!r} has type {column.dtype}, expected numbers")
+            raise DataError(
+                f"column {name!r} holds text where numbers are expected: {offending(column, bad)}"
+                f"{likely_cause(column, bad)}"
+            )
+        nan = column.isna().to_numpy()
+        if nan.any():
+            raise DataError(f"column {name!r} has missing values: {offending(column, nan)}")
         values = column.to_numpy(dtype=np.float64)
         if not np.isfinite(values).all():
-            raise DataError(f"column {name!r} has infinite value(s)")
+            raise DataError(f"column {name!r} has infinite values: {offending(column, ~np.isfinite(values))}")
         wants_int = name == TARGET or FEATURE_BY_NAME[name].kind is int
         if wants_int and not np.array_equal(values, np.round(values)):
-            raise DataError(f"column {name!r} has non-integer value(s), expected integers")
+            raise DataError(
+                f"column {name!r} has non-integer values, expected integers: "
+                f"{offending(column, values != np.round(values))}"
+            )
         if name == TARGET:
             if (values <= 0).any():
-                raise DataError(f"column {name!r} has {(values <= 0).sum()} non-positive price(s)")
+                raise DataError(f"column {name!r} has non-positive prices: {offending(column, values <= 0)}")
             continue
         feature = FEATURE_BY_NAME[name]
         outside = (values < feature.low) | (values > feature.high)
         if outside.any():
             raise DataError(
-                f"column {name!r} has {int(outside.sum())} value(s) outside [{feature.low}, {feature.high}], "
-                f"e.g. {values[outside][0]}"
+                f"column {name!r} has values outside [{feature.low}, {feature.high}]: {offending(column, outside)}"
             )
     frame = frame[[*FEATURE_NAMES, TARGET]].astype(
         {n: "int64" for n in FEATURE_NAMES if FEATURE_BY_NAME[n].kind is int} | {TARGET: "int64"}

@@ -15,6 +15,16 @@ def test_original_curl_body_gets_a_price(client, small_model):
     result = answer.json()
     assert 5e6 < result["price"] < 40e6 and result["score"] == result["price"]
     assert result["model"] == str(small_model.tag)
+    assert f'"price":{result["price"]},' in answer.text  # whole rubles: no fraction digits
+
+
+def test_prices_are_the_models_rounded_to_whole_rubles(client, small_model):
+    from flatprice.store import load_pipeline
+
+    flats = generate_flats(50, seed=12)[list(FEATURE_NAMES)]
+    exact = load_pipeline(small_model).pipeline.predict(flats)
+    answer = client.post("/predict_columns", json=flats.to_dict("list")).json()["prices"]
+    assert answer == [round(p) for p in exact] and all(isinstance(p, int) for p in answer)
 
 
 def test_integers_are_accepted_for_float_fields(client):
@@ -40,7 +50,7 @@ def test_random_answers_post_and_get_with_a_plausible_flat(client):
         assert set(flat) == set(FEATURE_NAMES)
         assert 1 <= flat["floor"] <= flat["floors_total"] <= 60 and 15 <= flat["total_area"] <= 350
         # The flat it returns is a valid request that gets the same price.
-        assert client.post("/predict", json=flat).json()["price"] == pytest.approx(result["price"], rel=1e-12)
+        assert client.post("/predict", json=flat).json()["price"] == result["price"]
 
 
 def test_random_flats_vary(client):

@@ -1,9 +1,14 @@
 """Loaders (CSV, Parquet, a real SQLite table) and the clear refusals of bad data."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import sqlalchemy
 
+from devtools.servers import REPO, postgres
 from flatprice.data import DataError, load
 from flatprice.schema import FEATURE_NAMES, TARGET
 from flatprice.synthetic import generate_flats
@@ -37,12 +42,16 @@ def test_loaders_give_the_same_table(tmp_path, table, kind):
         engine = sqlalchemy.create_engine(source)
         table.to_sql("clean_flats", engine, index=False)
         engine.dispose()
-    loaded = load(str(source))
+    loaded = assert_same_table(load(str(source)), table)
+    assert loaded.sha256 == load(str(source)).sha256
+
+
+def assert_same_table(loaded, table):
     assert "id" not in loaded.frame and "flat_id" not in loaded.frame
     assert len(loaded.frame) == len(table)
     expected = table.drop(columns=["id", "flat_id"])
     np.testing.assert_allclose(loaded.frame.to_numpy(dtype=float), expected.to_numpy(dtype=float), rtol=1e-12)
-    assert loaded.sha256 == load(str(source)).sha256
+    return loaded
 
 
 def test_sqlite_other_table_and_missing_table(tmp_path, table):
@@ -55,9 +64,9 @@ def test_sqlite_other_table_and_missing_table(tmp_path, table):
         load(url)
 
 
-def _refused(tmp_path, frame) -> str:
-    path = tmp_path / "bad.parquet"
-    frame.to_parquet(path, index=False)
+def _refused(tmp_path, frame, kind="parquet") -> str:
+    path = tmp_path / f"bad.{kind}"
+    frame.to_parquet(path, index=False) if kind == "parquet" else frame.to_csv(path, index=False)
     with pytest.raises(DataError) as error:
         load(str(path))
     return str(error.value)
@@ -69,22 +78,63 @@ def test_missing_column_is_named(tmp_path, table):
 
 def test_wrong_type_is_named(tmp_path, table):
     table["rooms"] = table["rooms"].astype(str)
-    assert "column 'rooms' has type" in _refused(tmp_path, table)
+    assert f"column 'rooms' has type {table['rooms'].dtype}, expected numbers" in _refused(tmp_path, table)
+
+
+def test_text_in_a_number_column_names_the_first_rows_and_values(tmp_path, table):
+    table["total_area"] = table["total_area"].astype(object)
+    table.loc[[2, 5, 6, 9], "total_area"] = ["unknown", "big", "?", "x"]
+    assert (
+        "column 'total_area' holds text where numbers are expected: 4 row(s), e.g. row 3: 'unknown', row 6: 'big', "
+        "row 7: '?'" == _refused(tmp_path, table, "csv")
+    )
+
+
+def test_a_decimal_comma_is_named_as_the_likely_cause(tmp_path, table):
+    table["ceiling_height"] = table["ceiling_height"].map(lambda v: f"{v:.2f}".replace(".", ","))
+    path = tmp_path / "flats.csv"
+    table.to_csv(path, index=False)
+    with pytest.raises(DataError) as error:
+        load(str(path))
+    message = str(error.value)
+    first = table["ceiling_height"].iloc[0]
+    assert message.startswith(
+        f"column 'ceiling_height' holds text where numbers are expected: 500 row(s), e.g. row 1: {first!r}"
+    )
+    assert message.endswith("(a decimal comma? write 45.5, or read the file with decimal=',')")
+
+
+def test_a_semicolon_separated_csv_is_named_as_the_likely_cause(tmp_path, table):
+    path = tmp_path / "flats.csv"
+    table.to_csv(path, index=False, sep=";")
+    with pytest.raises(DataError, match="the file looks ';'-separated"):
+        load(str(path))
 
 
 def test_non_integer_in_integer_column_is_named(tmp_path, table):
-    table["floor"] = table["floor"] + 0.5
-    assert "column 'floor' has non-integer" in _refused(tmp_path, table)
+    table["floor"] = table["floor"].astype(float)
+    table.loc[4, "floor"] = 2.5
+    assert "column 'floor' has non-integer values, expected integers: 1 row(s), e.g. row 5: 2.5" == _refused(
+        tmp_path, table
+    )
 
 
 def test_nan_is_named(tmp_path, table):
     table.loc[[3, 7], "kitchen_area"] = np.nan
-    assert "column 'kitchen_area' has 2 NaN" in _refused(tmp_path, table)
+    assert "column 'kitchen_area' has missing values: 2 row(s), e.g. row 4: nan, row 8: nan" == _refused(
+        tmp_path, table
+    )
 
 
 def test_impossible_value_is_named(tmp_path, table):
     table.loc[0, "latitude"] = 91.0
-    assert "column 'latitude' has 1 value(s) outside" in _refused(tmp_path, table)
+    assert _refused(tmp_path, table).startswith("column 'latitude' has values outside [")
+    assert _refused(tmp_path, table).endswith("]: 1 row(s), e.g. row 1: 91.0")
+
+
+def test_non_positive_prices_are_named(tmp_path, table):
+    table.loc[[1, 2], TARGET] = [0, -5]
+    assert f"column '{TARGET}' has non-positive prices: 2 row(s), e.g. row 2: 0, row 3: -5" == _refused(tmp_path, table)
 
 
 def test_unsupported_file_and_missing_file(tmp_path):
@@ -101,3 +151,26 @@ def test_rows_breaking_cross_field_rules_are_dropped_and_counted(tmp_path, table
     table.to_csv(path, index=False)
     loaded = load(str(path))
     assert loaded.dropped_rows == 1 and len(loaded.frame) == len(table) - 1
+
+
+@pytest.mark.slow
+def test_a_real_postgresql_table_trains_a_model(tmp_path, table):
+    with postgres() as url:
+        engine = sqlalchemy.create_engine(url)
+        table.to_sql("clean_flats", engine, index=False)
+        engine.dispose()
+        assert_same_table(load(url), table)
+        with pytest.raises(DataError, match=r"table 'listings' not found in postgresql\+psycopg2://postgres@127"):
+            load(url, table="listings")
+        home = tmp_path / "home"
+        run = subprocess.run(
+            [sys.executable, "-m", "train", "--data", url, "--iterations", "20", "--model-name", "pg_flats"],
+            cwd=REPO,
+            env={**os.environ, "BENTOML_HOME": str(home)},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    assert run.returncode == 0, run.stderr
+    assert "table clean_flats" in run.stdout + run.stderr
+    assert list((home / "models" / "pg_flats").glob("*/model.yaml"))

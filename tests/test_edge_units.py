@@ -137,13 +137,43 @@ def test_headers_over_the_limit_get_431_and_at_the_limit_pass():
 def test_get_random_is_served_as_post_and_other_gets_pass_unchanged():
     app = Downstream()
     run(guard(app), scope("/random", "GET", headers=()))
-    run(guard(app), scope("/predict", "GET", headers=()))
     run(guard(app), scope("/metrics", "GET", headers=()))
-    assert [(s["path"], s["method"]) for s, _ in app.calls] == [
-        ("/random", "POST"),
-        ("/predict", "GET"),
-        ("/metrics", "GET"),
-    ]
+    assert [(s["path"], s["method"]) for s, _ in app.calls] == [("/random", "POST"), ("/metrics", "GET")]
+
+
+@pytest.mark.parametrize(
+    "path, method, allowed",
+    [("/predict", "GET", b"POST"), ("/random", "DELETE", b"GET, POST"), ("/predict", "PUT", b"POST")],
+)
+def test_a_wrong_method_on_an_api_route_gets_405_naming_the_allowed_ones(path, method, allowed):
+    app = Downstream()
+    status, headers, body = answer(run(guard(app), scope(path, method, headers=())))
+    assert not app.calls and status == 405 and headers[b"allow"] == allowed
+    reason = f"method {method} not allowed on {path}: use {allowed.decode()}"
+    assert (status, body) == one_error(405, reason, "method_not_allowed")
+
+
+@pytest.mark.parametrize("status, reason", [(404, "no route /nope"), (405, "method not allowed on /nope")])
+def test_the_frameworks_404_and_405_answer_in_the_error_shape(status, reason):
+    app = Downstream(status=status, body=b"Not Found", headers=[(b"allow", b"GET")] if status == 405 else [])
+    got, headers, body = answer(run(guard(app), scope("/nope", "GET", headers=())))
+    assert got == status and body == {
+        "error": reason,
+        "detail": [{"type": errors_type(status), "loc": ["path"], "msg": reason}],
+        "total": 1,
+    }
+    assert headers.get(b"allow") == (b"GET" if status == 405 else None)
+
+
+def errors_type(status):
+    return {404: "not_found", 405: "method_not_allowed"}[status]
+
+
+def test_a_long_unknown_path_is_clipped_in_the_answer():
+    _, _, body = answer(
+        run(guard(Downstream(status=404, body=b"Not Found")), scope("/" + "x" * 5000, "GET", headers=()))
+    )
+    assert len(body["error"]) < 100 and body["error"].endswith("…")
 
 
 def test_non_http_scopes_pass_untouched():

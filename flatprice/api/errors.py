@@ -32,7 +32,8 @@ class ErrorBody(BaseModel):
 # The description of every status an API route can answer, for /docs.json.
 ERROR_STATUSES = {
     400: "Invalid input: `detail` names each field at fault (`loc`) and the reason (`msg`)",
-    404: "Not found",
+    404: "No such route",
+    405: "Method not allowed: the Allow header names the methods the route takes",
     408: "The request body did not arrive within the body deadline (FLAT_PRICE_BODY_TIMEOUT_S)",
     413: "Request body over the size limit (FLAT_PRICE_MAX_BODY_BYTES), refused before it is read",
     415: "Content-Type is not application/json, or the body is encoded (Content-Encoding)",

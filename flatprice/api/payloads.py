@@ -165,20 +165,26 @@ def check_cross_fields(matrix: np.ndarray, title: str, loc_of) -> None:
         raise ValidationError.from_exception_data(title, errors)
 
 
+def rubles(prices: np.ndarray) -> list[int]:
+    """Prices as answered: whole rubles (the model's error is hundreds of thousands; kopecks
+    and float digits would only pretend to a precision it does not have)."""
+    return np.rint(prices).astype(np.int64).tolist()
+
+
 class Prediction(BaseModel):
-    price: float = Field(description="Predicted price, rubles")
-    score: float = Field(description="Same as price; the original service's name for it, kept for its clients")
+    price: int = Field(description="Predicted price, whole rubles")
+    score: int = Field(description="Same as price; the original service's name for it, kept for its clients")
     model: str = Field(description="Tag of the model that made the prediction")
 
 
 class BatchPrediction(BaseModel):
-    prices: list[float] = Field(description="Predicted prices in rubles, in the order of the flats sent")
+    prices: list[int] = Field(description="Predicted prices in whole rubles, in the order of the flats sent")
     model: str = Field(description="Tag of the model that made the predictions")
 
 
 class RandomPrediction(BaseModel):
     flat: Flat
-    price: float
+    price: int = Field(description="Predicted price, whole rubles")
     model: str
 
 

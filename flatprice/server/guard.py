@@ -9,7 +9,8 @@ In the order a request meets them:
   replayed to BentoML: a slow sender holds no admission slot and is cut off early;
 - a 400 answer is rewritten into the bounded error shape of `flatprice.api.errors` (the
   first 20 errors and the total; no pydantic URLs or class names) and its fields counted;
-- request and response body sizes are recorded per route.
+- request and response body sizes are recorded per route;
+- 404 and 405 answer in the error shape too (405 names the allowed methods).
 /docs.json is built by BentoML once and then answered from a copy.
 """
 
@@ -20,7 +21,7 @@ import json
 import logging
 
 from ..api import API_INFO
-from ..api.errors import MAX_REPORTED_ERRORS, error_json, validation_json
+from ..api.errors import MAX_REPORTED_ERRORS, clip, error_json, validation_json
 from ..api.routes import BODY_ROUTES, DOCS
 from ..observability import metrics
 from ..schema import FEATURE_NAMES
@@ -45,6 +46,30 @@ def error_messages(status: int, body: bytes, headers=()) -> tuple[dict, dict]:
 async def send_error(send, status: int, reason: str, error_type: str, headers=()) -> None:
     for message in error_messages(status, error_json(reason, error_type), headers):
         await send(message)
+
+
+def json_not_found(send, path: str):
+    """`send`, answering BentoML's plain-text 404 and 405 in the error shape (an unknown path,
+    a wrong method on one of its own routes)."""
+    replaced = False
+
+    async def json_send(message):
+        nonlocal replaced
+        if message["type"] == "http.response.start" and message["status"] in (404, 405):
+            replaced = True
+            status, kept = message["status"], [(k, v) for k, v in message.get("headers", ()) if k.lower() == b"allow"]
+            reason = f"no route {clip(path)}" if status == 404 else f"method not allowed on {clip(path)}"
+            start, body = error_messages(status, error_json(reason, NOT_FOUND[status], ["path"]), kept)
+            await send(start)
+            return await send(body)
+        if replaced and message["type"] == "http.response.body":
+            return None  # the plain-text body, already answered
+        return await send(message)
+
+    return json_send
+
+
+NOT_FOUND = {404: "not_found", 405: "method_not_allowed"}
 
 
 def field_label(loc) -> str:
@@ -100,7 +125,7 @@ class RequestGuard:
         if path == DOCS and scope["method"] == "GET":
             return await self._docs(scope, receive, send)
         if path not in self.api_routes:
-            return await self.app(scope, receive, send)
+            return await self.app(scope, receive, json_not_found(send, path))
         if sum(len(k) + len(v) for k, v in scope["headers"]) > self.max_header_bytes:
             return await self._refuse(
                 scope, send, 431, f"request headers over {self.max_header_bytes} bytes", "headers_too_large"
@@ -145,7 +170,9 @@ class RequestGuard:
                 )
             receive, length = _replay(body, receive), len(body)
         else:
-            return await self.app(scope, receive, send)  # BentoML answers 405
+            allowed = "GET, POST" if path in self.get_routes else "POST"
+            reason = f"method {scope['method'][:16]} not allowed on {path}: use {allowed}"
+            return await send_error(send, 405, reason, "method_not_allowed", [(b"allow", allowed.encode())])
         metrics.REQUEST_SIZE.labels(endpoint=path).observe(length)
         await self.app(scope, receive, self._answering(send, path))
 
