@@ -40,6 +40,24 @@ def test_benchmark_script_runs_and_prices_match(small_model, tmp_path):
     assert "== 1,000-flat batch requests" in run.stdout
 
 
+def test_explain_benchmark_runs_and_matches_catboost(small_model, tmp_path):
+    out = tmp_path / "explain.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "benchmarks.explain", "--seconds", "1", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert results["in_process"]["max_abs_diff_vs_catboost"] < 1e-9
+    assert all(
+        results["http"][route]["rps"] > 0 and not results["http"][route]["non_2xx"]
+        for route in ("/predict", "/explain")
+    )
+
+
 def test_soak_script_runs(small_model):
     run = subprocess.run(
         [sys.executable, "-m", "benchmarks.soak", "--minutes", "2", "--minute-seconds", "3", "--rate", "200"],

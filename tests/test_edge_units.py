@@ -259,6 +259,8 @@ def test_the_docs_say_flat_bodies_are_required_and_describe_the_service():
         "/predict_batch": True,
         "/predict_columns": True,
         "/random": None,
+        "/explain": True,
+        "/explain_batch": True,
     }
 
 

@@ -29,6 +29,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from ..schema import CROSS_FIELD_RULES, EXAMPLE_FLAT, FEATURE_NAMES, FEATURES
 
 MAX_BATCH_ROWS = 1000
+MAX_EXPLAIN_ROWS = 100  # an explanation costs ~0.2 ms of CPU per flat in a batch, ~10x a price
 MAX_UNKNOWN_KEYS = 20  # reported one by one up to this many
 
 _STRICT = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
@@ -101,6 +102,16 @@ class FlatBatch(BaseModel):
         },
     )
     flats: list[FlatFields] = Field(min_length=1, max_length=MAX_BATCH_ROWS, description=f"1 to {MAX_BATCH_ROWS} flats")
+    few_unknown_keys = model_validator(mode="before")(_few_unknown_keys)
+
+
+class FlatsToExplain(BaseModel):
+    """Up to 100 flats to price and explain, in order."""
+
+    model_config = ConfigDict(**_STRICT, json_schema_extra={"example": {"flats": [EXAMPLE_FLAT]}})
+    flats: list[FlatFields] = Field(
+        min_length=1, max_length=MAX_EXPLAIN_ROWS, description=f"1 to {MAX_EXPLAIN_ROWS} flats"
+    )
     few_unknown_keys = model_validator(mode="before")(_few_unknown_keys)
 
 
@@ -191,3 +202,25 @@ class RandomPrediction(BaseModel):
 def flat_from_row(row) -> Flat:
     """A Flat from 15 numbers in schema order (as stored in the training sample)."""
     return Flat(**{f.name: f.kind(value) for f, value in zip(FEATURES, row, strict=False)})
+
+
+class Contribution(BaseModel):
+    name: str = Field(description="An input, or a named group of inputs explained together (`inputs`)")
+    inputs: list[str] = Field(description="The request fields this part comes from")
+    factor: float = Field(description="What this part multiplies the baseline price by (>1 raises the price)")
+    rubles: float = Field(
+        description="The part in rubles: ln(factor) x the logarithmic mean of price and baseline, "
+        "so baseline + all parts = price"
+    )
+
+
+class Explanation(BaseModel):
+    price: int = Field(description="Predicted price, whole rubles (as /predict answers it)")
+    baseline: float = Field(description="The model's expected price over its training data, rubles")
+    contributions: list[Contribution] = Field(description="Every input's part, largest effect first (exact SHAP)")
+    summary: str = Field(description="The largest effects in words")
+    model: str = Field(description="Tag of the model that made the prediction")
+
+
+class BatchExplanation(BaseModel):
+    explanations: list[Explanation] = Field(description="One per flat, in the order sent")

@@ -10,8 +10,11 @@ PREDICT = "/predict"
 PREDICT_BATCH = "/predict_batch"
 PREDICT_COLUMNS = "/predict_columns"
 RANDOM = "/random"
-API_ROUTES: tuple[str, ...] = (PREDICT, PREDICT_BATCH, PREDICT_COLUMNS, RANDOM)
-BODY_ROUTES: tuple[str, ...] = (PREDICT, PREDICT_BATCH, PREDICT_COLUMNS)  # take flats in a JSON body
+EXPLAIN = "/explain"
+EXPLAIN_BATCH = "/explain_batch"
+API_ROUTES: tuple[str, ...] = (PREDICT, PREDICT_BATCH, PREDICT_COLUMNS, RANDOM, EXPLAIN, EXPLAIN_BATCH)
+# take flats in a JSON body
+BODY_ROUTES: tuple[str, ...] = (PREDICT, PREDICT_BATCH, PREDICT_COLUMNS, EXPLAIN, EXPLAIN_BATCH)
 GET_ROUTES: tuple[str, ...] = (RANDOM,)  # API routes that also answer GET, as the original service did
 
 DOCS = "/docs.json"
