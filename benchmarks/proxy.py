@@ -47,7 +47,7 @@ def main() -> None:
     one_worker = {"FLAT_PRICE_WORKERS": "1"}
     with contextlib.ExitStack() as stack:
         replicas = [stack.enter_context(BentoServer(work / f"home-replica-{i}", env=one_worker)) for i in range(2)]
-        proxy_url = stack.enter_context(haproxy(work, [r.url.removeprefix("http://") for r in replicas]))
+        proxy_url = stack.enter_context(haproxy(work, [r.url.removeprefix("http://") for r in replicas])).url
         wrk(f"{proxy_url}/predict", pool, 8, 2, replicas[0].process.pid)  # warm-up
         rows = []
         for c in connections:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -197,11 +198,14 @@ def node_exporter(workdir: Path) -> tuple[Process, str]:
     ), target
 
 
-def prometheus(workdir: Path, service_target: str, node_target: str, interval: str = "1s") -> tuple[Process, str]:
+def prometheus(
+    workdir: Path, service_target: str, node_target: str, proxy_target: str | None = None, interval: str = "1s"
+) -> tuple[Process, str]:
     """Debian's Prometheus with the committed config and alert rules, pointed at local targets.
 
     The committed prometheus.yml finds replicas by Docker DNS; here the same jobs get
-    static targets, and scrape and rule evaluation run every `interval`.
+    static targets (the proxy's job is dropped without `proxy_target`), and scrape and rule
+    evaluation run every `interval`.
     """
     import shutil
 
@@ -212,6 +216,8 @@ def prometheus(workdir: Path, service_target: str, node_target: str, interval: s
     port = free_port()
     config["global"] = {"scrape_interval": interval, "evaluation_interval": interval}
     targets = {"flat-price": service_target, "node": node_target, "prometheus": f"127.0.0.1:{port}"}
+    targets["haproxy"] = proxy_target
+    config["scrape_configs"] = [job for job in config["scrape_configs"] if targets[job["job_name"]]]
     for job in config["scrape_configs"]:
         job.pop("dns_sd_configs", None)
         job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
@@ -229,21 +235,33 @@ def prometheus(workdir: Path, service_target: str, node_target: str, interval: s
     return Process(cmd, f"{url}/-/ready", workdir / "prometheus.log"), url
 
 
+@dataclass(frozen=True)
+class Proxy:
+    url: str  # clients
+    metrics_url: str  # HAProxy's own Prometheus exporter
+    admin: Path  # the runtime API's socket (`show servers state`, ...)
+
+
 @contextlib.contextmanager
 def haproxy(workdir: Path, targets: list[str]):
     """Debian's HAProxy with the committed config (deploy/haproxy/haproxy.cfg) in front of
-    `targets` (host:port), on a free loopback port; yields its URL once a replica is up."""
+    `targets` (host:port), on free loopback ports; yields its URLs once a replica is up."""
     config = (REPO / "deploy" / "haproxy" / "haproxy.cfg").read_text()
+    admin = workdir / "haproxy.sock"
     servers = "\n".join(f"    server replica{i} {target}" for i, target in enumerate(targets))
     path = workdir / "haproxy.cfg"
-    path.write_text(config.replace("    # SERVERS", servers))
-    bind = f"127.0.0.1:{free_port()}"
-    url = f"http://{bind}"
-    process = Process(
-        ["haproxy", "-db", "-f", str(path)], f"{url}/readyz", workdir / "haproxy.log", env={"HAPROXY_BIND": bind}
+    path.write_text(
+        config.replace("    # SERVERS", servers) + f"\nglobal\n    stats socket {admin} mode 600 level admin\n"
     )
+    bind, metrics_bind = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    env = {
+        "HAPROXY_BIND": bind,
+        "HAPROXY_METRICS_BIND": metrics_bind,
+        "FLAT_PRICE_HAPROXY_ERRORS": str(REPO / "deploy" / "haproxy" / "errors"),
+    }
+    process = Process(["haproxy", "-db", "-f", str(path)], f"http://{bind}/readyz", workdir / "haproxy.log", env=env)
     with process:
-        yield url
+        yield Proxy(f"http://{bind}", f"http://{metrics_bind}/metrics", admin)
 
 
 @contextlib.contextmanager

@@ -20,6 +20,7 @@ OUTPUT = Path(__file__).parent / "grafana" / "dashboards" / "flat-price.json"
 DATASOURCE = {"type": "prometheus", "uid": "prometheus"}
 API = f'endpoint=~"{"|".join(API_ROUTES)}"'  # the API routes, from the one definition
 N = NAMESPACE
+PROXY = 'proxy="replicas"'  # HAProxy's backend of the replicas (deploy/haproxy/haproxy.cfg)
 
 
 def latency(q: float) -> str:
@@ -109,6 +110,38 @@ ROWS: list[tuple[str, list[Panel]]] = [
                     )
                 ],
                 "s",
+            ),
+        ],
+    ),
+    (
+        "Load balancer (HAProxy)",
+        [
+            Panel(
+                "Proxy answers per second by status class",
+                "What clients got from HAProxy (deploy/haproxy/haproxy.cfg): its 503s are overload shedding (Retry-After).",
+                [
+                    (
+                        f"sum by (code) (rate(haproxy_backend_http_responses_total{{{PROXY}}}[$__rate_interval]))",
+                        "{{code}}",
+                    )
+                ],
+                "reqps",
+            ),
+            Panel(
+                "Proxy queue",
+                "Requests waiting for a free replica slot (at most maxqueue per replica, `timeout queue` long), and the most seen.",
+                [
+                    (f"sum(haproxy_backend_current_queue{{{PROXY}}})", "waiting"),
+                    (f"max(haproxy_backend_max_queue{{{PROXY}}})", "most since the proxy started"),
+                ],
+            ),
+            Panel(
+                "Replicas up",
+                "Replicas passing the proxy's /readyz checks, out of all it knows (Prometheus scrapes each one too).",
+                [
+                    (f'sum(haproxy_server_status{{{PROXY},state="UP"}})', "up"),
+                    (f'count(haproxy_server_status{{{PROXY},state="UP"}})', "known"),
+                ],
             ),
         ],
     ),

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from devtools.servers import BentoServer, wait_until
+from flatprice.api import routes
 from flatprice.observability import metrics
 from flatprice.reference import PSI_ALERT, PSI_NO_DRIFT
 from flatprice.schema import EXAMPLE_FLAT, FEATURE_NAMES
@@ -166,18 +167,7 @@ def test_unknown_paths_add_no_series(server):
     after = scrape(server.url)
     assert series_count(after) == before
     endpoints = {s.labels.get("endpoint") for f in after.values() for s in f.samples if "endpoint" in s.labels}
-    assert endpoints <= {
-        "/predict",
-        "/predict_batch",
-        "/predict_columns",
-        "/random",
-        "/readyz",
-        "/livez",
-        "/metrics",
-        "/docs.json",
-        "/",
-        "/__unknown__",
-    }
+    assert endpoints <= {*routes.API_ROUTES, *routes.FRAMEWORK_ROUTES, routes.UNKNOWN_ENDPOINT}
 
 
 def test_labels_are_bounded_and_carry_no_request_data(server):

@@ -73,18 +73,76 @@ def test_alerts_name_exactly_the_api_routes_and_the_psi_threshold():
     assert matchers == {"|".join(API_ROUTES)}
 
 
+def resolved_compose(workdir, *options):
+    """The compose file as `docker-compose config` resolves it (with the example env file)."""
+    copy = workdir / "monitoring"
+    shutil.copytree(MONITORING, copy, ignore=shutil.ignore_patterns("grafana.env", "__pycache__"))
+    shutil.copytree(REPO / "deploy" / "haproxy", workdir / "deploy" / "haproxy")
+    shutil.copy(copy / "grafana.env.example", copy / "grafana.env")
+    return yaml.safe_load(run("docker-compose", "-f", str(copy / "docker-compose.yaml"), *options, "config"))
+
+
 @pytest.fixture(scope="module")
 def compose(tmp_path_factory):
-    """The compose file as `docker-compose config` resolves it (with the example env file)."""
-    copy = tmp_path_factory.mktemp("monitoring") / "monitoring"
-    shutil.copytree(MONITORING, copy, ignore=shutil.ignore_patterns("grafana.env", "__pycache__"))
-    shutil.copy(copy / "grafana.env.example", copy / "grafana.env")
-    return yaml.safe_load(run("docker-compose", "-f", str(copy / "docker-compose.yaml"), "config"))
+    return resolved_compose(tmp_path_factory.mktemp("compose"))
+
+
+@pytest.fixture(scope="module")
+def compose_with_host_metrics(tmp_path_factory):
+    return resolved_compose(tmp_path_factory.mktemp("compose-host"), "--profile", "host-metrics")
+
+
+def test_node_exporter_is_optional_and_in_the_hosts_network(compose, compose_with_host_metrics):
+    # A profile: Prometheus starts where the `/` mount cannot (docker-compose 1.29 lists it all the same).
+    assert compose["services"]["node-exporter"]["profiles"] == ["host-metrics"]
+    node = compose_with_host_metrics["services"]["node-exporter"]
+    assert node["network_mode"] == "host" and node["pid"] == "host"
+    assert "node-exporter" not in compose_with_host_metrics["services"]["prometheus"].get("depends_on", {})
+    port = next(arg for arg in node["command"] if arg.startswith("--web.listen-address=")).rsplit(":", 1)[1]
+    config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+    job = next(j for j in config["scrape_configs"] if j["job_name"] == "node")
+    assert job["static_configs"][0]["targets"] == [f"host.docker.internal:{port}"]
+    hosts = compose_with_host_metrics["services"]["prometheus"]["extra_hosts"]
+    assert "host.docker.internal:host-gateway" in (
+        hosts if isinstance(hosts, list) else [f"{k}:{v}" for k, v in hosts.items()]
+    )
+
+
+def test_clients_reach_one_proxy_port_and_the_replicas_publish_none(compose):
+    services = compose["services"]
+    assert not published(services["flat-price"])
+    proxy = services["haproxy"]
+    assert [(p["host_ip"], str(p["published"])) for p in published(proxy)] == [("127.0.0.1", "3000")]
+    env = proxy["environment"]
+    assert env["FLAT_PRICE_REPLICAS_DNS"] == "flat-price:3000" and str(published(proxy)[0]["target"]) == env[
+        "HAPROXY_BIND"
+    ].lstrip(":")
+    assert "/usr/local/etc/haproxy" in mount_targets(proxy)
+    config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+    job = next(j for j in config["scrape_configs"] if j["job_name"] == "haproxy")
+    assert job["static_configs"][0]["targets"] == [f"haproxy:{env['HAPROXY_METRICS_BIND'].lstrip(':')}"]
+
+
+def test_the_compose_proxy_config_is_valid_with_dns_discovery():
+    env = {
+        **__import__("os").environ,
+        "HAPROXY_BIND": ":8080",
+        "HAPROXY_METRICS_BIND": ":8405",
+        "FLAT_PRICE_REPLICAS_DNS": "flat-price:3000",
+        "FLAT_PRICE_HAPROXY_ERRORS": str(REPO / "deploy" / "haproxy" / "errors"),
+    }
+    check = subprocess.run(
+        ["haproxy", "-c", "-f", str(REPO / "deploy" / "haproxy" / "haproxy.cfg")],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
 
 
 def test_compose_services_pinned_restarting_and_healthchecked(compose):
     services = compose["services"]
-    assert set(services) == {"flat-price", "prometheus", "grafana", "node-exporter"}
+    assert set(services) == {"flat-price", "haproxy", "prometheus", "grafana", "node-exporter"}
     assert services["flat-price"]["image"] == "flat_price:latest"  # the tag README's containerize gives it
     for name, service in services.items():
         assert service["restart"] == "unless-stopped", name
@@ -110,15 +168,21 @@ def mount_targets(service) -> set[str]:
     return {m["target"] if isinstance(m, dict) else m.split(":")[1] for m in service.get("volumes", [])}
 
 
-def test_prometheus_and_grafana_on_localhost_only_and_no_port_clash(compose):
-    services = compose["services"]
-    for name in ("flat-price", "prometheus", "grafana"):
-        for port in published(services[name]):
+def host_ports(port: dict) -> set[int]:
+    """Every host port a mapping publishes (a range like 3000-3004 is five)."""
+    low, _, high = str(port["published"]).partition("-")
+    return set(range(int(low), int(high or low) + 1))
+
+
+def test_every_published_port_is_loopback_only_and_none_clash(compose_with_host_metrics):
+    seen: dict[int, str] = {}
+    for name, service in compose_with_host_metrics["services"].items():
+        for port in published(service):
             assert port.get("host_ip") == "127.0.0.1", name
-    grafana_host_ports = {str(p["published"]) for p in published(services["grafana"])}
-    service_ports = {str(p["published"]) for p in published(services["flat-price"])}
-    assert "3000" not in grafana_host_ports and grafana_host_ports.isdisjoint(service_ports)
-    assert "-" in next(iter(service_ports))  # a range: each scaled replica gets a host port
+            for number in host_ports(port):
+                assert number not in seen, f"{name} and {seen.get(number)} both publish {number}"
+                seen[number] = name
+    assert seen == {3000: "haproxy", 9090: "prometheus", 3001: "grafana"}
 
 
 def test_grafana_has_no_default_credentials_anonymous_access_or_sign_up(compose):
@@ -154,8 +218,6 @@ def test_prometheus_discovers_every_replica_by_dns(compose):
     sd = job["dns_sd_configs"][0]
     assert sd["names"] == ["flat-price"] and sd["type"] == "A" and sd["port"] == 3000
     assert "flat-price" in compose["services"]
-    node = next(j for j in config["scrape_configs"] if j["job_name"] == "node")
-    assert node["static_configs"][0]["targets"] == ["node-exporter:9100"]
     assert {"/etc/prometheus/alerts.yml", "/etc/prometheus/prometheus.yml"} <= mount_targets(
         compose["services"]["prometheus"]
     )

@@ -1,13 +1,14 @@
 """Every dashboard query and alert expression against a real Prometheus (Debian's)
 scraping a real `bentoml serve` (2 workers) under traffic, and node-exporter."""
 
+import contextlib
 import math
 import re
 
 import httpx
 import pytest
 
-from devtools.servers import BentoServer, node_exporter, prometheus, wait_until
+from devtools.servers import BentoServer, haproxy, node_exporter, prometheus, wait_until
 from monitoring import dashboard
 from tests.test_monitoring_config import alert_rules
 from tests.traffic import Traffic, flood
@@ -15,8 +16,8 @@ from tests.traffic import Traffic, flood
 pytestmark = pytest.mark.slow  # starts real servers or Debian tools
 
 # Panels that honestly read 0 here; every other panel must move. Network traffic leaves out loopback, and
-# every byte of this test goes over loopback.
-MAY_READ_ZERO: set[str] = {"Network traffic"}
+# every byte of this test goes over loopback; the proxy's queue is empty once the test's flood is over.
+MAY_READ_ZERO: set[str] = {"Network traffic", "Proxy queue"}
 # Grafana's variables, as Grafana would set them for a short time range at 1 s scrapes.
 GRAFANA_VARIABLES = {"$__rate_interval": "15s", "$__range": "2m"}
 
@@ -29,12 +30,16 @@ def stack(small_model, session_dir):
     # (the default of 64 per worker does not refuse 128 connections that split over the workers).
     served = BentoServer(session_dir / "serve-live", env={"FLAT_PRICE_MAX_CONCURRENCY": "2"}).start()
     exporter, node_target = node_exporter(workdir)
-    server, url = prometheus(workdir, served.url.removeprefix("http://"), node_target)
-    traffic = Traffic(served.url)
-    with exporter, server:
+    proxy = contextlib.ExitStack()
+    running = proxy.enter_context(haproxy(workdir, [served.url.removeprefix("http://")]))
+    proxy_target = running.metrics_url.removeprefix("http://").removesuffix("/metrics")
+    server, url = prometheus(workdir, served.url.removeprefix("http://"), node_target, proxy_target)
+    traffic = Traffic(running.url)  # through the proxy, as clients in compose
+    with proxy, exporter, server:
         traffic.start()
         try:
             assert "Non-2xx" in flood(served.url, workdir, 2)  # some overload refusals (429) to measure too
+            assert "Non-2xx" in flood(running.url, workdir, 2)  # and the proxy's queue and shedding (503)
             # Enough scrapes for every rate window, and rules evaluated at least once.
             wait_until(
                 lambda: _count(url, 'count_over_time(up{job="flat-price"}[1m])') >= 20, timeout=60, what="20 scrapes"
@@ -58,7 +63,7 @@ def _count(url: str, expr: str) -> float:
 
 def test_both_targets_are_up(stack):
     up = {r["metric"]["job"]: r["value"][1] for r in query(stack, "up")}
-    assert up == {"flat-price": "1", "node": "1", "prometheus": "1"}
+    assert up == {"flat-price": "1", "node": "1", "prometheus": "1", "haproxy": "1"}
 
 
 @pytest.mark.parametrize(

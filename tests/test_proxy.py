@@ -17,7 +17,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def proxy(served, tmp_path_factory):
-    with haproxy(tmp_path_factory.mktemp("haproxy"), [served.url.removeprefix("http://")]) as url:
+    with haproxy(tmp_path_factory.mktemp("haproxy"), [served.url.removeprefix("http://")]) as running:
+        url = running.url
         yield url
 
 
@@ -66,7 +67,8 @@ def test_metrics_stay_on_the_monitoring_network(proxy, served):
 def test_a_stopped_replica_leaves_the_rotation_without_errors(small_model, session_dir, tmp_path):
     with BentoServer(session_dir / "serve-proxy-a", env={"FLAT_PRICE_WORKERS": "1"}) as a:
         b = BentoServer(session_dir / "serve-proxy-b", env={"FLAT_PRICE_WORKERS": "1"}).start()
-        with haproxy(tmp_path, [a.url.removeprefix("http://"), b.url.removeprefix("http://")]) as url:
+        with haproxy(tmp_path, [a.url.removeprefix("http://"), b.url.removeprefix("http://")]) as running:
+            url = running.url
             with httpx.Client(timeout=10) as client:
                 assert all(client.post(f"{url}/predict", json=EXAMPLE_FLAT).status_code == 200 for _ in range(20))
                 b.stop()

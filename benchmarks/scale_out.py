@@ -1,0 +1,206 @@
+"""Replicas behind HAProxy (deploy/haproxy/haproxy.cfg) on this machine: spread, scaling,
+overload shedding and the loss of a replica, each through real processes.
+
+    python -m benchmarks.scale_out [--seconds 8]     # ~3 minutes; wrk, haproxy, flat_price:latest
+
+Prints: each one-worker replica's share of the requests at 8 and 32 connections; requests/s
+with 1, 2 and 3 replicas and the server CPU per request; a probe's p50/p95 unloaded and at
+about twice capacity, with the share of 503s the proxy sheds; and, for a replica killed
+(SIGKILL) under load, the errors clients saw and the seconds until the proxy took it out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
+
+from benchmarks.bench import cpu_seconds, json_flat, lua_pool, parse_wrk
+from benchmarks.overload import probe
+from devtools.servers import BentoServer, haproxy, process_tree
+from flatprice.schema import FEATURE_NAMES
+from flatprice.synthetic import generate_flats
+
+ONE_WORKER = {"FLAT_PRICE_WORKERS": "1"}
+
+
+def served_by(metrics_url: str) -> dict[str, float]:
+    """Answers per replica (any status) from HAProxy's own exporter."""
+    text = httpx.get(metrics_url, timeout=5).text
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == "haproxy_server_http_responses":
+            for s in family.samples:
+                if s.name.endswith("_total") and s.labels.get("proxy") == "replicas":
+                    out[s.labels["server"]] = out.get(s.labels["server"], 0) + s.value
+    return out
+
+
+def up_replicas(metrics_url: str) -> dict[str, float]:
+    """haproxy_server_status per replica: 1 = UP (the dashboard's replicas-up query sums these)."""
+    text = httpx.get(metrics_url, timeout=5).text
+    return {
+        s.labels["server"]: s.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "haproxy_server_status"
+        for s in family.samples
+        if s.labels.get("proxy") == "replicas" and s.labels.get("state") == "UP"
+    }
+
+
+def run_wrk(url: str, script: Path, connections: int, seconds: float) -> dict:
+    text = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{round(seconds)}s", "--latency", "-s", str(script), f"{url}/predict"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    result = parse_wrk(text)
+    result["goodput"] = result["rps"] * (1 - result["non_2xx"] / max(result["requests"], 1))  # 200s per second
+    return result
+
+
+def spread(proxy, script: Path, connections: int, seconds: float) -> dict:
+    before = served_by(proxy.metrics_url)
+    result = run_wrk(proxy.url, script, connections, seconds)
+    after = served_by(proxy.metrics_url)
+    counts = {name: after[name] - before.get(name, 0) for name in after}
+    total = sum(counts.values())
+    return result | {"shares": {name: round(n / total, 3) for name, n in sorted(counts.items())}}
+
+
+def kill_replica(replica: BentoServer) -> None:
+    """SIGKILL a replica's whole process tree at once, as a container's end would: its
+    workers are not in the arbiter's process group and outlive it alone."""
+    for pid in process_tree(replica.process.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def kill_under_load(proxy, victim: BentoServer, script: Path, connections: int, seconds: float) -> dict:
+    """wrk through the proxy; SIGKILL `victim` (its whole process tree) a third of the way in."""
+    result: dict = {}
+    load = threading.Thread(target=lambda: result.update(run_wrk(proxy.url, script, connections, seconds)))
+    load.start()
+    time.sleep(seconds / 3)  # part of the load before the kill, part after: the experiment's timing
+    kill_replica(victim)
+    killed = time.monotonic()
+    out_after = None
+    while time.monotonic() - killed < seconds:
+        up = up_replicas(proxy.metrics_url)
+        if sum(up.values()) < len(up):
+            out_after = time.monotonic() - killed
+            break
+        time.sleep(0.05)  # polling interval of the proxy's status
+    load.join()
+    return result | {"seconds_until_out": out_after}
+
+
+def overload(proxy, script: Path, capacity_rps: float, seconds: float) -> dict:
+    """A light probe alone, then beside wrk offering about twice `capacity_rps` (paced connections)."""
+    unloaded = probe(proxy.url, seconds / 2)
+    connections = 64
+    pace_ms = connections / (2 * capacity_rps) * 1000
+    paced = script.with_name("paced.lua")
+    paced.write_text(script.read_text() + f"delay = function()\n  return {pace_ms:.2f}\nend\n")
+    result: dict = {}
+    load = threading.Thread(target=lambda: result.update(run_wrk(proxy.url, paced, connections, seconds)))
+    load.start()
+    time.sleep(1.0)  # wrk's connections open; not a readiness wait
+    loaded = probe(proxy.url, seconds - 2)
+    load.join()
+
+    def stats(samples):
+        ok = [1e3 * s for status, s in samples if status == 200]
+        return {
+            "p50_ms": float(np.percentile(ok, 50)),
+            "p95_ms": float(np.percentile(ok, 95)),
+            "shed_503": sum(status == 503 for status, _ in samples) / len(samples),
+            "other": sorted({status for status, _ in samples} - {200, 503}),
+        }
+
+    return {"unloaded": stats(unloaded), "loaded": stats(loaded), "wrk": result, "offered_rps": 2 * capacity_rps}
+
+
+@contextlib.contextmanager
+def replicas_behind_proxy(work: Path, n: int, env: dict | None = None):
+    with contextlib.ExitStack() as stack:
+        replicas = [
+            stack.enter_context(BentoServer(work / f"home-replica-{i}", env=ONE_WORKER | (env or {}))) for i in range(n)
+        ]
+        proxy = stack.enter_context(haproxy(work, [r.url.removeprefix("http://") for r in replicas]))
+        yield replicas, proxy
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=8)
+    parser.add_argument("--out", default="bench-results/scale_out.json")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="flatprice-scale-"))
+    records = [json_flat(r) for r in generate_flats(1000, seed=99)[list(FEATURE_NAMES)].to_dict("records")]
+    pool = lua_pool(work / "pool.lua", [json.dumps(r) for r in records])
+    results: dict = {"scaling": {}}
+    for n in (1, 2, 3):
+        with replicas_behind_proxy(work / f"n{n}", n) as (replicas, proxy):
+            run_wrk(proxy.url, pool, 8, 2)  # warm-up
+            before = sum(cpu_seconds(process_tree(r.process.pid)) for r in replicas)
+            result = spread(proxy, pool, 4 * n, args.seconds)  # what n replicas hold: 2 running + 2 waiting each
+            used = sum(cpu_seconds(process_tree(r.process.pid)) for r in replicas) - before
+            answered = result["requests"] - result["non_2xx"]
+            results["scaling"][n] = result | {"cpu_ms_per_answer": used * 1e3 / max(answered, 1)}
+            if n == 2:
+                results["spread"] = {c: spread(proxy, pool, c, args.seconds) for c in (8, 32)}
+                capacity = results["scaling"][2]["goodput"]
+                results["overload"] = overload(proxy, pool, capacity, args.seconds)
+                results["replica_loss"] = kill_under_load(proxy, replicas[1], pool, 8, args.seconds)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    report(results)
+
+
+def report(results: dict) -> None:
+    print("== through HAProxy, wrk with 4 connections per one-worker replica (2 running + 2 waiting each) ==")
+    for n, r in results["scaling"].items():
+        print(
+            f"  {n} replica(s): {r['goodput']:6.0f} answered/s, {r['rps'] - r['goodput']:6.0f} shed/s (503), "
+            f"p99 {r['p99_ms']:6.1f} ms, replica CPU {r['cpu_ms_per_answer']:.2f} ms per answer"
+        )
+    print("== spread (share of the replicas' answers) ==")
+    for c, r in results["spread"].items():
+        print(
+            f"  {c:>2} connections: {r['shares']}  {r['goodput']:.0f} answered/s, {r['non_2xx']} of {r['requests']} shed"
+        )
+    o = results["overload"]
+    print(f"== overload at ~{o['offered_rps']:.0f} req/s offered (2x the 2-replica capacity) ==")
+    for phase in ("unloaded", "loaded"):
+        p = o[phase]
+        print(
+            f"  probe {phase:9s}: p50 {p['p50_ms']:.2f} ms  p95 {p['p95_ms']:.2f} ms  503 {p['shed_503']:.1%}  other {p['other']}"
+        )
+    print(f"  p95 loaded / unloaded: {o['loaded']['p95_ms'] / o['unloaded']['p95_ms']:.2f}x")
+    loss = results["replica_loss"]
+    print(
+        f"== SIGKILL of 1 of 2 replicas under 8 connections: {loss['requests']} requests, non-2xx {loss['non_2xx']} "
+        "(shed or failed), "
+        f"socket errors '{loss['socket_errors']}', out of rotation after {loss['seconds_until_out']} s =="
+    )
+
+
+if __name__ == "__main__":
+    main()
+
+
+def reprint(path: str = "bench-results/scale_out.json") -> None:
+    report(json.loads(Path(path).read_text()))

@@ -1,0 +1,118 @@
+"""Replicas behind Debian's HAProxy with the committed config: even spread, the loss of a
+replica under load, and overload shed by the proxy (figures: `python -m benchmarks.scale_out`)."""
+
+import json
+import re
+import subprocess
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from benchmarks.bench import json_flat, lua_pool, parse_wrk
+from benchmarks.scale_out import kill_replica, replicas_behind_proxy, served_by, spread, up_replicas
+from devtools.servers import wait_until
+from flatprice.api.errors import ErrorBody
+from flatprice.schema import EXAMPLE_FLAT, FEATURE_NAMES
+from flatprice.synthetic import generate_flats
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory):
+    records = [json_flat(r) for r in generate_flats(200, seed=8)[list(FEATURE_NAMES)].to_dict("records")]
+    return lua_pool(tmp_path_factory.mktemp("wrk") / "pool.lua", [json.dumps(r) for r in records])
+
+
+@pytest.fixture(scope="module")
+def two(small_model, tmp_path_factory):
+    with replicas_behind_proxy(tmp_path_factory.mktemp("two-replicas"), 2) as (replicas, proxy):
+        wait_until(lambda: sum(up_replicas(proxy.metrics_url).values()) == 2, timeout=10, what="2 replicas up")
+        yield replicas, proxy
+
+
+@pytest.mark.parametrize("connections", [8, 32])
+def test_each_replica_serves_an_even_share(two, pool, connections):
+    _, proxy = two
+    result = spread(proxy, pool, connections, 3)
+    # 8 connections fit the replicas' slots and short queues; wrk's 32, never pausing, are overload for
+    # 2 one-worker replicas, and what exceeds the queue is shed (503): the answered ones still spread evenly.
+    if connections == 8:
+        assert result["non_2xx"] == 0
+    assert not result["socket_errors"]
+    assert all(0.425 <= share <= 0.575 for share in result["shares"].values()), result["shares"]
+
+
+def responses(metrics_url: str, family: str) -> dict[str, float]:
+    """HAProxy's answers by status class for one family (frontend or server level)."""
+    text = httpx.get(metrics_url, timeout=5).text
+    out: dict[str, float] = {}
+    for metric in text_string_to_metric_families(text):
+        if metric.name == family:
+            for sample in metric.samples:
+                if sample.name.endswith("_total"):
+                    out[sample.labels["code"]] = out.get(sample.labels["code"], 0) + sample.value
+    return out
+
+
+def denied(metrics_url: str) -> float:
+    text = httpx.get(metrics_url, timeout=5).text
+    family = next(f for f in text_string_to_metric_families(text) if f.name == "haproxy_frontend_requests_denied")
+    return sum(s.value for s in family.samples if s.labels.get("proxy") == "flat_price")
+
+
+def test_overload_is_shed_by_the_proxy_with_503_and_retry_after(two, pool):
+    """wrk's 128 connections against 2 replicas (2 in flight and at most ~2 waiting each): the rest are shed."""
+    _, proxy = two
+    before = responses(proxy.metrics_url, "haproxy_frontend_http_responses")
+    denied_before = denied(proxy.metrics_url)
+    flood = subprocess.Popen(
+        ["wrk", "-t1", "-c128", "-d4s", "-s", str(pool), f"{proxy.url}/predict"], stdout=subprocess.PIPE, text=True
+    )
+    with httpx.Client(timeout=10) as client:
+        answer = wait_until(
+            lambda: (a := client.post(f"{proxy.url}/predict", json=EXAMPLE_FLAT)).status_code == 503 and a,
+            timeout=4,
+            interval=0.01,
+            what="a request shed while the flood runs",
+        )
+    flood.communicate(timeout=30)
+    assert answer.headers["Retry-After"] == "1"
+    assert ErrorBody.model_validate_json(answer.content).detail[0].type == "overloaded"
+    after = responses(proxy.metrics_url, "haproxy_frontend_http_responses")
+    shed = denied(proxy.metrics_url) - denied_before
+    assert shed > 0 and after["5xx"] - before["5xx"] == shed  # every 5xx a client saw was a shed request
+    replicas = responses(proxy.metrics_url, "haproxy_server_http_responses")
+    assert replicas["2xx"] > 0 and not replicas["4xx"] and not replicas["5xx"]  # the replicas only answered 200
+
+
+def test_a_replica_killed_under_load_costs_at_most_its_requests_in_flight(small_model, pool, tmp_path):
+    """SIGKILL of one of 2 replicas under 8 busy connections: the proxy retries what was in flight on
+    the survivor and takes the dead one out; with half the capacity left it sheds (503) what exceeds
+    the survivor's short queue, but fails (502/504, or a 503 with no replica) at most the 2 requests
+    the dead one held."""
+    with replicas_behind_proxy(tmp_path, 2) as (replicas, proxy):
+        wait_until(lambda: sum(up_replicas(proxy.metrics_url).values()) == 2, timeout=10, what="2 replicas up")
+        before, denied_before = (
+            responses(proxy.metrics_url, "haproxy_frontend_http_responses"),
+            denied(proxy.metrics_url),
+        )
+        load = subprocess.Popen(
+            ["wrk", "-t1", "-c8", "-d6s", "--latency", "-s", str(pool), f"{proxy.url}/predict"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        wait_until(lambda: sum(served_by(proxy.metrics_url).values()) > 200, timeout=10, what="load under way")
+        kill_replica(replicas[1])
+        wait_until(lambda: sum(up_replicas(proxy.metrics_url).values()) == 1, timeout=10, what="the proxy takes it out")
+        out, _ = load.communicate(timeout=30)
+        after, shed = (
+            responses(proxy.metrics_url, "haproxy_frontend_http_responses"),
+            denied(proxy.metrics_url) - denied_before,
+        )
+    result = parse_wrk(out)
+    cut = sum(int(n) for n in re.findall(r"\d+", result["socket_errors"]))  # connections closed mid-request
+    failed = (after["5xx"] - before["5xx"]) - shed + cut
+    assert result["requests"] > 500 and after["2xx"] - before["2xx"] > 500
+    assert failed <= 2, (failed, shed, result["socket_errors"])
