@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -28,7 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.bench import cpu_seconds, json_flat, lua_pool, parse_wrk
 from benchmarks.overload import probe
-from devtools.servers import BentoServer, haproxy, process_tree
+from devtools.servers import BentoServer, haproxy, process_tree, wait_until
 from flatprice.schema import FEATURE_NAMES
 from flatprice.synthetic import generate_flats
 
@@ -131,6 +132,46 @@ def overload(proxy, script: Path, capacity_rps: float, seconds: float) -> dict:
         }
 
     return {"unloaded": stats(unloaded), "loaded": stats(loaded), "wrk": result, "offered_rps": 2 * capacity_rps}
+
+
+def admin(proxy, command: str) -> str:
+    """One command to HAProxy's runtime API (its admin socket)."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(proxy.admin))
+        sock.sendall(command.encode() + b"\n")
+        return b"".join(iter(lambda: sock.recv(65536), b"")).decode()
+
+
+def sessions(proxy, server: str) -> float:
+    text = httpx.get(proxy.metrics_url, timeout=5).text
+    return next(
+        s.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "haproxy_server_current_sessions"
+        for s in family.samples
+        if s.labels.get("proxy") == "replicas" and s.labels.get("server") == server
+    )
+
+
+def roll(proxy, replicas: list[BentoServer], start_new, on_step=None) -> list[BentoServer]:
+    """Replace the replicas one at a time: drain it in the proxy, wait for its requests to end,
+    stop it (SIGTERM), start its successor (`start_new(i)`), point the proxy's slot at it and
+    put it back once /readyz passes the proxy's check; `on_step(successors so far)` after each."""
+    new = []
+    for i, old in enumerate(replicas):
+        name = f"replica{i}"
+        admin(proxy, f"set server replicas/{name} state drain")
+        wait_until(lambda name=name: sessions(proxy, name) == 0, timeout=30, what=f"{name} drained")
+        admin(proxy, f"set server replicas/{name} state maint")  # nothing more, not even a reused connection
+        old.stop()
+        successor = start_new(i)
+        admin(proxy, f"set server replicas/{name} addr 127.0.0.1 port {successor.port}")
+        admin(proxy, f"set server replicas/{name} state ready")
+        wait_until(lambda name=name: up_replicas(proxy.metrics_url)[name] == 1, timeout=30, what=f"{name} up again")
+        new.append(successor)
+        if on_step:
+            on_step(new)
+    return new
 
 
 @contextlib.contextmanager

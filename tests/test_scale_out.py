@@ -1,20 +1,26 @@
 """Replicas behind Debian's HAProxy with the committed config: even spread, the loss of a
-replica under load, and overload shed by the proxy (figures: `python -m benchmarks.scale_out`)."""
+replica under load, overload shed by the proxy, and a rolling model update (figures:
+`python -m benchmarks.scale_out`)."""
 
 import json
+import os
 import re
 import subprocess
+import sys
+import threading
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.bench import json_flat, lua_pool, parse_wrk
-from benchmarks.scale_out import kill_replica, replicas_behind_proxy, served_by, spread, up_replicas
-from devtools.servers import wait_until
+from benchmarks.scale_out import ONE_WORKER, kill_replica, replicas_behind_proxy, roll, served_by, spread, up_replicas
+from devtools.servers import REPO, BentoServer, private_home, wait_until
 from flatprice.api.errors import ErrorBody
+from flatprice.observability.metrics import NAMESPACE
 from flatprice.schema import EXAMPLE_FLAT, FEATURE_NAMES
 from flatprice.synthetic import generate_flats
+from tests.metrics_scrape import scrape
 
 pytestmark = pytest.mark.slow
 
@@ -116,3 +122,78 @@ def test_a_replica_killed_under_load_costs_at_most_its_requests_in_flight(small_
     failed = (after["5xx"] - before["5xx"]) - shed + cut
     assert result["requests"] > 500 and after["2xx"] - before["2xx"] > 500
     assert failed <= 2, (failed, shed, result["socket_errors"])
+
+
+def test_a_rolling_model_update_fails_no_request(small_model, tmp_path):
+    """Two replicas serving model A are replaced one at a time by replicas serving model B while
+    clients keep pricing: no request fails, answers name A then B, and each replica's
+    flat_price_model_info names its model."""
+    new_store = tmp_path / "store-b"
+    trained = subprocess.run(
+        [sys.executable, "-m", "train", "--rows", "3000", "--iterations", "30", "--seed", "11"],
+        cwd=REPO,
+        env={**os.environ, "BENTOML_HOME": str(new_store)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert trained.returncode == 0, trained.stderr
+    new_tag = str(next((new_store / "models" / "flat_price").glob("*/model.yaml")).parent.name)
+    answers: list[tuple[int, str]] = []
+    stop = threading.Event()
+
+    def client():
+        with httpx.Client(timeout=10) as http:
+            while not stop.is_set():
+                answer = http.post(f"{proxy.url}/predict", json=EXAMPLE_FLAT)
+                answers.append(
+                    (answer.status_code, answer.json().get("model", "") if answer.status_code == 200 else "")
+                )
+
+    halfway: list[set[str]] = []
+
+    def tags_now(new):  # flat_price_model_info of every live replica, old and new
+        live = [*new, *replicas[len(new) :]]
+        return {model_tag(r.url) for r in live}
+
+    def start_new(i):
+        home = private_home(tmp_path / f"home-b{i}", models_from=new_store / "models")
+        return BentoServer(home, env=ONE_WORKER, share_models=False).start()
+
+    with replicas_behind_proxy(tmp_path / "a", 2) as (replicas, proxy):
+        wait_until(lambda: sum(up_replicas(proxy.metrics_url).values()) == 2, timeout=10, what="2 replicas up")
+        clients = [threading.Thread(target=client) for _ in range(2)]
+        for thread in clients:
+            thread.start()
+        try:
+            wait_until(lambda: len(answers) > 50, timeout=20, what="clients under way")
+            successors = []
+            try:
+                successors = roll(proxy, replicas, start_new, on_step=lambda new: halfway.append(tags_now(new)))
+                wait_until(
+                    lambda: answers[-20:] and all(t.endswith(new_tag) for _, t in answers[-20:]),
+                    timeout=20,
+                    what="only B answers",
+                )
+                final = {model_tag(r.url) for r in successors}
+            finally:
+                stop.set()  # the clients first: then no request meets a stopped replica
+                for thread in clients:
+                    thread.join()
+                for successor in successors:
+                    successor.stop()
+        finally:
+            stop.set()
+    statuses = {status for status, _ in answers}
+    tags = [tag for _, tag in answers]
+    assert statuses == {200}, sorted({answer for answer in answers if answer[0] != 200})
+    assert tags[0] == str(small_model.tag) and tags[-1].endswith(new_tag)
+    switch = next(i for i, tag in enumerate(tags) if tag.endswith(new_tag))
+    assert str(small_model.tag) in tags[switch:]  # both models answered during the rollout
+    assert halfway[0] == {str(small_model.tag), f"flat_price:{new_tag}"} and final == {f"flat_price:{new_tag}"}
+
+
+def model_tag(url: str) -> str:
+    info = scrape(url)[f"{NAMESPACE}_model_info"]
+    (tag,) = {s.labels["model_tag"] for s in info.samples if s.value == 1}
+    return tag
