@@ -36,28 +36,26 @@ from flatprice.synthetic import generate_flats
 ONE_WORKER = {"FLAT_PRICE_WORKERS": "1"}
 
 
-def served_by(metrics_url: str) -> dict[str, float]:
-    """Answers per replica (any status) from HAProxy's own exporter."""
-    text = httpx.get(metrics_url, timeout=5).text
+def exporter(metrics_url: str, family: str, by: str, **labels: str) -> dict[str, float]:
+    """HAProxy's exporter: the samples of `family` with these labels, summed per value of label `by`."""
     out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        if family.name == "haproxy_server_http_responses":
-            for s in family.samples:
-                if s.name.endswith("_total") and s.labels.get("proxy") == "replicas":
-                    out[s.labels["server"]] = out.get(s.labels["server"], 0) + s.value
+    for metric in text_string_to_metric_families(httpx.get(metrics_url, timeout=5).text):
+        if metric.name == family:
+            for sample in metric.samples:
+                if all(sample.labels.get(k) == v for k, v in labels.items()):
+                    key = sample.labels.get(by, "")
+                    out[key] = out.get(key, 0) + sample.value
     return out
+
+
+def served_by(metrics_url: str) -> dict[str, float]:
+    """Answers per replica (any status)."""
+    return exporter(metrics_url, "haproxy_server_http_responses", "server", proxy="replicas")
 
 
 def up_replicas(metrics_url: str) -> dict[str, float]:
     """haproxy_server_status per replica: 1 = UP (the dashboard's replicas-up query sums these)."""
-    text = httpx.get(metrics_url, timeout=5).text
-    return {
-        s.labels["server"]: s.value
-        for family in text_string_to_metric_families(text)
-        if family.name == "haproxy_server_status"
-        for s in family.samples
-        if s.labels.get("proxy") == "replicas" and s.labels.get("state") == "UP"
-    }
+    return exporter(metrics_url, "haproxy_server_status", "server", proxy="replicas", state="UP")
 
 
 def run_wrk(url: str, script: Path, connections: int, seconds: float) -> dict:
@@ -143,14 +141,7 @@ def admin(proxy, command: str) -> str:
 
 
 def sessions(proxy, server: str) -> float:
-    text = httpx.get(proxy.metrics_url, timeout=5).text
-    return next(
-        s.value
-        for family in text_string_to_metric_families(text)
-        if family.name == "haproxy_server_current_sessions"
-        for s in family.samples
-        if s.labels.get("proxy") == "replicas" and s.labels.get("server") == server
-    )
+    return exporter(proxy.metrics_url, "haproxy_server_current_sessions", "server", proxy="replicas")[server]
 
 
 def roll(proxy, replicas: list[BentoServer], start_new, on_step=None) -> list[BentoServer]:

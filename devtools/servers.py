@@ -235,6 +235,18 @@ def prometheus(
     return Process(cmd, f"{url}/-/ready", workdir / "prometheus.log"), url
 
 
+def train_into(home: Path, *args: str) -> subprocess.CompletedProcess:
+    """`python -m train ARGS` into the model store of BentoML home `home` (a fresh process)."""
+    return subprocess.run(
+        [sys.executable, "-m", "train", *args],
+        cwd=REPO,
+        env={**os.environ, "BENTOML_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
 @dataclass(frozen=True)
 class Proxy:
     url: str  # clients

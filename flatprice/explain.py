@@ -132,7 +132,6 @@ def _shapley_tables(values, weights, slots, depth) -> tuple[np.ndarray, float]:
             fractions[:, k, :] = np.where(parent > 0, child / parent, 0.0)
     coalitions = np.arange(1 << depth)
     in_s = ((coalitions[:, None] >> np.arange(depth)[None, :]) & 1).astype(bool)  # (S, slot)
-    table = np.empty((trees, leaves, depth))
     v_all = np.empty((trees, leaves, len(coalitions)))
     for t in range(trees):
         level_in_s = in_s[:, slots[t]]  # (S, depth): does level k follow the flat under S

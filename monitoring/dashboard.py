@@ -56,7 +56,7 @@ ROWS: list[tuple[str, list[Panel]]] = [
             ),
             Panel(
                 "Latency of API routes: p50, p95, p99, mean",
-                "Time to answer /predict, /predict_batch and /random, from BentoML's request histogram.",
+                "Time to answer the API routes (flatprice/api/routes.py), from BentoML's request histogram.",
                 [
                     (latency(0.5), "p50"),
                     (latency(0.95), "p95"),

@@ -11,29 +11,22 @@ from devtools.servers import REPO
 pytestmark = pytest.mark.slow  # starts real servers or Debian tools
 
 
-def test_benchmark_script_runs_and_prices_match(small_model, tmp_path):
-    out = tmp_path / "bench.json"
+def run_benchmark(module: str, out, *args) -> tuple[subprocess.CompletedProcess, dict]:
+    """`python -m benchmarks.MODULE ... --out OUT`; its output and the results it wrote."""
     run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.bench",
-            "--duration",
-            "1",
-            "--rounds",
-            "1",
-            "--connections",
-            "8",
-            "--out",
-            str(out),
-        ],
+        [sys.executable, "-m", f"benchmarks.{module}", *args, "--out", str(out)],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    results = json.loads(out.read_text())
+    return run, json.loads(out.read_text())
+
+
+def test_benchmark_script_runs_and_prices_match(small_model, tmp_path):
+    args = ("--duration", "1", "--rounds", "1", "--connections", "8")
+    run, results = run_benchmark("bench", tmp_path / "bench.json", *args)
     assert set(results["http"]) == {"service", "original", "ceiling"}
     assert all(r["rps"] > 0 for runs in results["http"].values() for r in runs["8"])
     assert results["identity"] <= 1e-9
@@ -41,16 +34,7 @@ def test_benchmark_script_runs_and_prices_match(small_model, tmp_path):
 
 
 def test_explain_benchmark_runs_and_matches_catboost(small_model, tmp_path):
-    out = tmp_path / "explain.json"
-    run = subprocess.run(
-        [sys.executable, "-m", "benchmarks.explain", "--seconds", "1", "--out", str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    results = json.loads(out.read_text())
+    _, results = run_benchmark("explain", tmp_path / "explain.json", "--seconds", "1")
     assert results["in_process"]["max_abs_diff_vs_catboost"] < 1e-9
     assert all(
         results["http"][route]["rps"] > 0 and not results["http"][route]["non_2xx"]

@@ -1,14 +1,10 @@
 """Loaders (CSV, Parquet, a real SQLite table) and the clear refusals of bad data."""
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import sqlalchemy
 
-from devtools.servers import REPO, postgres
+from devtools.servers import postgres, train_into
 from flatprice.data import DataError, load
 from flatprice.schema import FEATURE_NAMES, TARGET
 from flatprice.synthetic import generate_flats
@@ -163,14 +159,7 @@ def test_a_real_postgresql_table_trains_a_model(tmp_path, table):
         with pytest.raises(DataError, match=r"table 'listings' not found in postgresql\+psycopg2://postgres@127"):
             load(url, table="listings")
         home = tmp_path / "home"
-        run = subprocess.run(
-            [sys.executable, "-m", "train", "--data", url, "--iterations", "20", "--model-name", "pg_flats"],
-            cwd=REPO,
-            env={**os.environ, "BENTOML_HOME": str(home)},
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        run = train_into(home, "--data", url, "--iterations", "20", "--model-name", "pg_flats")
     assert run.returncode == 0, run.stderr
     assert "table clean_flats" in run.stdout + run.stderr
     assert list((home / "models" / "pg_flats").glob("*/model.yaml"))

@@ -3,19 +3,25 @@ replica under load, overload shed by the proxy, and a rolling model update (figu
 `python -m benchmarks.scale_out`)."""
 
 import json
-import os
 import re
 import subprocess
-import sys
 import threading
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.bench import json_flat, lua_pool, parse_wrk
-from benchmarks.scale_out import ONE_WORKER, kill_replica, replicas_behind_proxy, roll, served_by, spread, up_replicas
-from devtools.servers import REPO, BentoServer, private_home, wait_until
+from benchmarks.scale_out import (
+    ONE_WORKER,
+    exporter,
+    kill_replica,
+    replicas_behind_proxy,
+    roll,
+    served_by,
+    spread,
+    up_replicas,
+)
+from devtools.servers import BentoServer, private_home, train_into, wait_until
 from flatprice.api.errors import ErrorBody
 from flatprice.observability.metrics import NAMESPACE
 from flatprice.schema import EXAMPLE_FLAT, FEATURE_NAMES
@@ -52,20 +58,11 @@ def test_each_replica_serves_an_even_share(two, pool, connections):
 
 def responses(metrics_url: str, family: str) -> dict[str, float]:
     """HAProxy's answers by status class for one family (frontend or server level)."""
-    text = httpx.get(metrics_url, timeout=5).text
-    out: dict[str, float] = {}
-    for metric in text_string_to_metric_families(text):
-        if metric.name == family:
-            for sample in metric.samples:
-                if sample.name.endswith("_total"):
-                    out[sample.labels["code"]] = out.get(sample.labels["code"], 0) + sample.value
-    return out
+    return exporter(metrics_url, family, "code")
 
 
 def denied(metrics_url: str) -> float:
-    text = httpx.get(metrics_url, timeout=5).text
-    family = next(f for f in text_string_to_metric_families(text) if f.name == "haproxy_frontend_requests_denied")
-    return sum(s.value for s in family.samples if s.labels.get("proxy") == "flat_price")
+    return sum(exporter(metrics_url, "haproxy_frontend_requests_denied", "proxy", proxy="flat_price").values())
 
 
 def test_overload_is_shed_by_the_proxy_with_503_and_retry_after(two, pool):
@@ -129,14 +126,7 @@ def test_a_rolling_model_update_fails_no_request(small_model, tmp_path):
     clients keep pricing: no request fails, answers name A then B, and each replica's
     flat_price_model_info names its model."""
     new_store = tmp_path / "store-b"
-    trained = subprocess.run(
-        [sys.executable, "-m", "train", "--rows", "3000", "--iterations", "30", "--seed", "11"],
-        cwd=REPO,
-        env={**os.environ, "BENTOML_HOME": str(new_store)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    trained = train_into(new_store, "--rows", "3000", "--iterations", "30", "--seed", "11")
     assert trained.returncode == 0, trained.stderr
     new_tag = str(next((new_store / "models" / "flat_price").glob("*/model.yaml")).parent.name)
     answers: list[tuple[int, str]] = []
