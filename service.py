@@ -12,7 +12,7 @@ import gc
 import bentoml
 import numpy as np
 
-from flatprice import server
+from flatprice import registry, server
 from flatprice.api import routes
 from flatprice.api.payloads import (
     BatchExplanation,
@@ -35,23 +35,26 @@ from flatprice.config import Settings
 from flatprice.explain import PriceExplainer
 from flatprice.faults import FaultInjection
 from flatprice.observability.metrics import NAMESPACE
-from flatprice.observability.monitor import PredictionMonitor, publish_static
+from flatprice.observability.monitor import MIN_WINDOW_ROWS, PredictionMonitor, publish_static
+from flatprice.observability.shadow import Shadow, publish_challenger
 from flatprice.schema import EXAMPLE_FLAT, FEATURE_NAMES
 from flatprice.server import home_lock
-from flatprice.store import MODEL_NAME, latest_model, load_pipeline, verified_files
+from flatprice.store import load_pipeline
 
 settings = Settings.load()  # exits with one line naming a bad FLAT_PRICE_* variable
 home_lock.claim(home_lock.bentoml_home())  # a second server on this home would wipe our metrics
 # Fail here, in `bentoml serve` itself, when the store has no usable model: a worker
 # that fails in __init__ is restarted forever and the message drowns in the log.
-verified_files(latest_model(MODEL_NAME), settings.model_sha256)
+champion, challenger = registry.served_models(settings)  # exits with one line saying what to run
 
 
 @bentoml.service(
     name="flat_price", metrics={"enabled": True, "namespace": NAMESPACE}, **server.service_options(settings)
 )
 class FlatPriceService:
-    model_ref = bentoml.models.BentoModel(f"{MODEL_NAME}:latest")
+    # Class-level references: `bentoml build` packs exactly these models into the Bento.
+    model_ref = bentoml.models.BentoModel(str(champion.tag))
+    challenger_ref = bentoml.models.BentoModel(str(challenger.tag)) if challenger is not None else None
 
     def __init__(self) -> None:
         loaded = load_pipeline(self.model_ref, settings.model_sha256)
@@ -62,7 +65,7 @@ class FlatPriceService:
         self.rng = np.random.default_rng()
         self.faults = FaultInjection(settings.fault_error_rate, settings.fault_max_delay_s)
         self.explainer = PriceExplainer(self.features, self.regressor)  # ~0.5 s: SHAP tables per leaf
-        self.monitor = PredictionMonitor(loaded.metadata["reference"])
+        self.monitor = PredictionMonitor(loaded.metadata["reference"], shadow=self._shadow())
         publish_static(self.tag, loaded.metadata["trained_at"], loaded.metadata["metrics"]["r2"])
         # Checked, not just loaded: the original's example flat must get a positive price.
         example = np.array([[EXAMPLE_FLAT[name] for name in FEATURE_NAMES]], dtype=np.float64)
@@ -74,6 +77,19 @@ class FlatPriceService:
         gc.freeze()
         gc.set_threshold(700, 10, 1000)
         self.ready = True
+
+    def _shadow(self) -> Shadow | None:
+        """The challenger, priced in the prediction monitor's thread (never on the request path)."""
+        if self.challenger_ref is None:
+            return None
+        loaded = load_pipeline(self.challenger_ref)
+        features, regressor = loaded.pipeline.named_steps["features"], loaded.pipeline[-1]
+        publish_challenger(loaded.tag, loaded.metadata["trained_at"], loaded.metadata["metrics"]["r2"])
+        return Shadow(
+            lambda rows: regressor.predict(features.transform(rows), thread_count=1),
+            loaded.metadata["reference"],
+            MIN_WINDOW_ROWS,
+        )
 
     def __is_ready__(self) -> bool:
         return getattr(self, "ready", False)

@@ -40,6 +40,17 @@ class Settings(BaseSettings):
     server_hooks: bool = Field(
         True, description="Install the version-checked BentoML hooks (docs/upgrading.md); 0 = public behaviour only"
     )
+    model: str = Field(
+        "production",
+        min_length=1,
+        max_length=200,
+        description="Model served: a stage (production, candidate), latest, a version or a tag",
+    )
+    challenger: str = Field(
+        "",
+        max_length=200,
+        description="If set, a model (named as above) pricing every flat in the shadow, for metrics only",
+    )
     model_sha256: str = Field(
         "",
         pattern=r"^([0-9a-f]{64})?$",

@@ -38,7 +38,9 @@ def library_versions() -> dict[str, str]:
     return {name: version(name) for name in PINNED_LIBRARIES} | {"python": sys.version.split()[0]}
 
 
-def save_pipeline(pipeline, training_sample: np.ndarray, metadata: dict, name: str = MODEL_NAME) -> bentoml.Model:
+def save_pipeline(
+    pipeline, training_sample: np.ndarray, metadata: dict, name: str = MODEL_NAME, labels: dict | None = None
+) -> bentoml.Model:
     files = {PICKLE_FILE: _joblib_bytes(pipeline), SAMPLE_FILE: _npy_bytes(training_sample.astype(np.float64))}
     metadata = metadata | {
         "file_sha256": {file: hashlib.sha256(payload).hexdigest() for file, payload in files.items()},
@@ -47,7 +49,7 @@ def save_pipeline(pipeline, training_sample: np.ndarray, metadata: dict, name: s
     }
     with bentoml.models.create(
         name,
-        labels={"task": "flat-price-regression", "framework": "scikit-learn+catboost"},
+        labels={"task": "flat-price-regression", "framework": "scikit-learn+catboost"} | (labels or {}),
         metadata=metadata,
     ) as model:
         for file, payload in files.items():

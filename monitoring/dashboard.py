@@ -15,6 +15,7 @@ from pathlib import Path
 from flatprice.api.routes import API_ROUTES
 from flatprice.observability.metrics import NAMESPACE
 from flatprice.reference import PSI_ALERT, PSI_NO_DRIFT
+from flatprice.registry import MOVED
 
 OUTPUT = Path(__file__).parent / "grafana" / "dashboards" / "flat-price.json"
 DATASOURCE = {"type": "prometheus", "uid": "prometheus"}
@@ -27,6 +28,18 @@ def latency(q: float) -> str:
     return (
         f"histogram_quantile({q}, sum by (le) (rate({N}_request_duration_seconds_bucket{{{API}}}[$__rate_interval])))"
     )
+
+
+def _median(histogram: str) -> str:
+    return f"histogram_quantile(0.5, sum by (le) (rate({histogram}_bucket[$__rate_interval])))"
+
+
+def _moved_share() -> str:
+    diff = f"{N}_challenger_relative_difference"
+    below = f'sum(rate({diff}_bucket{{le="-{MOVED}"}}[$__rate_interval]))'
+    up_to = f'sum(rate({diff}_bucket{{le="{MOVED}"}}[$__rate_interval]))'
+    total = f"sum(rate({diff}_count[$__rate_interval]))"
+    return f"({below} + {total} - {up_to}) / {total}"
 
 
 @dataclass
@@ -225,6 +238,61 @@ ROWS: list[tuple[str, list[Panel]]] = [
                 [(f"max by (model_tag, trained_at, holdout_r2) ({N}_model_info)", "{{model_tag}} R² {{holdout_r2}}")],
                 kind="table",
                 instant=True,
+            ),
+        ],
+    ),
+    (
+        "Champion and challenger (shadow scoring)",
+        [
+            Panel(
+                "Median price: champion and challenger",
+                "Median price of the flats priced, by the model answering and by the challenger in its shadow (FLAT_PRICE_CHALLENGER; empty without one).",
+                [
+                    (_median(f"{N}_predicted_price_rubles"), "champion"),
+                    (_median(f"{N}_challenger_predicted_price_rubles"), "challenger"),
+                ],
+                "currencyRUB",
+            ),
+            Panel(
+                "Challenger / champion - 1: p10, p50, p90",
+                "Per flat, how much the challenger's price differs from the answer given; p50 near 0 and a narrow p10-p90 band mean a safe swap.",
+                [
+                    (
+                        f"histogram_quantile({q}, sum by (le) (rate({N}_challenger_relative_difference_bucket[$__rate_interval])))",
+                        f"p{round(q * 100)}",
+                    )
+                    for q in (0.1, 0.5, 0.9)
+                ],
+                "percentunit",
+            ),
+            Panel(
+                f"Flats the challenger moves more than {MOVED:.0%}",
+                f"Share of flats whose price would change by more than {MOVED:.0%} if the challenger answered (the gate's 'moved' line).",
+                [(_moved_share(), "moved")],
+                "percentunit",
+            ),
+            Panel(
+                "Challenger",
+                "Tag, training time and holdout R² of the challenger, and its prediction drift (PSI) against its own training data.",
+                [
+                    (
+                        f"max by (model_tag, trained_at, holdout_r2) ({N}_challenger_info)",
+                        "{{model_tag}} R² {{holdout_r2}}",
+                    ),
+                ],
+                kind="table",
+                instant=True,
+            ),
+            Panel(
+                "Prediction drift: champion and challenger (PSI)",
+                f"PSI of each model's recent prices against its predictions on its own training data; above {PSI_ALERT}: the model sees prices it was not trained for.",
+                [
+                    (f"max({N}_prediction_drift_psi)", "champion"),
+                    (f'max({N}_challenger_drift_psi{{subject="prediction"}})', "challenger"),
+                ],
+                "short",
+                width=16,
+                thresholds=[(PSI_NO_DRIFT, "orange"), (PSI_ALERT, "red")],
             ),
         ],
     ),

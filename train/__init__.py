@@ -6,25 +6,19 @@ import time
 from datetime import UTC, datetime
 
 import numpy as np
-from sklearn.metrics import mean_absolute_error, r2_score
 from sklearn.model_selection import train_test_split
 
 from flatprice import data as data_module
+from flatprice import registry
 from flatprice.features import as_feature_matrix, build_pipeline
 from flatprice.reference import build_reference
 from flatprice.schema import FEATURE_NAMES, TARGET
-from flatprice.store import MODEL_NAME, save_pipeline
+from flatprice.store import MODEL_NAME, ModelError, load_pipeline, save_pipeline
+
+from . import gate
 
 HOLDOUT_SHARE = 0.15
 SAMPLE_ROWS = 2000  # training rows stored with the model, for /random
-
-
-def holdout_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
-    return {
-        "r2": float(r2_score(y_true, y_pred)),
-        "mae_rub": float(mean_absolute_error(y_true, y_pred)),
-        "median_ape": float(np.median(np.abs(y_pred - y_true) / y_true)),
-    }
 
 
 def train(
@@ -36,10 +30,13 @@ def train(
     depth: int = 6,
     seed: int = 42,
     model_name: str = MODEL_NAME,
+    eval_data: str | None = None,
     progress=None,
 ):
     """Train, evaluate on a holdout, save to the model store; returns the stored bentoml.Model.
 
+    The first model of its name becomes `production`; later ones are `candidate`s, compared
+    with production on the same rows (metadata `comparison`; `gate.verdict` decides).
     `progress`, if given, is a rich Progress used to show the steps and the boosting.
     """
     step = (lambda text: progress.console.log(text)) if progress else (lambda text: None)
@@ -56,10 +53,13 @@ def train(
     fit_seconds = time.perf_counter() - started
 
     predictions = pipeline.predict(X_test)
-    metrics = holdout_metrics(y_test, predictions)
+    metrics = gate.metrics(y_test, predictions)
     step(
         f"holdout ({len(y_test):,} rows): R² {metrics['r2']:.4f}, MAE {metrics['mae_rub']:,.0f} ₽, median APE {metrics['median_ape']:.2%}"
     )
+    evaluation = data_module.load(eval_data, table=table) if eval_data else None
+    current = registry.production(model_name)
+    comparison = _compare(current, pipeline, X_test, y_test, evaluation) if current is not None else {}
     train_matrix = as_feature_matrix(X_train)
     reference = build_reference(train_matrix, pipeline.predict(X_train))
     sample_rows = np.random.default_rng(seed).choice(
@@ -89,10 +89,36 @@ def train(
             "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "training_seconds": round(fit_seconds, 2),
             "reference": reference,
+            "comparison": comparison,
         },
         name=model_name,
+        labels=(
+            {registry.STAGE: registry.CANDIDATE}
+            if current is not None
+            else {
+                registry.STAGE: registry.PRODUCTION,
+                registry.PROMOTED_AT: datetime.now(UTC).isoformat(timespec="seconds"),
+            }
+        ),
     )
     return model
+
+
+def _compare(current, pipeline, X_test, y_test, evaluation) -> dict:
+    """The new Pipeline and the production model on the holdout (and the evaluation set)."""
+    try:
+        production = load_pipeline(current).pipeline
+    except ModelError as error:  # e.g. trained with other library versions: no comparison, no promotion
+        return {"against": str(current.tag), "error": str(error)}
+    comparison = {
+        "against": str(current.tag),
+        gate.HOLDOUT: gate.compare(y_test, pipeline.predict(X_test), production.predict(X_test)),
+    }
+    if evaluation is not None:
+        X_eval, y_eval = evaluation.frame[list(FEATURE_NAMES)], evaluation.frame[TARGET].to_numpy()
+        comparison[gate.EVALUATION] = gate.compare(y_eval, pipeline.predict(X_eval), production.predict(X_eval))
+        comparison["evaluation_set"] = {"source": evaluation.source, "sha256": evaluation.sha256}
+    return comparison
 
 
 class _ProgressCallback:

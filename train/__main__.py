@@ -7,11 +7,12 @@ import sys
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from flatprice import registry
 from flatprice.data import DEFAULT_TABLE, DataError
 from flatprice.store import MODEL_NAME, PICKLE_FILE, ModelError, latest_model
 from flatprice.synthetic import DEFAULT_ROWS
 
-from . import train
+from . import gate, train
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -33,6 +34,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model-name", default=MODEL_NAME, help=f"name in the model store (default {MODEL_NAME})")
     parser.add_argument(
         "--if-missing", action="store_true", help="do nothing if the store already has a model of this name"
+    )
+    parser.add_argument(
+        "--eval-data",
+        metavar="SOURCE",
+        help="a fixed evaluation set (file or URL, as --data) on which the gate compares the new and production models",
+    )
+    parser.add_argument(
+        "--promote-if-better",
+        action="store_true",
+        help="promote the new model if the gate passes; else it stays a candidate and the command exits 1",
+    )
+    parser.add_argument(
+        "--gate-metric",
+        choices=sorted(gate.LOWER_IS_BETTER),
+        default=gate.DEFAULT_METRIC,
+        help=f"metric the gate compares (default {gate.DEFAULT_METRIC})",
+    )
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=gate.DEFAULT_TOLERANCE,
+        help=f"how much worse, relative, the new model may be and still pass (default {gate.DEFAULT_TOLERANCE})",
     )
     return parser.parse_args(argv)
 
@@ -56,13 +79,40 @@ def main(argv: list[str] | None = None) -> int:
                 depth=args.depth,
                 seed=args.seed,
                 model_name=args.model_name,
+                eval_data=args.eval_data,
                 progress=progress,
             )
     except DataError as exc:
         print(f"error: cannot train on this data: {exc}", file=sys.stderr)
         return 2
     digest = model.info.metadata["file_sha256"][PICKLE_FILE]
-    print(f"saved {model.tag} ({PICKLE_FILE} sha256 {digest}: pin it with FLAT_PRICE_MODEL_SHA256)")
+    stage = registry.stage_of(model)
+    print(f"saved {model.tag} as {stage} ({PICKLE_FILE} sha256 {digest}: pin it with FLAT_PRICE_MODEL_SHA256)")
+    return _gate(model, args) if stage == registry.CANDIDATE else 0
+
+
+def _gate(model, args: argparse.Namespace) -> int:
+    """Print the comparison with production; with --promote-if-better, promote or exit 1."""
+    comparison = model.info.metadata["comparison"]
+    if "error" in comparison:
+        print(f"not compared with {comparison['against']}: {comparison['error']}")
+        if args.promote_if_better:
+            print(f"not promoted: {model.tag} stays a candidate", file=sys.stderr)
+            return 1
+        return 0
+    for rows_name in (gate.HOLDOUT, gate.EVALUATION):
+        if rows_name in comparison:
+            print(gate.table(comparison[rows_name], str(model.tag), comparison["against"], rows_name))
+    if not args.promote_if_better:
+        print(f"{model.tag} is a candidate: promote it with `{registry.MODELS_COMMAND} promote {model.tag}`")
+        return 0
+    passed, reason = gate.verdict(comparison, args.gate_metric, args.tolerance)
+    if not passed:
+        print(f"{reason}; {model.tag} stays a candidate", file=sys.stderr)
+        return 1
+    print(reason)
+    for change in registry.promote(str(model.tag), args.model_name):
+        print(change)
     return 0
 
 

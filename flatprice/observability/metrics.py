@@ -13,6 +13,7 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram, Summary
 
 from ..reference import PREDICTION
+from ..registry import MOVED
 from ..schema import FEATURE_NAMES
 
 NAMESPACE = "flat_price"  # BentoML's request metrics use it too (see service.py)
@@ -41,6 +42,8 @@ PRICE_BUCKETS = (
     5e8,
 )
 BATCH_ROWS_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+# challenger / champion - 1, per flat: symmetric, finer near 0, ±10% is the "moved" line of the gate.
+DIFFERENCE_BUCKETS = (-0.5, -0.3, -0.2, -MOVED, -0.05, -0.02, -0.01, 0.0, 0.01, 0.02, 0.05, MOVED, 0.2, 0.3, 0.5)
 BODY_FIELD = "body"  # label for errors not tied to one field (malformed JSON, empty batch...)
 REJECTED_FIELDS = (*FEATURE_NAMES, BODY_FIELD)
 MODES = {  # multiprocess mode per gauge: how several workers' values combine
@@ -115,6 +118,30 @@ RESPONSE_SIZE = Summary(
     ["endpoint"],
 )
 
+# Shadow scoring (FLAT_PRICE_CHALLENGER): the challenger prices the champion's flats off the request path.
+CHALLENGER_INFO = Gauge(
+    f"{NAMESPACE}_challenger_info",
+    "1 for the challenger model priced in the shadow, described by its labels (absent without one)",
+    ["model_tag", "trained_at", "holdout_r2"],
+    multiprocess_mode=MODES["model_info"],
+)
+CHALLENGER_PRICE = Histogram(
+    f"{NAMESPACE}_challenger_predicted_price_rubles",
+    "Prices the challenger gave the flats the champion priced, rubles (never returned)",
+    buckets=PRICE_BUCKETS,
+)
+CHALLENGER_DIFFERENCE = Histogram(
+    f"{NAMESPACE}_challenger_relative_difference",
+    "Challenger price / champion price - 1, per flat",
+    buckets=DIFFERENCE_BUCKETS,
+)
+CHALLENGER_DRIFT = Gauge(
+    f"{NAMESPACE}_challenger_drift_psi",
+    "PSI of recent feature values and challenger prices against the challenger's training data (max over workers)",
+    ["subject"],
+    multiprocess_mode=MODES["drift"],
+)
+
 INJECTED_FAULTS = Counter(
     f"{NAMESPACE}_injected_faults",
     "Faults injected on /random on purpose (FLAT_PRICE_FAULT_* settings): error = a 500 answer, delay = a sleep",
@@ -143,5 +170,11 @@ EXPOSED = {
         RESPONSE_SIZE,
         INJECTED_FAULTS,
     )
+    for family in collector.describe()
+}
+# The shadow's metrics, exposed once a challenger is loaded (FLAT_PRICE_CHALLENGER).
+CHALLENGER_EXPOSED = {
+    family.name: family.type
+    for collector in (CHALLENGER_INFO, CHALLENGER_PRICE, CHALLENGER_DIFFERENCE, CHALLENGER_DRIFT)
     for family in collector.describe()
 }

@@ -26,11 +26,12 @@ _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
 
 class PredictionMonitor:
-    def __init__(self, reference: dict[str, dict], interval: float = 0.5, window_rows: int = WINDOW_ROWS):
+    def __init__(self, reference: dict[str, dict], interval: float = 0.5, window_rows: int = WINDOW_ROWS, shadow=None):
         self.low = np.array([reference[name]["min"] for name in FEATURE_NAMES])
         self.high = np.array([reference[name]["max"] for name in FEATURE_NAMES])
         self.window = DriftWindow(reference, size=window_rows)
         self.interval = interval
+        self.shadow = shadow  # a Shadow (challenger) fed the same rows, or None
         self._queue: collections.deque = collections.deque()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="prediction-monitor", daemon=True)
@@ -72,6 +73,8 @@ class PredictionMonitor:
         if self.window.filled >= MIN_WINDOW_ROWS:
             for subject, score in self.window.scores().items():
                 metrics.DRIFT_GAUGE_SUBJECTS[subject].set(score)
+        if self.shadow is not None:
+            self.shadow.observe(features, predictions)
 
     def _update_process_metrics(self) -> None:
         cpu = sum(os.times()[:2])

@@ -1,0 +1,186 @@
+"""Model stages in the BentoML model store: which model is served, promoted, rolled back.
+
+A stage is the `stage` label of a stored model: `production` (what the service serves by
+default; at most one), `candidate` (trained, not yet promoted) or `archived` (served once).
+`promoted_at` records when a model last became production, so `rollback` can walk back.
+`python -m models` is the command-line face of this module.
+
+BentoML has no public call that changes a stored model's labels, so `write_labels` rewrites
+the `labels` mapping of the model's `model.yaml` and reads it back through the public
+`bentoml.models.get`; if BentoML does not see the change, the file is restored and the
+error names the BentoML version (docs/upgrading.md).
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from importlib.metadata import version
+
+import bentoml
+import yaml
+
+from .store import MODEL_NAME, TRAIN_COMMAND, ModelError, verified_files
+
+STAGE = "stage"
+PROMOTED_AT = "promoted_at"
+PRODUCTION, CANDIDATE, ARCHIVED = "production", "candidate", "archived"
+STAGES = (PRODUCTION, CANDIDATE, ARCHIVED)
+LATEST = "latest"
+MODELS_COMMAND = "python -m models"
+MOVED = 0.10  # a flat's price "moved" between two models when it changed by more than this share
+
+
+def stored(name: str = MODEL_NAME) -> list[bentoml.Model]:
+    """The stored versions of `name`, newest first."""
+    try:
+        models = bentoml.models.list(name)
+    except bentoml.exceptions.NotFound:
+        return []
+    return sorted(models, key=lambda m: m.info.creation_time, reverse=True)
+
+
+def stage_of(model: bentoml.Model) -> str:
+    return model.info.labels.get(STAGE, "")
+
+
+def production(name: str = MODEL_NAME) -> bentoml.Model | None:
+    """The production model, or None if no model has been promoted."""
+    return next((m for m in stored(name) if stage_of(m) == PRODUCTION), None)
+
+
+def summary(model: bentoml.Model) -> str:
+    """One line: tag, stage and holdout metrics, for messages."""
+    metrics = model.info.metadata.get("metrics", {})
+    stage = stage_of(model) or "no stage"
+    if not metrics:
+        return f"{model.tag} ({stage})"
+    return (
+        f"{model.tag} ({stage}; R² {metrics['r2']:.3f}, MAE {metrics['mae_rub']:,.0f} ₽, "
+        f"median APE {metrics['median_ape']:.1%})"
+    )
+
+
+def _available(name: str) -> str:
+    models = stored(name)
+    if not models:
+        return f"the store has no {name} model; train one with `{TRAIN_COMMAND}`"
+    shown = "; ".join(summary(m) for m in models[:10])
+    more = f"; and {len(models) - 10} older" if len(models) > 10 else ""
+    return f"available: {shown}{more}"
+
+
+def resolve(selector: str, name: str = MODEL_NAME, setting: str = "FLAT_PRICE_MODEL") -> bentoml.Model:
+    """The model a setting names: a stage (`production`, `candidate`, `archived`: its newest
+    model), `latest`, a version, or a full tag. A store whose models have no stage yet (trained
+    before stages existed) serves its latest model as production."""
+    home = os.environ.get("BENTOML_HOME", "~/bentoml")
+    models = stored(name)
+    if not models and ":" not in selector:
+        raise ModelError(
+            f"no model {name!r} in the BentoML model store (BENTOML_HOME={home}); train one with `{TRAIN_COMMAND}`"
+        )
+    if selector in STAGES:
+        staged = [m for m in models if stage_of(m) == selector]
+        if staged:
+            return staged[0]
+        if selector == PRODUCTION and not any(stage_of(m) for m in models):
+            return models[0]
+        raise ModelError(
+            f"{_named(setting, selector)}: no {selector} model in the store (BENTOML_HOME={home}); "
+            f"promote one with `{MODELS_COMMAND} promote TAG`; {_available(name)}"
+        )
+    if selector == LATEST:
+        return models[0]
+    tag = selector if ":" in selector else f"{name}:{selector}"
+    try:
+        return bentoml.models.get(tag)
+    except (bentoml.exceptions.NotFound, ValueError):
+        wanted_name = tag.split(":", 1)[0]
+        raise ModelError(
+            f"{_named(setting, selector)}: no such model in the store (BENTOML_HOME={home}); {_available(wanted_name)}"
+        ) from None
+
+
+def _named(setting: str, selector: str) -> str:
+    return f"{setting}={selector}" if setting else selector
+
+
+def write_labels(model: bentoml.Model, labels: dict[str, str]) -> bentoml.Model:
+    """Replace a stored model's labels; returns the model as BentoML now reads it."""
+    path = os.path.join(model.path, "model.yaml")
+    with open(path, encoding="utf-8") as f:
+        original = f.read()
+    info = yaml.safe_load(original)
+    if info.get("name") != model.tag.name or info.get("version") != model.tag.version:
+        raise ModelError(f"{path} does not describe {model.tag}; not changing its labels")
+    info["labels"] = dict(labels)
+    with open(path, "w", encoding="utf-8") as f:
+        yaml.safe_dump(info, f, sort_keys=False, allow_unicode=True)
+    reread = bentoml.models.get(model.tag)
+    if reread.info.labels != labels:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(original)
+        raise ModelError(
+            f"bentoml {version('bentoml')} does not read the labels written to {path}; "
+            "the stage was not changed (docs/upgrading.md, model stages)"
+        )
+    return reread
+
+
+def set_stage(model: bentoml.Model, stage: str, **extra: str) -> bentoml.Model:
+    return write_labels(model, {**model.info.labels, STAGE: stage, **extra})
+
+
+def promote(tag: str, name: str = MODEL_NAME) -> list[str]:
+    """Make `tag` the production model; the previous one is archived. Returns what changed."""
+    model = resolve(tag, name, setting="")
+    current = production(model.tag.name)
+    if current is not None and current.tag == model.tag:
+        return [f"{model.tag} is already production"]
+    changes = []
+    if current is not None:
+        set_stage(current, ARCHIVED)
+        changes.append(f"{current.tag}: production -> archived")
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    changes.append(f"{model.tag}: {stage_of(model) or 'no stage'} -> production")
+    set_stage(model, PRODUCTION, **{PROMOTED_AT: now})
+    return changes
+
+
+def rollback(name: str = MODEL_NAME) -> list[str]:
+    """Put back the model that was production before the current one. Returns what changed."""
+    current = production(name)
+    if current is None:
+        raise ModelError(f"no production {name} model to roll back; {_available(name)}")
+    since = current.info.labels.get(PROMOTED_AT, "")
+    earlier = sorted(
+        (m for m in stored(name) if stage_of(m) == ARCHIVED and m.info.labels.get(PROMOTED_AT, "") < since),
+        key=lambda m: m.info.labels.get(PROMOTED_AT, ""),
+        reverse=True,
+    )
+    earlier = [m for m in earlier if m.info.labels.get(PROMOTED_AT)]
+    if not earlier:
+        raise ModelError(f"{current.tag} is the first production {name} model: nothing to roll back to")
+    previous = earlier[0]
+    # promoted_at stays as it was, so a second rollback goes one step further back.
+    set_stage(current, ARCHIVED)
+    set_stage(previous, PRODUCTION)
+    return [f"{current.tag}: production -> archived", f"{previous.tag}: archived -> production"]
+
+
+def served_models(settings) -> tuple[bentoml.Model, bentoml.Model | None]:
+    """The champion (FLAT_PRICE_MODEL) and the challenger (FLAT_PRICE_CHALLENGER, or None), their files
+    verified; or exit with one line saying what is wrong and what to run."""
+    try:
+        champion = resolve(settings.model)
+        verified_files(champion, settings.model_sha256)
+        if not settings.challenger:
+            return champion, None
+        if settings.model_sha256:  # the pin vouches for one pickle; a challenger would be unpickled unchecked
+            raise ModelError("FLAT_PRICE_CHALLENGER cannot be used while FLAT_PRICE_MODEL_SHA256 pins the served model")
+        challenger = resolve(settings.challenger, setting="FLAT_PRICE_CHALLENGER")
+        verified_files(challenger)
+        return champion, challenger
+    except ModelError as error:
+        raise SystemExit(f"cannot serve: {error}") from None

@@ -1,0 +1,1 @@
+"""`python -m models`: list the stored flat-price models and move them between stages."""

@@ -1,0 +1,65 @@
+"""`python -m models list | promote TAG | rollback`: the model store's stages (flatprice/registry.py).
+
+The service serves the `production` model unless FLAT_PRICE_MODEL names another; a restart
+(or a rolling restart behind the proxy, deploy/README.md) picks up a promotion.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from flatprice import registry
+from flatprice.store import MODEL_NAME, ModelError
+
+
+def rows(name: str) -> list[list[str]]:
+    table = [["tag", "stage", "trained at", "rows", "holdout R²", "MAE, ₽", "median APE"]]
+    for model in registry.stored(name):
+        meta = model.info.metadata
+        metrics = meta.get("metrics", {})
+        table.append(
+            [
+                str(model.tag),
+                registry.stage_of(model) or "-",
+                str(meta.get("trained_at", "-")),
+                f"{meta['data']['rows']:,}" if "data" in meta else "-",
+                f"{metrics['r2']:.4f}" if metrics else "-",
+                f"{metrics['mae_rub']:,.0f}" if metrics else "-",
+                f"{metrics['median_ape']:.2%}" if metrics else "-",
+            ]
+        )
+    return table
+
+
+def aligned(table: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in table
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=registry.MODELS_COMMAND, description=__doc__.split("\n")[0])
+    parser.add_argument("--name", default=MODEL_NAME, help=f"model name in the store (default {MODEL_NAME})")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("list", help="every stored version: stage, when trained, rows, holdout metrics")
+    promote = commands.add_parser("promote", help="make TAG production (the current production is archived)")
+    promote.add_argument("tag", help="a tag (flat_price:VERSION), a version, or a stage such as candidate")
+    commands.add_parser("rollback", help="archive production and put back the model that was production before it")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "list":
+            table = rows(args.name)
+            print(aligned(table) if len(table) > 1 else f"no {args.name} model in the store")
+            return 0
+        changes = registry.promote(args.tag, args.name) if args.command == "promote" else registry.rollback(args.name)
+    except ModelError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print("\n".join(changes))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
