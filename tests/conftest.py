@@ -22,6 +22,7 @@ import pytest  # noqa: E402
 from devtools.servers import BentoServer  # noqa: E402
 
 SMALL_MODEL = {"rows": 6000, "iterations": 150, "seed": 7}
+CHALLENGER_NAME = "flat_price_challenger"
 
 
 @pytest.fixture(scope="session")
@@ -39,6 +40,16 @@ def small_model():
         return latest_model()
     except ModelError:
         return train(**SMALL_MODEL)
+
+
+@pytest.fixture(scope="session")
+def challenger_model(small_model):
+    """A second small model under a name of its own (flat_price's stages stay as they are)."""
+    from flatprice import registry
+    from train import train
+
+    stored = registry.stored(CHALLENGER_NAME)
+    return stored[0] if stored else train(rows=3000, iterations=80, seed=11, model_name=CHALLENGER_NAME)
 
 
 @pytest.fixture(scope="session")

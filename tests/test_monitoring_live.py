@@ -23,12 +23,14 @@ GRAFANA_VARIABLES = {"$__rate_interval": "15s", "$__range": "2m"}
 
 
 @pytest.fixture(scope="module")
-def stack(small_model, session_dir):
+def stack(small_model, challenger_model, session_dir):
     workdir = session_dir / "prometheus-live"
     workdir.mkdir(exist_ok=True)
     # A low admission limit, so that the short flood below surely gets 429s for the overload panel and alert
     # (the default of 64 per worker does not refuse 128 connections that split over the workers).
-    served = BentoServer(session_dir / "serve-live", env={"FLAT_PRICE_MAX_CONCURRENCY": "2"}).start()
+    # A challenger in the shadow, so that the champion-and-challenger row reads data too.
+    env = {"FLAT_PRICE_MAX_CONCURRENCY": "2", "FLAT_PRICE_CHALLENGER": str(challenger_model.tag)}
+    served = BentoServer(session_dir / "serve-live", env=env).start()
     exporter, node_target = node_exporter(workdir)
     proxy = contextlib.ExitStack()
     running = proxy.enter_context(haproxy(workdir, [served.url.removeprefix("http://")]))

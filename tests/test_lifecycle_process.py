@@ -1,0 +1,149 @@
+"""The model lifecycle through real processes, on a model store of its own: `python -m train` with the
+promotion gate, `python -m models`, `bentoml serve` choosing its model and shadow-scoring a challenger,
+and `bentoml build` packing the production model."""
+
+import os
+import subprocess
+import sys
+
+import httpx
+import joblib
+import pytest
+import yaml
+
+from devtools.servers import REPO, BentoServer, free_port, private_home, train_into, wait_until
+from flatprice.observability import metrics
+from flatprice.schema import EXAMPLE_FLAT, FEATURE_NAMES
+from flatprice.synthetic import generate_flats
+from tests.metrics_scrape import sample_value, scrape
+
+pytestmark = pytest.mark.slow  # starts real servers
+
+CHALLENGER_PRICE = f"{metrics.NAMESPACE}_challenger_predicted_price_rubles"
+DIFFERENCE = f"{metrics.NAMESPACE}_challenger_relative_difference"
+
+
+def run(home, *args, timeout=120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "BENTOML_HOME": str(home)}
+    return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def saved_tag(training: subprocess.CompletedProcess) -> str:
+    line = next(line for line in training.stdout.splitlines() if line.startswith("saved "))
+    return line.split()[1]
+
+
+def serving(home, name: str, env: dict) -> BentoServer:
+    """A server with a home of its own (its metrics) on this module's model store."""
+    return BentoServer(private_home(home.parent / name, home / "models"), env=env, share_models=False)
+
+
+def stages(home) -> dict[str, str]:
+    listing = run(home, "-m", "models", "list")
+    assert listing.returncode == 0, listing.stderr
+    return {line.split()[0]: line.split()[1] for line in listing.stdout.splitlines()[1:]}
+
+
+@pytest.fixture(scope="module")
+def store(session_dir):
+    """A: first (production). B: 2% of A's rows, refused by the gate. C: more data and trees, promoted."""
+    home = session_dir / "lifecycle-home"
+    (home / "models").mkdir(parents=True, exist_ok=True)
+    first = train_into(home, "--rows", "6000", "--iterations", "150", "--seed", "7")
+    assert first.returncode == 0, first.stderr
+    worse = train_into(home, "--rows", "120", "--iterations", "60", "--seed", "9", "--promote-if-better")
+    better = train_into(home, "--rows", "30000", "--iterations", "300", "--seed", "8", "--promote-if-better")
+    return home, first, worse, better
+
+
+def test_gate_refuses_a_worse_model_and_promotes_a_better_one(store):
+    home, first, worse, better = store
+    a, b, c = saved_tag(first), saved_tag(worse), saved_tag(better)
+    assert f"saved {a} as production" in first.stdout
+    assert worse.returncode == 1, worse.stdout + worse.stderr
+    assert f"new {b}   production {a}" in worse.stdout and "median APE" in worse.stdout and "p90 APE" in worse.stdout
+    assert "flats whose price moved more than 10%" in worse.stdout
+    assert "gate refused: median_ape" in worse.stderr and f"{b} stays a candidate" in worse.stderr
+    assert better.returncode == 0, better.stdout + better.stderr
+    assert "gate passed: median_ape" in better.stdout
+    assert f"{a}: production -> archived" in better.stdout and f"{c}: candidate -> production" in better.stdout
+    assert stages(home) == {c: "production", b: "candidate", a: "archived"}
+
+
+def test_production_serves_and_a_challenger_prices_every_flat_in_the_shadow(store):
+    home, first, worse, better = store
+    champion, challenger = saved_tag(better), saved_tag(worse)
+    flats = generate_flats(15, seed=3)
+    rows = flats[list(FEATURE_NAMES)].to_dict("records")
+    env = {"FLAT_PRICE_CHALLENGER": "candidate"}
+    with serving(home, "serve-shadow", env) as server:
+        answers = [httpx.post(f"{server.url}/predict", json=row, timeout=10).json() for row in rows[:3]]
+        answers.append(httpx.post(f"{server.url}/predict_batch", json={"flats": rows[3:10]}, timeout=10).json())
+        columns = {name: [row[name] for row in rows[10:]] for name in FEATURE_NAMES}
+        answers.append(httpx.post(f"{server.url}/predict_columns", json=columns, timeout=10).json())
+        assert {answer["model"] for answer in answers} == {champion}  # answers come from the champion only
+        wait_until(
+            lambda: sample_value(scrape(server.url), DIFFERENCE, f"{DIFFERENCE}_count") >= 15,
+            timeout=10,
+            what="15 shadow prices",
+        )
+        families = scrape(server.url)
+    assert sample_value(families, DIFFERENCE, f"{DIFFERENCE}_count") == 15
+    assert sample_value(families, CHALLENGER_PRICE, f"{CHALLENGER_PRICE}_count") == 15
+    (info,) = families[f"{metrics.NAMESPACE}_model_info"].samples
+    assert info.labels["model_tag"] == champion
+    (shadow,) = families[f"{metrics.NAMESPACE}_challenger_info"].samples
+    assert shadow.labels["model_tag"] == challenger
+    for name, kind in metrics.CHALLENGER_EXPOSED.items():
+        if name != f"{metrics.NAMESPACE}_challenger_drift_psi":  # published once a window holds 500 flats
+            assert families[name].type == kind, name
+    # The challenger's prices are its own model's: recomputed from its pickle, in process.
+    name, version = challenger.split(":")
+    pipeline = joblib.load(home / "models" / name / version / "pipeline.joblib")
+    expected = pipeline.predict(flats[list(FEATURE_NAMES)]).sum()
+    assert sample_value(families, CHALLENGER_PRICE, f"{CHALLENGER_PRICE}_sum") == pytest.approx(expected, rel=1e-9)
+
+
+def test_an_unknown_model_stops_the_start_listing_the_stored_ones(store):
+    home = store[0]
+    env = {**os.environ, "BENTOML_HOME": str(home), "FLAT_PRICE_MODEL": "flat_price:nosuchversion"}
+    refused = subprocess.run(
+        [sys.executable, "-m", "bentoml", "serve", "service:FlatPriceService", "--port", str(free_port())],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode != 0
+    message = [line for line in refused.stderr.splitlines() if line.startswith("cannot serve:")]
+    assert len(message) == 1, refused.stderr[-2000:]
+    assert "FLAT_PRICE_MODEL=flat_price:nosuchversion: no such model" in message[0]
+    for tag in stages(home):
+        assert tag in message[0]
+    assert "(production; R² " in message[0]
+
+
+def test_rollback_then_serve_the_previous_model_or_a_chosen_version(store):
+    home, first, worse, better = store
+    a, c = saved_tag(first), saved_tag(better)
+    rolled = run(home, "-m", "models", "rollback")
+    assert rolled.returncode == 0, rolled.stderr
+    assert rolled.stdout.splitlines() == [f"{c}: production -> archived", f"{a}: archived -> production"]
+    with serving(home, "serve-rolled-back", {"FLAT_PRICE_WORKERS": "1"}) as server:
+        assert httpx.post(f"{server.url}/predict", json=EXAMPLE_FLAT, timeout=10).json()["model"] == a
+    chosen = {"FLAT_PRICE_WORKERS": "1", "FLAT_PRICE_MODEL": c.split(":")[1]}  # a version alone is enough
+    with serving(home, "serve-chosen", chosen) as server:
+        assert httpx.post(f"{server.url}/predict", json=EXAMPLE_FLAT, timeout=10).json()["model"] == c
+        (info,) = scrape(server.url)[f"{metrics.NAMESPACE}_model_info"].samples
+        assert info.labels["model_tag"] == c
+
+
+def test_bento_packs_the_production_model_not_the_newest(store):
+    home, first, worse, better = store
+    production = saved_tag(first)  # after the rollback above; the newest model is B, a candidate
+    built = run(home, "-m", "bentoml", "build", timeout=300)
+    assert built.returncode == 0, built.stdout + built.stderr
+    path = run(home, "-m", "bentoml", "get", "flat_price:latest", "-o", "path").stdout.strip()
+    info = yaml.safe_load(open(os.path.join(path, "bento.yaml")))
+    assert [m["tag"] for m in info["services"][0]["models"]] == [production]
