@@ -37,6 +37,7 @@ from flatprice.faults import FaultInjection
 from flatprice.observability.metrics import NAMESPACE
 from flatprice.observability.monitor import MIN_WINDOW_ROWS, PredictionMonitor, publish_static
 from flatprice.observability.shadow import Shadow, publish_challenger
+from flatprice.pricing import pricer
 from flatprice.schema import EXAMPLE_FLAT, FEATURE_NAMES
 from flatprice.server import home_lock
 from flatprice.store import load_pipeline
@@ -59,8 +60,8 @@ class FlatPriceService:
     def __init__(self) -> None:
         loaded = load_pipeline(self.model_ref, settings.model_sha256)
         self.tag = loaded.tag
-        # The Pipeline's own steps, called directly: Pipeline.predict adds ~80 µs per call.
         self.features, self.regressor = loaded.pipeline.named_steps["features"], loaded.pipeline[-1]
+        self.price = pricer(loaded.pipeline)  # the Pipeline's steps, CatBoost on one thread (flatprice/pricing.py)
         self.training_sample = loaded.training_sample
         self.rng = np.random.default_rng()
         self.faults = FaultInjection(settings.fault_error_rate, settings.fault_max_delay_s)
@@ -83,13 +84,8 @@ class FlatPriceService:
         if self.challenger_ref is None:
             return None
         loaded = load_pipeline(self.challenger_ref)
-        features, regressor = loaded.pipeline.named_steps["features"], loaded.pipeline[-1]
         publish_challenger(loaded.tag, loaded.metadata["trained_at"], loaded.metadata["metrics"]["r2"])
-        return Shadow(
-            lambda rows: regressor.predict(features.transform(rows), thread_count=1),
-            loaded.metadata["reference"],
-            MIN_WINDOW_ROWS,
-        )
+        return Shadow(pricer(loaded.pipeline), loaded.metadata["reference"], MIN_WINDOW_ROWS)
 
     def __is_ready__(self) -> bool:
         return getattr(self, "ready", False)
@@ -97,11 +93,6 @@ class FlatPriceService:
     @bentoml.on_shutdown
     def flush_metrics(self) -> None:
         self.monitor.stop()
-
-    def price(self, rows: np.ndarray) -> np.ndarray:
-        """Prices for (n, 15) rows, as Pipeline.predict gives them; CatBoost on one thread
-        (its thread pool costs more than it saves here, and the workers fill the cores)."""
-        return self.regressor.predict(self.features.transform(rows), thread_count=1)
 
     def _priced(self, rows: np.ndarray) -> np.ndarray:
         prices = self.price(rows)

@@ -26,6 +26,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from ..pricing import whole_rubles
 from ..schema import CROSS_FIELD_RULES, EXAMPLE_FLAT, FEATURE_NAMES, FEATURES
 
 MAX_BATCH_ROWS = 1000
@@ -177,9 +178,8 @@ def check_cross_fields(matrix: np.ndarray, title: str, loc_of) -> None:
 
 
 def rubles(prices: np.ndarray) -> list[int]:
-    """Prices as answered: whole rubles (the model's error is hundreds of thousands; kopecks
-    and float digits would only pretend to a precision it does not have)."""
-    return np.rint(prices).astype(np.int64).tolist()
+    """Prices as answered, whole rubles (`flatprice.pricing.whole_rubles`)."""
+    return whole_rubles(prices).tolist()
 
 
 class Prediction(BaseModel):

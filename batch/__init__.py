@@ -1,0 +1,1 @@
+"""`python -m batch INPUT OUTPUT`: price a whole listings table on Spark (see batch/job.py)."""
