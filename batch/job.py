@@ -157,6 +157,16 @@ def ship_code(spark: SparkSession) -> None:
     spark.sparkContext.addPyFile(path)
 
 
+def priced_schema(df: DataFrame) -> StructType:
+    return StructType(
+        [*df.schema.fields, StructField(scoring.PRICE, LongType()), StructField(scoring.MODEL, StringType())]
+    )
+
+
+def rejected_schema(df: DataFrame) -> StructType:
+    return StructType([*df.schema.fields, *(StructField(c, StringType()) for c in scoring.REJECT_COLUMNS)])
+
+
 def _pricing(file_name: str, digest: str, tag: str):
     def price_partition(batches):
         from pyspark import SparkFiles
@@ -206,9 +216,9 @@ def run(
             [*df.schema.fields, *(StructField(c, StringType()) for c in scoring.REJECT_COLUMNS)]
         )
         mode = "overwrite" if overwrite else "errorifexists"
-        df.mapInArrow(_pricing(file_name, digest, str(stored.tag)), priced_schema).write.mode(mode).parquet(output)
+        df.mapInArrow(_pricing(file_name, digest, str(stored.tag)), priced_schema(df)).write.mode(mode).parquet(output)
         rejected_path = os.path.join(output, REJECTED)
-        df.mapInArrow(_rejecting, rejected_schema).write.mode("overwrite").parquet(rejected_path)
+        df.mapInArrow(_rejecting, rejected_schema(df)).write.mode("overwrite").parquet(rejected_path)
         seconds = time.perf_counter() - started
         counts = rows_in(output), rows_in(rejected_path)
     finally:
