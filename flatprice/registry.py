@@ -142,7 +142,7 @@ def promote(tag: str, name: str = MODEL_NAME) -> list[str]:
     if current is not None:
         set_stage(current, ARCHIVED)
         changes.append(f"{current.tag}: production -> archived")
-    now = datetime.now(UTC).isoformat(timespec="seconds")
+    now = datetime.now(UTC).isoformat(timespec="microseconds")  # orders promotions made in one second
     changes.append(f"{model.tag}: {stage_of(model) or 'no stage'} -> production")
     set_stage(model, PRODUCTION, **{PROMOTED_AT: now})
     return changes

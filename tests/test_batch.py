@@ -114,3 +114,23 @@ def test_an_input_without_a_feature_stops_before_spark_starts(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["sqlite:///" + str(tmp_path / "db.sqlite"), str(tmp_path / "out"), "--table", "flats"]) == 2
     assert "no table 'flats'" in capsys.readouterr().err
+
+
+def test_a_database_table_is_staged_to_parquet_for_spark(tmp_path):
+    import sqlite3
+
+    import pyarrow.parquet as pq
+
+    from batch import job
+
+    flats = generate_flats(1500, seed=2)[list(FEATURE_NAMES)]
+    flats.loc[4, "floor"] = None  # a NULL stays a null, for the rules to reject
+    database = tmp_path / "listings.sqlite"
+    with sqlite3.connect(database) as connection:
+        flats.to_sql("listings", connection, index=False)
+    url = f"sqlite:///{database}"
+    assert job.input_columns(url, "listings") == list(FEATURE_NAMES)
+    staged = pq.read_table(job._stage_sql(url, "listings")).to_pandas()
+    assert staged.equals(flats)
+    rejected = scoring.rejected(pa.RecordBatch.from_pandas(staged, preserve_index=False)).to_pydict()
+    assert rejected["reject_field"] == ["floor"] and rejected["reject_error"] == ["missing"]

@@ -2,13 +2,11 @@
 /predict_columns answers, rejected rows carry their reason, partitioning and row order change no price."""
 
 import os
-import sqlite3
 import subprocess
 import sys
 
 import httpx
 import numpy as np
-import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
@@ -99,7 +97,7 @@ def test_prices_equal_the_service_answers(priced, served):
     assert answer.json()["model"] == result["model"].iloc[0]
 
 
-def test_row_order_and_partitioning_change_no_price_and_csv_and_sql_inputs_work(priced, listings, small_model):
+def test_row_order_and_partitioning_change_no_price_and_a_csv_input_works(priced, listings, small_model):
     output, _ = priced
     folder, flats = listings
     first = pq.read_table(output).to_pandas().set_index("listing_id")["price"]
@@ -114,13 +112,3 @@ def test_row_order_and_partitioning_change_no_price_and_csv_and_sql_inputs_work(
     assert rejected.loc[7, "reject_field"] == "ceiling_height" and rejected.loc[7, "reject_error"] == "float_type"
     assert len(second) == len(first) - 1
     assert (second.sort_index() == first.drop(7).sort_index()).all()
-    # A database table (SQLAlchemy URL), a thousand rows of it.
-    database = folder / "listings.sqlite"
-    with sqlite3.connect(database) as connection:
-        flats.head(1000).to_sql("listings", connection, index=False)
-    from_sql = run_batch(
-        f"sqlite:///{database}", folder / "from-sql", "--table", "listings", "--model", small_model.tag
-    )
-    assert from_sql.returncode == 0, from_sql.stderr[-3000:]
-    third = pd.read_parquet(folder / "from-sql").set_index("listing_id")["price"]
-    assert (third == first.reindex(third.index)).all() and len(third) == 1000 - 2  # listings 11 and 222 broken

@@ -66,7 +66,7 @@ def test_overload_script_runs(small_model, tmp_path):
             "--refusal-delays",
             "0.05",
             "--seconds",
-            "5",
+            "4",
             "--layouts",
             "shared",
             "--out",

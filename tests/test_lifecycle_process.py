@@ -52,7 +52,7 @@ def store(session_dir):
     first = train_into(home, "--rows", "6000", "--iterations", "150", "--seed", "7")
     assert first.returncode == 0, first.stderr
     worse = train_into(home, "--rows", "120", "--iterations", "60", "--seed", "9", "--promote-if-better")
-    better = train_into(home, "--rows", "30000", "--iterations", "300", "--seed", "8", "--promote-if-better")
+    better = train_into(home, "--rows", "20000", "--iterations", "250", "--seed", "8", "--promote-if-better")
     return home, first, worse, better
 
 
@@ -75,7 +75,7 @@ def test_production_serves_and_a_challenger_prices_every_flat_in_the_shadow(stor
     champion, challenger = saved_tag(better), saved_tag(worse)
     flats = generate_flats(15, seed=3)
     rows = flats[list(FEATURE_NAMES)].to_dict("records")
-    env = {"FLAT_PRICE_CHALLENGER": "candidate"}
+    env = {"FLAT_PRICE_CHALLENGER": "candidate"}  # 2 workers: the shadow's counts sum exactly over them
     with serving(home, "serve-shadow", env) as server:
         answers = [httpx.post(f"{server.url}/predict", json=row, timeout=10).json() for row in rows[:3]]
         answers.append(httpx.post(f"{server.url}/predict_batch", json={"flats": rows[3:10]}, timeout=10).json())
@@ -124,19 +124,20 @@ def test_an_unknown_model_stops_the_start_listing_the_stored_ones(store):
     assert "(production; R² " in message[0]
 
 
-def test_rollback_then_serve_the_previous_model_or_a_chosen_version(store):
+def test_rollback_then_serve_a_chosen_version_beside_the_production_one(store):
     home, first, worse, better = store
     a, c = saved_tag(first), saved_tag(better)
     rolled = run(home, "-m", "models", "rollback")
     assert rolled.returncode == 0, rolled.stderr
     assert rolled.stdout.splitlines() == [f"{c}: production -> archived", f"{a}: archived -> production"]
-    with serving(home, "serve-rolled-back", {"FLAT_PRICE_WORKERS": "1"}) as server:
-        assert httpx.post(f"{server.url}/predict", json=EXAMPLE_FLAT, timeout=10).json()["model"] == a
-    chosen = {"FLAT_PRICE_WORKERS": "1", "FLAT_PRICE_MODEL": c.split(":")[1]}  # a version alone is enough
+    # C chosen by its version alone, and the production stage (now A again) in its shadow.
+    chosen = {"FLAT_PRICE_WORKERS": "1", "FLAT_PRICE_MODEL": c.split(":")[1], "FLAT_PRICE_CHALLENGER": "production"}
     with serving(home, "serve-chosen", chosen) as server:
         assert httpx.post(f"{server.url}/predict", json=EXAMPLE_FLAT, timeout=10).json()["model"] == c
-        (info,) = scrape(server.url)[f"{metrics.NAMESPACE}_model_info"].samples
-        assert info.labels["model_tag"] == c
+        families = scrape(server.url)
+    (info,) = families[f"{metrics.NAMESPACE}_model_info"].samples
+    (shadow,) = families[f"{metrics.NAMESPACE}_challenger_info"].samples
+    assert (info.labels["model_tag"], shadow.labels["model_tag"]) == (c, a)
 
 
 def test_bento_packs_the_production_model_not_the_newest(store):

@@ -97,7 +97,7 @@ def train(
             if current is not None
             else {
                 registry.STAGE: registry.PRODUCTION,
-                registry.PROMOTED_AT: datetime.now(UTC).isoformat(timespec="seconds"),
+                registry.PROMOTED_AT: datetime.now(UTC).isoformat(timespec="microseconds"),
             }
         ),
     )
