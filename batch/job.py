@@ -209,12 +209,6 @@ def run(
         if progress:
             progress(f"Spark UI: {spark.sparkContext.uiWebUrl}; pricing with {stored.tag}")
             watcher.start()
-        priced_schema = StructType(
-            [*df.schema.fields, StructField(scoring.PRICE, LongType()), StructField(scoring.MODEL, StringType())]
-        )
-        rejected_schema = StructType(
-            [*df.schema.fields, *(StructField(c, StringType()) for c in scoring.REJECT_COLUMNS)]
-        )
         mode = "overwrite" if overwrite else "errorifexists"
         df.mapInArrow(_pricing(file_name, digest, str(stored.tag)), priced_schema(df)).write.mode(mode).parquet(output)
         rejected_path = os.path.join(output, REJECTED)
