@@ -41,17 +41,20 @@ def features(batch: pa.RecordBatch) -> rows.Checked:
         else:  # booleans, dates...: never a number, as in the service
             values[name] = np.full(len(column), np.nan)
             numeric[name] = np.zeros(len(column), dtype=bool)
-        values[name] = np.where(present[name], values[name], np.nan)
+        if not present[name].all():
+            values[name] = np.where(present[name], values[name], np.nan)
     return rows.check(values, present, numeric)
 
 
 def priced(batch: pa.RecordBatch, price, tag: str) -> pa.RecordBatch:
     """The rows that pass every rule, with their price in whole rubles and the model's tag."""
     checked = features(batch)
-    kept = batch.filter(pa.array(checked.ok))
-    prices = whole_rubles(price(checked.matrix[checked.ok])) if len(kept) else np.zeros(0, dtype=np.int64)
+    everyone = bool(checked.ok.all())
+    kept = batch if everyone else batch.filter(pa.array(checked.ok))
+    rows = checked.matrix if everyone else checked.matrix[checked.ok]
+    prices = whole_rubles(price(rows)) if len(kept) else np.zeros(0, dtype=np.int64)
     return kept.append_column(PRICE, pa.array(prices, pa.int64())).append_column(
-        MODEL, pa.array([tag] * len(kept), pa.string())
+        MODEL, pa.repeat(pa.scalar(tag, pa.string()), len(kept))
     )
 
 
