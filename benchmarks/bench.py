@@ -252,6 +252,7 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--connections", default="1,8,32,64")
+    parser.add_argument("--targets", default="service,original,ceiling", help="servers to measure, in order")
     parser.add_argument("--out", default=str(RESULTS / "bench.json"))
     args = parser.parse_args()
     connections = [int(c) for c in args.connections.split(",")]
@@ -288,6 +289,10 @@ def main() -> None:
         "original": lambda: FastAPIYardstick(work, work / "pipeline.joblib"),
         "ceiling": lambda: BentoServer(work / "home-ceiling", target="ceiling:Ceiling", cwd=work / "ceiling_app"),
     }
+    chosen = args.targets.split(",")
+    if "service" not in chosen or not set(chosen) <= set(targets):
+        parser.error(f"--targets: service and any of {', '.join(targets)}")
+    targets = {name: targets[name] for name in chosen}
     env_path = os.environ.get("PYTHONPATH", "")
     os.environ["PYTHONPATH"] = f"{REPO}{os.pathsep}{env_path}" if env_path else str(REPO)
     for round_ in range(args.rounds):
@@ -339,19 +344,32 @@ def report(results: dict) -> None:
         print(f"  {name:38s} {value:14,.3f}")
     http = results["http"]
     print("\n== single-flat POST /predict, wrk, pool of 1,000 flats (mean of rounds; each round in brackets) ==")
+    names = list(http)  # the targets that ran, in order
+    ratios = [f"svc/{name[:4]}" for name in names if name != "service"]
     print(
-        f"  {'conns':>5} | {'service req/s':>22} | {'original req/s':>22} | {'ceiling req/s':>22} | svc/orig | svc/ceil | p50/p90/p99 ms: service | original | ceiling"
+        f"  {'conns':>5} | "
+        + " | ".join(f"{name + ' req/s':>22}" for name in names)
+        + " | "
+        + " | ".join(f"{r:>8}" for r in ratios)
+        + " | p50/p90/p99 ms: "
+        + " | ".join(names)
     )
     for c in sorted(next(iter(http.values()))):
         cells, p = [], []
-        for name in ("service", "original", "ceiling"):
+        for name in names:
             runs = http[name][c]
             each = " ".join(f"{r['rps']:.0f}" for r in runs)
             cells.append(f"{statistics.mean(r['rps'] for r in runs):7.0f} [{each}]")
             p.append("/".join(f"{statistics.mean(r[k] for r in runs):.1f}" for k in ("p50_ms", "p90_ms", "p99_ms")))
-        mean = {n: statistics.mean(r["rps"] for r in http[n][c]) for n in http}
+        mean = {n: statistics.mean(r["rps"] for r in http[n][c]) for n in names}
+        shares = [f"{mean['service'] / mean[n]:8.2f}" for n in names if n != "service"] if "service" in mean else []
         print(
-            f"  {c:>5} | {cells[0]:>22} | {cells[1]:>22} | {cells[2]:>22} | {mean['service'] / mean['original']:8.2f} | {mean['service'] / mean['ceiling']:8.2f} | {p[0]} | {p[1]} | {p[2]}"
+            f"  {c:>5} | "
+            + " | ".join(f"{cell:>22}" for cell in cells)
+            + " | "
+            + " | ".join(shares)
+            + " | "
+            + " | ".join(p)
         )
     print("\n== service answers other than 200 (429 under the default admission limit), per round ==")
     for c in sorted(http["service"]):

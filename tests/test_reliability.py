@@ -40,7 +40,7 @@ RUNS = {
 def test_schemathesis_finds_no_server_error_and_every_answer_matches_the_docs(served, tmp_path, run_name):
     options, checks = RUNS[run_name]
     report = tmp_path / "schemathesis.json"
-    command = ["schemathesis", "run", f"{served.url}/docs.json", "--max-examples", "150", "--generation-deterministic"]
+    command = ["schemathesis", "run", f"{served.url}/docs.json", "--max-examples", "100", "--generation-deterministic"]
     run = subprocess.run(
         [*command, *options, "--checks", checks, "--request-timeout", "10", "--report", "ndjson"]
         + ["--report-ndjson-path", str(report), "--no-color"],
