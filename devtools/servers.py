@@ -199,16 +199,21 @@ def node_exporter(workdir: Path) -> tuple[Process, str]:
 
 
 def prometheus(
-    workdir: Path, service_target: str, node_target: str, proxy_target: str | None = None, interval: str = "1s"
+    workdir: Path,
+    service_target: str,
+    node_target: str,
+    proxy_target: str | None = None,
+    interval: str = "1s",
+    alertmanager_target: str | None = None,
+    alerts_for: dict[str, str] | None = None,
 ) -> tuple[Process, str]:
     """Debian's Prometheus with the committed config and alert rules, pointed at local targets.
 
     The committed prometheus.yml finds replicas by Docker DNS; here the same jobs get
-    static targets (the proxy's job is dropped without `proxy_target`), and scrape and rule
-    evaluation run every `interval`.
+    static targets (the proxy's job is dropped without `proxy_target`, alerting without
+    `alertmanager_target`), and scrape and rule evaluation run every `interval`.
+    `alerts_for` overrides the `for:` of named alerts (a test cannot wait 15 minutes).
     """
-    import shutil
-
     import yaml
 
     committed = REPO / "monitoring" / "prometheus"
@@ -221,8 +226,16 @@ def prometheus(
     for job in config["scrape_configs"]:
         job.pop("dns_sd_configs", None)
         job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
+    if alertmanager_target:
+        config["alerting"]["alertmanagers"] = [{"static_configs": [{"targets": [alertmanager_target]}]}]
+    else:
+        config.pop("alerting", None)
     workdir.mkdir(parents=True, exist_ok=True)
-    shutil.copy(committed / "alerts.yml", workdir / "alerts.yml")
+    rules = yaml.safe_load((committed / "alerts.yml").read_text())
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            rule["for"] = (alerts_for or {}).get(rule["alert"], rule.get("for", "0s"))
+    (workdir / "alerts.yml").write_text(yaml.safe_dump(rules, sort_keys=False))
     (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
     url = f"http://127.0.0.1:{port}"
     cmd = [
@@ -233,6 +246,29 @@ def prometheus(
         "--web.enable-lifecycle",
     ]
     return Process(cmd, f"{url}/-/ready", workdir / "prometheus.log"), url
+
+
+def alertmanager(workdir: Path, webhook_url: str) -> tuple[Process, str]:
+    """Debian's Alertmanager with the committed route, its receiver pointed at `webhook_url` and
+    no grouping wait (a test cannot wait 30 s)."""
+    import yaml
+
+    config = yaml.safe_load((REPO / "monitoring" / "alertmanager" / "alertmanager.yml").read_text())
+    config["route"]["group_wait"] = "0s"
+    for receiver in config["receivers"]:
+        for hook in receiver.get("webhook_configs", []):
+            hook["url"] = webhook_url
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "alertmanager.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+    port = free_port()
+    cmd = [
+        "prometheus-alertmanager",
+        f"--config.file={workdir / 'alertmanager.yml'}",
+        f"--storage.path={workdir / 'alertmanager-data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--cluster.listen-address=",  # a single instance: no gossip port
+    ]
+    return Process(cmd, f"http://127.0.0.1:{port}/-/ready", workdir / "alertmanager.log"), f"127.0.0.1:{port}"
 
 
 def train_into(home: Path, *args: str) -> subprocess.CompletedProcess:

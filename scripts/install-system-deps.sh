@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Debian packages used by the tests and scripts (Prometheus, node-exporter, Chromium,
 # docker-compose for validating the compose file, wrk for benchmarks, HAProxy in front of replicas,
-# PostgreSQL for the SQL loader's test);
+# PostgreSQL for the SQL loader's test, Alertmanager and amtool for the alert route);
 # installs only what is missing, and says what before it does.
 set -euo pipefail
-declare -A package_of=([promtool]=prometheus [haproxy]=haproxy [prometheus-node-exporter]=prometheus-node-exporter [chromium]=chromium [docker-compose]=docker-compose [wrk]=wrk [pg_ctlcluster]=postgresql)
+declare -A package_of=([promtool]=prometheus [haproxy]=haproxy [prometheus-node-exporter]=prometheus-node-exporter [chromium]=chromium [docker-compose]=docker-compose [wrk]=wrk [pg_ctlcluster]=postgresql [amtool]=prometheus-alertmanager)
 missing=()
 for command in "${!package_of[@]}"; do
   command -v "$command" >/dev/null 2>&1 || missing+=("${package_of[$command]}")

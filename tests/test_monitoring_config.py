@@ -142,7 +142,7 @@ def test_the_compose_proxy_config_is_valid_with_dns_discovery():
 
 def test_compose_services_pinned_restarting_and_healthchecked(compose):
     services = compose["services"]
-    assert set(services) == {"flat-price", "haproxy", "prometheus", "grafana", "node-exporter"}
+    assert set(services) == {"flat-price", "haproxy", "prometheus", "alertmanager", "grafana", "node-exporter"}
     assert services["flat-price"]["image"] == "flat_price:latest"  # the tag README's containerize gives it
     for name, service in services.items():
         assert service["restart"] == "unless-stopped", name
@@ -182,7 +182,7 @@ def test_every_published_port_is_loopback_only_and_none_clash(compose_with_host_
             for number in host_ports(port):
                 assert number not in seen, f"{name} and {seen.get(number)} both publish {number}"
                 seen[number] = name
-    assert seen == {3000: "haproxy", 9090: "prometheus", 3001: "grafana"}
+    assert seen == {3000: "haproxy", 9090: "prometheus", 9093: "alertmanager", 3001: "grafana"}
 
 
 def test_grafana_has_no_default_credentials_anonymous_access_or_sign_up(compose):

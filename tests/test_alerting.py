@@ -1,0 +1,91 @@
+"""Alerts that reach someone: the committed Alertmanager route passes `amtool check-config`, and an
+induced drift goes from a real `bentoml serve` through Debian's Prometheus (the committed rules) and
+Alertmanager (the committed route) to a webhook, naming the drifted feature."""
+
+import json
+import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import httpx
+import pytest
+import yaml
+
+from devtools.servers import REPO, BentoServer, alertmanager, prometheus, wait_until
+from flatprice.schema import FEATURE_NAMES
+from flatprice.synthetic import generate_flats
+
+pytestmark = pytest.mark.slow  # Debian's Alertmanager and Prometheus, a real server
+
+CONFIG = REPO / "monitoring" / "alertmanager" / "alertmanager.yml"
+
+
+def test_the_committed_route_passes_amtool():
+    checked = subprocess.run(["amtool", "check-config", str(CONFIG)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "1 receivers" in checked.stdout
+
+
+def test_prometheus_in_compose_sends_to_the_alertmanager_service():
+    config = yaml.safe_load((REPO / "monitoring" / "prometheus" / "prometheus.yml").read_text())
+    (target,) = config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
+    compose = yaml.safe_load((REPO / "monitoring" / "docker-compose.yaml").read_text())
+    assert target == "alertmanager:9093" and "alertmanager" in compose["services"]
+    assert "alertmanager" in compose["services"]["prometheus"]["depends_on"]
+
+
+class Receiver(BaseHTTPRequestHandler):
+    received: list[dict] = []
+
+    def do_POST(self):  # noqa: N802 (http.server's name)
+        self.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_an_induced_drift_reaches_the_webhook_naming_the_feature(small_model, session_dir):
+    webhook = HTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=webhook.serve_forever, daemon=True).start()
+    workdir = session_dir / "alerting"
+    manager, manager_target = alertmanager(workdir / "alertmanager", f"http://127.0.0.1:{webhook.server_port}/hook")
+    try:
+        with BentoServer(session_dir / "serve-alerting", env={"FLAT_PRICE_WORKERS": "1"}) as served, manager:
+            server, url = prometheus(
+                workdir / "prometheus",
+                served.url.removeprefix("http://"),
+                "",
+                alertmanager_target=manager_target,
+                alerts_for={"FlatPriceFeatureDrift": "0s"},  # committed: 15m
+            )
+            with server:
+                flats = generate_flats(800, seed=31)[list(FEATURE_NAMES)]
+                flats["total_area"] *= 1.5  # bigger flats than the model learned from
+                for start in range(0, 800, 100):
+                    part = flats.iloc[start : start + 100]
+                    answer = httpx.post(f"{served.url}/predict_columns", json=part.to_dict("list"), timeout=10)
+                    assert answer.status_code == 200, answer.text
+
+                def drift_alert():
+                    for payload in Receiver.received:
+                        for alert in payload["alerts"]:
+                            if alert["labels"]["alertname"] == "FlatPriceFeatureDrift":
+                                return alert
+                    return None
+
+                alert = wait_until(drift_alert, timeout=30, interval=0.5, what="FlatPriceFeatureDrift at the webhook")
+    finally:
+        webhook.shutdown()
+    drifted = {
+        a["labels"]["feature"]
+        for payload in Receiver.received
+        for a in payload["alerts"]
+        if a["labels"]["alertname"] == "FlatPriceFeatureDrift"
+    }
+    assert drifted == {"total_area"}, drifted
+    assert alert["status"] == "firing"
+    assert alert["labels"]["feature"] == "total_area" and alert["labels"]["severity"] == "warning"
+    assert alert["annotations"]["summary"] == "Input drift on total_area"
+    assert Receiver.received[0]["receiver"] == "flat-price-team"
