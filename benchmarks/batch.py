@@ -29,7 +29,6 @@ import pyarrow.parquet as pq
 from batch import job
 from devtools.servers import process_tree
 from flatprice import registry
-from flatprice.config import Settings
 from flatprice.schema import FEATURE_NAMES
 from flatprice.store import load_pipeline
 from flatprice.synthetic import generate_flats
@@ -47,7 +46,7 @@ def write_listings(folder: Path, rows: int) -> None:
 
 
 def in_process(folder: Path, rows: int) -> float:
-    pipeline = load_pipeline(registry.resolve(Settings().model)).pipeline
+    pipeline = load_pipeline(registry.served()).pipeline
     table = pq.read_table(folder).to_pandas()
     start = time.perf_counter()
     pipeline.predict(table)
@@ -69,7 +68,7 @@ def spark_stages(folder: Path, rows: int, master: str) -> dict:
     spark = job.session(master)
     try:
         df = job.partitioned(job.read(spark, str(folder), None), None)
-        model = registry.resolve(Settings().model)
+        model = registry.served()
         file_name, digest = job.ship_model(spark, model, "")
         job.ship_code(spark)
 

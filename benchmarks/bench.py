@@ -1,6 +1,6 @@
 """Benchmark: the service against two yardsticks, on this machine, in one run.
 
-    python -m benchmarks.bench                      # ~6 minutes; needs wrk (Debian) and flat_price:latest
+    python -m benchmarks.bench                      # ~6 minutes; needs wrk (Debian) and the served model
     python -m benchmarks.bench --duration 2 --rounds 1 --connections 1,8   # a quick look
 
 Measures, with the default model of the BentoML store:
@@ -40,9 +40,10 @@ import httpx
 import numpy as np
 
 from devtools.servers import REPO, BentoServer, Process, free_port, process_tree, worker_pids
+from flatprice import registry
 from flatprice.api.payloads import rubles
 from flatprice.schema import FEATURE_NAMES, INT_FEATURES
-from flatprice.store import latest_model, load_pipeline
+from flatprice.store import load_pipeline
 from flatprice.synthetic import generate_flats
 
 RESULTS = REPO / "bench-results"
@@ -174,6 +175,17 @@ def rss_mib(pid: int) -> float:
     return int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024
 
 
+def wrk_report(url: str, script: Path, connections: int, seconds: float) -> dict:
+    """One wrk run against `url` (one thread, latency percentiles), its report parsed."""
+    text = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{round(seconds)}s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return parse_wrk(text)
+
+
 def wrk(url: str, script: Path, connections: int, seconds: int, root_pid: int) -> dict:
     """One wrk run; also the server's CPU per request and how the work split over its workers.
 
@@ -185,13 +197,7 @@ def wrk(url: str, script: Path, connections: int, seconds: int, root_pid: int) -
     time.sleep(1)
     pids, workers = process_tree(root_pid), worker_pids(root_pid)
     before, before_each = cpu_seconds(pids), [cpu_seconds([w]) for w in workers]
-    text = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    result = parse_wrk(text)
+    result = wrk_report(url, script, connections, seconds)
     result["cpu_ms_per_request"] = (cpu_seconds(pids) - before) * 1000 / max(result["requests"], 1)
     used = [cpu_seconds([w]) - b for w, b in zip(workers, before_each, strict=False)]
     result["worker_split"] = [round(u / sum(used), 2) for u in used] if sum(used) else []
@@ -257,7 +263,7 @@ def main() -> None:
     args = parser.parse_args()
     connections = [int(c) for c in args.connections.split(",")]
 
-    model = latest_model()
+    model = registry.served()  # the model the service under test answers with
     loaded = load_pipeline(model)
     pipeline = loaded.pipeline
     work = Path(tempfile.mkdtemp(prefix="flatprice-bench-"))

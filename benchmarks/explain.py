@@ -1,7 +1,7 @@
 """What an explanation costs: in process against CatBoost's own SHAP, and /explain beside
 /predict on a real `bentoml serve` (2 workers) under wrk.
 
-    python -m benchmarks.explain [--seconds 10]     # ~1 minute; wrk, flat_price:latest
+    python -m benchmarks.explain [--seconds 10]     # ~1 minute; wrk, the served model
 
 Prints CPU milliseconds per flat (one flat, and in batches of 100) for the per-leaf tables
 and for `get_feature_importance(type="ShapValues")`, the largest difference between the
@@ -21,9 +21,10 @@ from catboost import Pool
 
 from benchmarks.bench import json_flat, lua_pool, wrk
 from devtools.servers import BentoServer
+from flatprice import registry
 from flatprice.explain import PriceExplainer
 from flatprice.schema import FEATURE_NAMES
-from flatprice.store import latest_model, load_pipeline
+from flatprice.store import load_pipeline
 from flatprice.synthetic import generate_flats
 
 
@@ -36,7 +37,7 @@ def cpu_ms(call, repeat: int) -> float:
 
 
 def in_process(rows: np.ndarray) -> dict:
-    pipeline = load_pipeline(latest_model()).pipeline
+    pipeline = load_pipeline(registry.served()).pipeline
     features, regressor = pipeline.named_steps["features"], pipeline[-1]
     start = time.perf_counter()
     explainer = PriceExplainer(features, regressor)

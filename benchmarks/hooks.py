@@ -1,7 +1,7 @@
 """What each version-checked hook buys: the service with its hooks (FLAT_PRICE_SERVER_HOOKS=1)
 against BentoML's public behaviour (=0), on the same model, one after the other.
 
-    python -m benchmarks.hooks          # ~1 minute; needs flat_price:latest
+    python -m benchmarks.hooks          # ~1 minute; needs the served model
 
 Prints, for each: series on /metrics and its scrape time after 2,000 requests to made-up
 paths; log lines written for one refused request; whether /docs.json documents the real

@@ -1,7 +1,7 @@
 """Overload: with more traffic than it can serve, does the service refuse the excess with
 429 and keep the requests it admits as fast as when unloaded?
 
-    python -m benchmarks.overload                 # ~2 minutes; needs wrk and flat_price:latest
+    python -m benchmarks.overload                 # ~2 minutes; needs wrk and the served model
     python -m benchmarks.overload --limits 1,16 --refusal-delays 0.05,0 --seconds 9
 
 For each per-worker limit (FLAT_PRICE_MAX_CONCURRENCY) and each layout:
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import tempfile
 import threading
 import time
@@ -31,7 +30,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from benchmarks.bench import json_flat, lua_pool, parse_wrk
+from benchmarks.bench import json_flat, lua_pool, wrk_report
 from devtools.servers import BentoServer
 from flatprice.schema import EXAMPLE_FLAT, FEATURE_NAMES
 from flatprice.synthetic import generate_flats
@@ -54,13 +53,7 @@ def probe(url: str, seconds: float) -> list[tuple[int, float]]:
 
 
 def wrk(url: str, script: Path, connections: int, seconds: int) -> dict:
-    out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), f"{url}/predict"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    result = parse_wrk(out)
+    result = wrk_report(f"{url}/predict", script, connections, seconds)
     answered = result["requests"] - result["non_2xx"]
     return {
         "offered": result["rps"],

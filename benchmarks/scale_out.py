@@ -1,7 +1,7 @@
 """Replicas behind HAProxy (deploy/haproxy/haproxy.cfg) on this machine: spread, scaling,
 overload shedding and the loss of a replica, each through real processes.
 
-    python -m benchmarks.scale_out [--seconds 8]     # ~3 minutes; wrk, haproxy, flat_price:latest
+    python -m benchmarks.scale_out [--seconds 8]     # ~3 minutes; wrk, haproxy, the served model
 
 Prints: each one-worker replica's share of the requests at 8 and 32 connections; requests/s
 with 1, 2 and 3 replicas and the server CPU per request; a probe's p50/p95 unloaded and at
@@ -17,7 +17,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import tempfile
 import threading
 import time
@@ -27,7 +26,7 @@ import httpx
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-from benchmarks.bench import cpu_seconds, json_flat, lua_pool, parse_wrk
+from benchmarks.bench import cpu_seconds, json_flat, lua_pool, wrk_report
 from benchmarks.overload import probe
 from devtools.servers import BentoServer, haproxy, process_tree, wait_until
 from flatprice.schema import FEATURE_NAMES
@@ -59,13 +58,7 @@ def up_replicas(metrics_url: str) -> dict[str, float]:
 
 
 def run_wrk(url: str, script: Path, connections: int, seconds: float) -> dict:
-    text = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{round(seconds)}s", "--latency", "-s", str(script), f"{url}/predict"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    result = parse_wrk(text)
+    result = wrk_report(f"{url}/predict", script, connections, seconds)
     result["goodput"] = result["rps"] * (1 - result["non_2xx"] / max(result["requests"], 1))  # 200s per second
     return result
 

@@ -106,6 +106,14 @@ def _named(setting: str, selector: str) -> str:
     return f"{setting}={selector}" if setting else selector
 
 
+def served() -> bentoml.Model:
+    """The model the service serves with the current settings (FLAT_PRICE_MODEL): for tools that must
+    measure or price with exactly that model."""
+    from .config import Settings
+
+    return resolve(Settings.load().model)
+
+
 def write_labels(model: bentoml.Model, labels: dict[str, str]) -> bentoml.Model:
     """Replace a stored model's labels; returns the model as BentoML now reads it."""
     path = os.path.join(model.path, "model.yaml")
