@@ -34,8 +34,9 @@ from flatprice.api.payloads import (
 from flatprice.config import Settings
 from flatprice.explain import PriceExplainer
 from flatprice.faults import FaultInjection
+from flatprice.observability.drift import DriftPublisher
 from flatprice.observability.metrics import NAMESPACE
-from flatprice.observability.monitor import MIN_WINDOW_ROWS, PredictionMonitor, publish_static
+from flatprice.observability.monitor import PredictionMonitor, publish_static
 from flatprice.observability.shadow import Shadow, publish_challenger
 from flatprice.pricing import pricer
 from flatprice.schema import EXAMPLE_FLAT, FEATURE_NAMES
@@ -66,7 +67,13 @@ class FlatPriceService:
         self.rng = np.random.default_rng()
         self.faults = FaultInjection(settings.fault_error_rate, settings.fault_max_delay_s)
         self.explainer = PriceExplainer(self.features, self.regressor)  # ~0.5 s: SHAP tables per leaf
-        self.monitor = PredictionMonitor(loaded.metadata["reference"], shadow=self._shadow())
+        reference = loaded.metadata["reference"]
+        self.monitor = PredictionMonitor(
+            DriftPublisher(self.tag, reference, loaded.known),
+            reference,
+            settings.drift_rows_per_request,
+            shadow=self._shadow(),
+        )
         publish_static(self.tag, loaded.metadata["trained_at"], loaded.metadata["metrics"]["r2"])
         # Checked, not just loaded: the original's example flat must get a positive price.
         example = np.array([[EXAMPLE_FLAT[name] for name in FEATURE_NAMES]], dtype=np.float64)
@@ -85,7 +92,7 @@ class FlatPriceService:
             return None
         loaded = load_pipeline(self.challenger_ref)
         publish_challenger(loaded.tag, loaded.metadata["trained_at"], loaded.metadata["metrics"]["r2"])
-        return Shadow(pricer(loaded.pipeline), loaded.metadata["reference"], MIN_WINDOW_ROWS)
+        return Shadow(pricer(loaded.pipeline), DriftPublisher(loaded.tag, loaded.metadata["reference"], loaded.known))
 
     def __is_ready__(self) -> bool:
         return getattr(self, "ready", False)

@@ -5,7 +5,8 @@ overload shedding and the loss of a replica, each through real processes.
 
 Prints: each one-worker replica's share of the requests at 8 and 32 connections; requests/s
 with 1, 2 and 3 replicas and the server CPU per request; a probe's p50/p95 unloaded and at
-about twice capacity, with the share of 503s the proxy sheds; and, for a replica killed
+about twice capacity, with the share of 503s the proxy sheds, at both of the proxy's
+operating points (throughput-first default, LATENCY_FIRST); and, for a replica killed
 (SIGKILL) under load, the errors clients saw and the seconds until the proxy took it out.
 """
 
@@ -33,6 +34,8 @@ from flatprice.schema import FEATURE_NAMES
 from flatprice.synthetic import generate_flats
 
 ONE_WORKER = {"FLAT_PRICE_WORKERS": "1"}
+# The proxy's latency-first operating point (deploy/haproxy/haproxy.cfg): one request per replica at a time.
+LATENCY_FIRST = {"FLAT_PRICE_REPLICA_MAXCONN": "1", "FLAT_PRICE_SHED_QUEUE": "1"}
 
 
 def exporter(metrics_url: str, family: str, by: str, **labels: str) -> dict[str, float]:
@@ -125,6 +128,15 @@ def overload(proxy, script: Path, capacity_rps: float, seconds: float) -> dict:
     return {"unloaded": stats(unloaded), "loaded": stats(loaded), "wrk": result, "offered_rps": 2 * capacity_rps}
 
 
+def latency_first(workdir: Path, replicas: list[BentoServer], pool: Path, seconds: float) -> dict:
+    """A second proxy with LATENCY_FIRST in front of the same replicas: its capacity (8 greedy
+    connections) and the overload probe at twice that."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    with haproxy(workdir, [r.url.removeprefix("http://") for r in replicas], env=LATENCY_FIRST) as proxy:
+        capacity = run_wrk(proxy.url, pool, 8, seconds)["goodput"]
+        return overload(proxy, pool, capacity, seconds) | {"capacity_rps": capacity}
+
+
 def admin(proxy, command: str) -> str:
     """One command to HAProxy's runtime API (its admin socket)."""
     with socket.socket(socket.AF_UNIX) as sock:
@@ -189,6 +201,7 @@ def main() -> None:
                 results["spread"] = {c: spread(proxy, pool, c, args.seconds) for c in (8, 32)}
                 capacity = results["scaling"][2]["goodput"]
                 results["overload"] = overload(proxy, pool, capacity, args.seconds)
+                results["overload_latency_first"] = latency_first(work / "latency-first", replicas, pool, args.seconds)
                 results["replica_loss"] = kill_under_load(proxy, replicas[1], pool, 8, args.seconds)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
@@ -207,14 +220,16 @@ def report(results: dict) -> None:
         print(
             f"  {c:>2} connections: {r['shares']}  {r['goodput']:.0f} answered/s, {r['non_2xx']} of {r['requests']} shed"
         )
-    o = results["overload"]
-    print(f"== overload at ~{o['offered_rps']:.0f} req/s offered (2x the 2-replica capacity) ==")
-    for phase in ("unloaded", "loaded"):
-        p = o[phase]
-        print(
-            f"  probe {phase:9s}: p50 {p['p50_ms']:.2f} ms  p95 {p['p95_ms']:.2f} ms  503 {p['shed_503']:.1%}  other {p['other']}"
-        )
-    print(f"  p95 loaded / unloaded: {o['loaded']['p95_ms'] / o['unloaded']['p95_ms']:.2f}x")
+    for key, point in (("overload", "throughput-first (default)"), ("overload_latency_first", "latency-first")):
+        o = results[key]
+        print(f"== {point}: overload at ~{o['offered_rps']:.0f} req/s offered (2x the 2-replica capacity) ==")
+        for phase in ("unloaded", "loaded"):
+            p = o[phase]
+            print(
+                f"  probe {phase:9s}: p50 {p['p50_ms']:.2f} ms  p95 {p['p95_ms']:.2f} ms  "
+                f"503 {p['shed_503']:.1%}  other {p['other']}"
+            )
+        print(f"  p95 loaded / unloaded: {o['loaded']['p95_ms'] / o['unloaded']['p95_ms']:.2f}x")
     loss = results["replica_loss"]
     print(
         f"== SIGKILL of 1 of 2 replicas under 8 connections: {loss['requests']} requests, non-2xx {loss['non_2xx']} "

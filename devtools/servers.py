@@ -234,7 +234,8 @@ def prometheus(
     rules = yaml.safe_load((committed / "alerts.yml").read_text())
     for group in rules["groups"]:
         for rule in group["rules"]:
-            rule["for"] = (alerts_for or {}).get(rule["alert"], rule.get("for", "0s"))
+            if "alert" in rule:  # recording rules have no `for`
+                rule["for"] = (alerts_for or {}).get(rule["alert"], rule.get("for", "0s"))
     (workdir / "alerts.yml").write_text(yaml.safe_dump(rules, sort_keys=False))
     (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
     url = f"http://127.0.0.1:{port}"
@@ -291,9 +292,10 @@ class Proxy:
 
 
 @contextlib.contextmanager
-def haproxy(workdir: Path, targets: list[str]):
+def haproxy(workdir: Path, targets: list[str], env: dict[str, str] | None = None):
     """Debian's HAProxy with the committed config (deploy/haproxy/haproxy.cfg) in front of
-    `targets` (host:port), on free loopback ports; yields its URLs once a replica is up."""
+    `targets` (host:port), on free loopback ports; yields its URLs once a replica is up.
+    `env` sets the config's own variables (FLAT_PRICE_REPLICA_MAXCONN, FLAT_PRICE_SHED_QUEUE)."""
     config = (REPO / "deploy" / "haproxy" / "haproxy.cfg").read_text()
     admin = workdir / "haproxy.sock"
     servers = "\n".join(f"    server replica{i} {target}" for i, target in enumerate(targets))
@@ -306,7 +308,7 @@ def haproxy(workdir: Path, targets: list[str]):
         "HAPROXY_BIND": bind,
         "HAPROXY_METRICS_BIND": metrics_bind,
         "FLAT_PRICE_HAPROXY_ERRORS": str(REPO / "deploy" / "haproxy" / "errors"),
-    }
+    } | (env or {})
     process = Process(["haproxy", "-db", "-f", str(path)], f"http://{bind}/readyz", workdir / "haproxy.log", env=env)
     with process:
         yield Proxy(f"http://{bind}", f"http://{metrics_bind}/metrics", admin)

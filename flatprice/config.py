@@ -56,6 +56,12 @@ class Settings(BaseSettings):
         pattern=r"^([0-9a-f]{64})?$",
         description="If set, the only pipeline.joblib digest served (trust anchor outside the model store)",
     )
+    drift_rows_per_request: int = Field(
+        10,
+        ge=1,
+        le=10_000,
+        description="At most this many flats of a request count toward drift (a random sample)",
+    )
     fault_error_rate: float = Field(0.0, ge=0, le=1, description="Share of /random requests answered 500 on purpose")
     fault_max_delay_s: float = Field(0.0, ge=0, le=5, description="Each /random request first sleeps U(0, this) s")
 

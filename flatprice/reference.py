@@ -1,26 +1,44 @@
-"""Reference statistics of the training data and live drift scores against them.
+"""Reference statistics of the training data, and the drift test run against them.
 
-At training time `build_reference` records, per feature and for the model's
-predictions, the min/max and ~10 quantile bins with their counts. The service uses
-min/max to count out-of-range values and the bins for a Population Stability Index
-(PSI) over a sliding window of recent values (`DriftWindow`).
+At training time `build_reference` records, per drift subject (the numeric features,
+the derived features the model computes, and its predictions), the min/max and ~10
+quantile bins with their counts; for identifiers (building_id) it records how often a
+holdout flat's value was never seen in training, and training stores the seen values.
 
-PSI = sum over bins of (live% - ref%) * ln(live% / ref%). Usual reading:
-< 0.1 no drift, 0.1-0.25 moderate, > 0.25 significant drift.
+A worker does not score drift: `DriftCounter` counts, per subject, how many sampled
+rows fell in each reference bin, and Prometheus sums those counters over every worker
+and replica in a time window (monitoring/prometheus/alerts.yml, group flat-price-drift).
+So the window is in time, an idle service holds no rows, and workers combine by counts.
+From the window's counts the rules compute, per subject:
+- PSI = sum over bins of (live% - ref%) * ln(live% / ref%), the effect: < 0.1 none,
+  0.1-0.25 moderate, > 0.25 significant;
+- Pearson's chi-squared statistic n * sum((live% - ref%)^2 / ref%), tested against the
+  chi2(bins - 1) quantile at DRIFT_ALPHA / (number of subjects): Bonferroni, so with no
+  drift the chance that any subject is flagged in one evaluation is at most DRIFT_ALPHA.
+A subject drifts when both hold and the window has DRIFT_MIN_ROWS rows. The functions
+below compute the same numbers in Python (tests check the rules against them).
 """
 
 from __future__ import annotations
 
 import numpy as np
+from scipy import stats
 
 from .schema import FEATURE_NAMES
 
 PREDICTION = "prediction"
-DRIFT_SUBJECTS: tuple[str, ...] = (*FEATURE_NAMES, PREDICTION)
+IDENTIFIERS: tuple[str, ...] = ("building_id",)  # checked for unseen values: binning an id as a number says nothing
+DERIVED: tuple[str, ...] = ("distance_to_centre_km", "living_share", "kitchen_share", "floor_ratio", "area_per_room")
+BINNED_FEATURES: tuple[str, ...] = tuple(name for name in FEATURE_NAMES if name not in IDENTIFIERS)
+DRIFT_SUBJECTS: tuple[str, ...] = (*BINNED_FEATURES, *DERIVED, PREDICTION)
 N_BINS = 10
-PSI_NO_DRIFT = 0.1
-PSI_ALERT = 0.25
-_EPS = 1e-4  # floor for empty bins, so ln() stays finite
+PSI_NO_DRIFT = 0.1  # also the effect a subject needs to be called drifted
+PSI_ALERT = 0.25  # the usual "significant" line: the dashboard's red
+DRIFT_ALPHA = 0.01  # family-wise false-alarm rate of one evaluation, over all subjects
+DRIFT_MIN_ROWS = 200  # fewer rows in the window: no verdict
+DRIFT_WINDOW = "15m"  # the rules' range: drift is judged on the rows of the last 15 minutes
+UNSEEN_MARGIN = 0.2  # an identifier drifts when its unseen share exceeds the holdout's by this
+SHARE_FLOOR = 1e-4  # floor for empty bins, so ln() stays finite
 
 
 def bin_edges(values: np.ndarray, n_bins: int = N_BINS) -> np.ndarray:
@@ -47,59 +65,136 @@ def describe(values: np.ndarray) -> dict:
     }
 
 
-def build_reference(features: np.ndarray, predictions: np.ndarray) -> dict[str, dict]:
-    """Reference statistics for every schema feature (columns in schema order) and the prediction."""
+def bin_labels(edges) -> list[str]:
+    """Readable, sortable names of the bins that `edges` make: '00 <38.5', '01 38.5-45.2', ..., '09 >=120'."""
+    edges = [f"{e:.4g}" for e in edges]
+    if not edges:
+        return ["00 all"]
+    inner = [f"{i + 1:02d} {lo}-{hi}" for i, (lo, hi) in enumerate(zip(edges, edges[1:], strict=False))]
+    return [f"00 <{edges[0]}", *inner, f"{len(edges):02d} >={edges[-1]}"]
+
+
+def derived_columns(features: np.ndarray) -> np.ndarray:
+    """The DERIVED features of (n, 15) rows, computed by the model's own FlatFeatures."""
+    # Imported here: flatprice.features brings pandas (and pyarrow where installed), which
+    # `import service` does not need before a worker unpickles the model.
+    from .features import OUTPUT_NAMES, FlatFeatures
+
+    with np.errstate(divide="ignore", invalid="ignore"):  # validation rules out zero areas and floors
+        return FlatFeatures().transform(features)[:, [OUTPUT_NAMES.index(name) for name in DERIVED]]
+
+
+def subject_columns(features: np.ndarray, predictions: np.ndarray) -> dict[str, np.ndarray]:
+    """Every drift subject's values for these rows."""
+    derived = derived_columns(features)
+    columns = {name: features[:, FEATURE_NAMES.index(name)] for name in BINNED_FEATURES}
+    columns |= {name: derived[:, i] for i, name in enumerate(DERIVED)}
+    return columns | {PREDICTION: predictions}
+
+
+def unseen(known: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """True where a value is not in `known` (sorted): a binary search, not np.isin's sort of both."""
+    at = np.minimum(np.searchsorted(known, values), len(known) - 1)
+    return known[at] != values if len(known) else np.ones(len(values), dtype=bool)
+
+
+def unseen_share(known: np.ndarray, values: np.ndarray) -> float:
+    return float(np.mean(unseen(np.unique(known), values))) if len(values) else 0.0
+
+
+def build_reference(
+    features: np.ndarray, predictions: np.ndarray, holdout_features: np.ndarray | None = None
+) -> dict[str, dict]:
+    """Reference statistics: min/max of every schema feature (out-of-range counts), bins of
+    every drift subject, and for identifiers the holdout's share of values unseen in training."""
     reference = {name: describe(features[:, i]) for i, name in enumerate(FEATURE_NAMES)}
+    derived = derived_columns(features)
+    reference |= {name: describe(derived[:, i]) for i, name in enumerate(DERIVED)}
     reference[PREDICTION] = describe(predictions)
+    if holdout_features is not None:
+        for name in IDENTIFIERS:
+            column = FEATURE_NAMES.index(name)
+            reference[name]["unseen_share"] = unseen_share(features[:, column], holdout_features[:, column])
     return reference
 
 
+def known_values(features: np.ndarray, name: str) -> np.ndarray:
+    """The sorted distinct values of an identifier in the training rows (stored with the model)."""
+    return np.unique(features[:, FEATURE_NAMES.index(name)]).astype(np.int64)
+
+
+def reference_shares(counts) -> np.ndarray:
+    counts = np.asarray(counts, dtype=np.float64)
+    return np.maximum(counts / counts.sum(), SHARE_FLOOR)
+
+
 def psi(reference_counts: np.ndarray, live_counts: np.ndarray) -> float:
-    ref = np.maximum(reference_counts / reference_counts.sum(), _EPS)
-    live = np.maximum(live_counts / max(live_counts.sum(), 1), _EPS)
+    ref = reference_shares(reference_counts)
+    live = np.maximum(live_counts / max(live_counts.sum(), 1), SHARE_FLOOR)
     return float(np.sum((live - ref) * np.log(live / ref)))
 
 
-class DriftWindow:
-    """Bin counts of the last `size` values of every drift subject, updated in O(1) per value.
+def chi2_statistic(reference_counts: np.ndarray, live_counts: np.ndarray) -> float:
+    """Pearson's statistic of the live counts against the (floored) reference shares."""
+    ref = reference_shares(reference_counts)
+    n = live_counts.sum()
+    return float(n * np.sum((live_counts / max(n, 1) - ref) ** 2 / ref))
 
-    A ring buffer keeps each recent value's bin index, so the window's histogram is
-    maintained incrementally: add the new value's bin, subtract the evicted one's.
+
+def chi2_critical(n_bins: int, n_subjects: int, alpha: float = DRIFT_ALPHA) -> float:
+    """The statistic a subject with `n_bins` bins must exceed: Bonferroni over `n_subjects`."""
+    if n_bins < 2:  # a constant in training: no test (the out-of-range count still sees a change)
+        return float("inf")
+    return float(stats.chi2.isf(alpha / n_subjects, df=n_bins - 1))
+
+
+def drifted(reference_counts: np.ndarray, live_counts: np.ndarray, n_subjects: int) -> bool:
+    """The rules' verdict for one subject, in Python."""
+    return (
+        live_counts.sum() >= DRIFT_MIN_ROWS
+        and psi(reference_counts, live_counts) >= PSI_NO_DRIFT
+        and chi2_statistic(reference_counts, live_counts) > chi2_critical(len(reference_counts), n_subjects)
+    )
+
+
+class DriftCounter:
+    """Bins rows of one model's subjects into its reference bins, and counts unseen identifiers.
+
+    `subjects` are those this reference has (a model trained before derived subjects existed
+    has fewer); identifiers are checked only when the model stores their known values.
     """
 
-    def __init__(self, reference: dict[str, dict], size: int = 1000):
-        self.size = size
-        self.subjects = DRIFT_SUBJECTS
-        self.edges = [np.asarray(reference[s]["edges"]) for s in self.subjects]
-        self.reference_counts = [np.asarray(reference[s]["counts"], dtype=np.float64) for s in self.subjects]
-        self.ring = np.zeros((len(self.subjects), size), dtype=np.int16)
-        self.counts = [np.zeros(len(e) + 1, dtype=np.int64) for e in self.edges]
-        self.seen = 0
+    def __init__(self, reference: dict[str, dict], known: dict[str, np.ndarray] | None = None):
+        self.subjects = tuple(s for s in DRIFT_SUBJECTS if s in reference)
+        self.edges = {s: np.asarray(reference[s]["edges"]) for s in self.subjects}
+        self.reference_counts = {s: np.asarray(reference[s]["counts"], dtype=np.float64) for s in self.subjects}
+        self.known = {name: values for name, values in (known or {}).items() if name in IDENTIFIERS}
+        self.expected_unseen = {name: reference[name].get("unseen_share", 0.0) for name in self.known}
 
-    def add(self, features: np.ndarray, predictions: np.ndarray) -> None:
-        """Add rows: `features` is (n, 15) in schema order, `predictions` is (n,)."""
-        n = len(predictions)
-        if n > self.size:  # only the newest `size` rows can stay in the window
-            features, predictions, n = features[-self.size :], predictions[-self.size :], self.size
-        positions = self.seen + np.arange(n)
-        slots = positions % self.size
-        overwritten = slots[positions >= self.size]  # slots whose old value leaves the window
-        for i in range(len(self.subjects)):
-            column = predictions if i == len(self.subjects) - 1 else features[:, i]
-            bins = assign_bins(self.edges[i], column)
-            n_bins = len(self.counts[i])
-            if len(overwritten):
-                self.counts[i] -= np.bincount(self.ring[i, overwritten], minlength=n_bins)
-            self.counts[i] += np.bincount(bins, minlength=n_bins)
-            self.ring[i, slots] = bins
-        self.seen += n
-
-    @property
-    def filled(self) -> int:
-        return min(self.seen, self.size)
-
-    def scores(self) -> dict[str, float]:
-        """PSI per subject over the window."""
-        return {
-            s: psi(ref, live) for s, ref, live in zip(self.subjects, self.reference_counts, self.counts, strict=False)
+    def count(self, features: np.ndarray, predictions: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+        """Per subject the rows in each bin; per identifier the rows with an unseen value."""
+        columns = subject_columns(features, predictions)
+        bins = {
+            s: np.bincount(assign_bins(self.edges[s], columns[s]), minlength=len(self.edges[s]) + 1)
+            for s in self.subjects
         }
+        unseen_rows = {
+            name: int(unseen(known, features[:, FEATURE_NAMES.index(name)]).sum()) for name, known in self.known.items()
+        }
+        return bins, unseen_rows
+
+    def critical_values(self) -> dict[str, float]:
+        return {s: chi2_critical(len(self.reference_counts[s]), len(self.subjects)) for s in self.subjects}
+
+
+def sample_rows(sizes: list[int], per_request: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices into the concatenated rows of several requests: all rows of a request with at
+    most `per_request`, else that many at random, so one large batch weighs as one client."""
+    picks, start = [], 0
+    for size in sizes:
+        if size <= per_request:
+            picks.append(np.arange(start, start + size))
+        else:
+            picks.append(start + np.sort(rng.choice(size, per_request, replace=False)))
+        start += size
+    return np.concatenate(picks) if picks else np.zeros(0, dtype=np.int64)

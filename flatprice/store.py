@@ -25,6 +25,7 @@ from .schema import FEATURE_NAMES
 MODEL_NAME = "flat_price"
 PICKLE_FILE = "pipeline.joblib"
 SAMPLE_FILE = "training_sample.npy"  # (n, 15) float64, schema order
+KNOWN_FILE = "known_{}.npy"  # sorted distinct training values of an identifier (drift: unseen share)
 TRAIN_COMMAND = "python -m train"
 # Libraries whose version must match between training and serving (pickle compatibility).
 PINNED_LIBRARIES = ("catboost", "scikit-learn", "numpy")
@@ -39,9 +40,15 @@ def library_versions() -> dict[str, str]:
 
 
 def save_pipeline(
-    pipeline, training_sample: np.ndarray, metadata: dict, name: str = MODEL_NAME, labels: dict | None = None
+    pipeline,
+    training_sample: np.ndarray,
+    metadata: dict,
+    name: str = MODEL_NAME,
+    labels: dict | None = None,
+    known: dict[str, np.ndarray] | None = None,
 ) -> bentoml.Model:
     files = {PICKLE_FILE: _joblib_bytes(pipeline), SAMPLE_FILE: _npy_bytes(training_sample.astype(np.float64))}
+    files |= {KNOWN_FILE.format(feature): _npy_bytes(values) for feature, values in (known or {}).items()}
     metadata = metadata | {
         "file_sha256": {file: hashlib.sha256(payload).hexdigest() for file, payload in files.items()},
         "library_versions": library_versions(),
@@ -76,6 +83,7 @@ class LoadedModel:
     training_sample: np.ndarray
     tag: str
     metadata: dict
+    known: dict[str, np.ndarray]  # identifier -> its training values (empty for models saved before they were kept)
 
 
 def verified_files(model: bentoml.Model, pinned_sha256: str = "") -> dict[str, bytes]:
@@ -103,7 +111,8 @@ def verified_files(model: bentoml.Model, pinned_sha256: str = "") -> dict[str, b
             f"model {tag} was trained with {', '.join(differing)}; {fix}, or install the versions it was trained with"
         )
     payloads = {}
-    for file in (PICKLE_FILE, SAMPLE_FILE):
+    optional = [file for file in metadata.get("file_sha256", {}) if file not in (PICKLE_FILE, SAMPLE_FILE)]
+    for file in (PICKLE_FILE, SAMPLE_FILE, *optional):
         try:
             with open(model.path_of(file), "rb") as f:
                 payloads[file] = f.read()
@@ -127,6 +136,11 @@ def load_pipeline(model: bentoml.Model, pinned_sha256: str = "") -> LoadedModel:
         training_sample=np.load(io.BytesIO(payloads[SAMPLE_FILE]), allow_pickle=False),
         tag=str(model.tag),
         metadata=dict(model.info.metadata),
+        known={
+            file.removeprefix("known_").removesuffix(".npy"): np.load(io.BytesIO(payload), allow_pickle=False)
+            for file, payload in payloads.items()
+            if file.startswith("known_")
+        },
     )
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections import Counter
 
 import gevent
 from locust import FastHttpUser, between, events, task
@@ -39,6 +40,8 @@ INVALID_FLATS = [
 ]
 INJECTED = "injected fault"
 MIN_TIMED = 20  # a p95 of fewer answers is their maximum: not judged
+ANSWERS_BY_MODEL: Counter[str] = Counter()  # the `model` of each priced answer: both tags during a rollout
+MAX_MODELS = 10  # more distinct tags than a rollout has are counted as "other", never unbounded
 # Importing pandas and building the pool blocks for seconds before gevent's loop runs; its
 # cached clock would start --run-time that much in the past (a 6 s run lasted 1.8 s).
 gevent.get_hub().loop.update_now()
@@ -125,6 +128,9 @@ def judge(response, status: int, problem) -> None:
             response.failure("answer is not JSON")
             return
         reason = problem(body) if isinstance(body, dict) else "answer is not a JSON object"
+        if not reason and isinstance(body.get("model"), str):
+            tag = body["model"][:80]
+            ANSWERS_BY_MODEL[tag if tag in ANSWERS_BY_MODEL or len(ANSWERS_BY_MODEL) < MAX_MODELS else "other"] += 1
         if reason:
             response.failure(reason)
         else:
@@ -168,4 +174,6 @@ def _check_thresholds(environment, **_):
         f"thresholds: {total.num_requests} requests, failure ratio {fail_ratio:.2%} "
         f"(injected faults excluded: {injected}), p95/budget ms: {', '.join(p95s)} -> {verdict}"
     )
+    models = ", ".join(f"{tag} {n}" for tag, n in sorted(ANSWERS_BY_MODEL.items())) or "none"
+    print(f"answers by model: {models}")
     environment.process_exit_code = 1 if problems else 0

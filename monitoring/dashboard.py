@@ -14,7 +14,7 @@ from pathlib import Path
 
 from flatprice.api.routes import API_ROUTES
 from flatprice.observability.metrics import NAMESPACE
-from flatprice.reference import PSI_ALERT, PSI_NO_DRIFT
+from flatprice.reference import DRIFT_MIN_ROWS, DRIFT_WINDOW, IDENTIFIERS, PSI_ALERT, PSI_NO_DRIFT
 from flatprice.registry import MOVED
 
 OUTPUT = Path(__file__).parent / "grafana" / "dashboards" / "flat-price.json"
@@ -22,6 +22,20 @@ DATASOURCE = {"type": "prometheus", "uid": "prometheus"}
 API = f'endpoint=~"{"|".join(API_ROUTES)}"'  # the API routes, from the one definition
 N = NAMESPACE
 PROXY = 'proxy="replicas"'  # HAProxy's backend of the replicas (deploy/haproxy/haproxy.cfg)
+SERVED = f"({N}_model_info == 1)"  # drift series of the served model, not the challenger's
+W_MIN = int(DRIFT_WINDOW.removesuffix("m"))
+# The subject the "how it moved" panel shows: Grafana's variable, filled from the reference's subjects.
+SUBJECT_VARIABLE = {
+    "name": "subject",
+    "label": "Drift subject",
+    "type": "query",
+    "datasource": DATASOURCE,
+    "query": {"query": "label_values(flat_price:drift_reference_share, subject)", "refId": "subject"},
+    "definition": "label_values(flat_price:drift_reference_share, subject)",
+    "current": {"text": "total_area", "value": "total_area"},
+    "refresh": 2,
+    "sort": 1,
+}
 
 
 def latency(q: float) -> str:
@@ -222,22 +236,71 @@ ROWS: list[tuple[str, list[Panel]]] = [
                 "short",
             ),
             Panel(
-                "Drift by feature (PSI)",
-                f"PSI of each feature's recent values (1,000 per worker) against the training data; worst worker. Below {PSI_NO_DRIFT}: no drift; above {PSI_ALERT}: alert.",
-                [
-                    (f"max by (feature) ({N}_feature_drift_psi)", "{{feature}}"),
-                    (f"max({N}_prediction_drift_psi)", "prediction"),
-                ],
-                "short",
-                width=16,
-                thresholds=[(PSI_NO_DRIFT, "orange"), (PSI_ALERT, "red")],
-            ),
-            Panel(
                 "Live model",
                 "Tag, training time and holdout R² of the model each replica serves.",
                 [(f"max by (model_tag, trained_at, holdout_r2) ({N}_model_info)", "{{model_tag}} R² {{holdout_r2}}")],
                 kind="table",
                 instant=True,
+            ),
+        ],
+    ),
+    (
+        f"Drift: the last {W_MIN} minutes of flats against the training data (all workers and replicas)",
+        [
+            Panel(
+                "Drift by subject (PSI)",
+                f"PSI of each feature, derived feature and the prediction over the window, from every worker's counts (the rules' flat_price:drift_psi:{DRIFT_WINDOW}). Below {PSI_NO_DRIFT}: no drift; above {PSI_ALERT}: significant. Alerting also needs the chi-squared test (Monitoring.md, Drift).",
+                [(f"flat_price:drift_psi:{DRIFT_WINDOW} and on (model_tag) {SERVED}", "{{subject}}")],
+                "short",
+                width=16,
+                height=9,
+                thresholds=[(PSI_NO_DRIFT, "orange"), (PSI_ALERT, "red")],
+            ),
+            Panel(
+                "Drifted subjects",
+                f"How many subjects the rules call drifted now (PSI >= {PSI_NO_DRIFT} and chi-squared significant, or unseen {IDENTIFIERS[0]} share); FlatPriceDrift names them.",
+                [(f"flat_price:drift_subjects:{DRIFT_WINDOW}", "{{model_tag}}")],
+                kind="stat",
+                width=4,
+                height=9,
+                thresholds=[(1, "red")],
+                instant=True,
+            ),
+            Panel(
+                "Flats in the window",
+                f"Flats counted toward drift over the window (at most FLAT_PRICE_DRIFT_ROWS_PER_REQUEST per request); under {DRIFT_MIN_ROWS}, no verdict.",
+                [(f"flat_price:drift_rows:{DRIFT_WINDOW} and on (model_tag) {SERVED}", "{{model_tag}}")],
+                kind="stat",
+                width=4,
+                height=9,
+                instant=True,
+            ),
+            Panel(
+                "How $subject moved: share per training bin, live minus training",
+                "Each reference bin (decile of the training data, or one value of a discrete feature): the window's share minus the training share. Bars above 0 gained flats. Pick the subject at the top.",
+                [
+                    (
+                        f'(flat_price:drift_share:{DRIFT_WINDOW}{{subject="$subject"}} - flat_price:drift_reference_share{{subject="$subject"}}) and on (model_tag) {SERVED}',
+                        "{{bin}}",
+                    )
+                ],
+                "percentunit",
+                kind="bargauge",
+                width=12,
+                height=9,
+                instant=True,
+                options={"orientation": "horizontal", "displayMode": "basic", "showUnfilled": True},
+            ),
+            Panel(
+                f"Unseen {IDENTIFIERS[0]} share",
+                f"Share of the window's flats whose {IDENTIFIERS[0]} never occurred in training, against the holdout's share (an identifier is compared by its values, not binned).",
+                [
+                    (f"flat_price:drift_unseen_share:{DRIFT_WINDOW} and on (model_tag) {SERVED}", "live"),
+                    (f"max by (model_tag) ({N}_drift_reference_unseen_share) and on (model_tag) {SERVED}", "holdout"),
+                ],
+                "percentunit",
+                width=12,
+                height=9,
             ),
         ],
     ),
@@ -273,7 +336,7 @@ ROWS: list[tuple[str, list[Panel]]] = [
             ),
             Panel(
                 "Challenger",
-                "Tag, training time and holdout R² of the challenger, and its prediction drift (PSI) against its own training data.",
+                "Tag, training time and holdout R² of the challenger.",
                 [
                     (
                         f"max by (model_tag, trained_at, holdout_r2) ({N}_challenger_info)",
@@ -285,10 +348,16 @@ ROWS: list[tuple[str, list[Panel]]] = [
             ),
             Panel(
                 "Prediction drift: champion and challenger (PSI)",
-                f"PSI of each model's recent prices against its predictions on its own training data; above {PSI_ALERT}: the model sees prices it was not trained for.",
+                f"PSI of each model's prices over the window against its predictions on its own training data; above {PSI_ALERT}: the model sees prices it was not trained for.",
                 [
-                    (f"max({N}_prediction_drift_psi)", "champion"),
-                    (f'max({N}_challenger_drift_psi{{subject="prediction"}})', "challenger"),
+                    (
+                        f'flat_price:drift_psi:{DRIFT_WINDOW}{{subject="prediction"}} and on (model_tag) {SERVED}',
+                        "champion",
+                    ),
+                    (
+                        f'flat_price:drift_psi:{DRIFT_WINDOW}{{subject="prediction"}} and on (model_tag) ({N}_challenger_info == 1)',
+                        "challenger",
+                    ),
                 ],
                 "short",
                 width=16,
@@ -453,7 +522,7 @@ def build() -> dict:
         "graphTooltip": 1,
         "refresh": "10s",
         "time": {"from": "now-30m", "to": "now"},
-        "templating": {"list": []},
+        "templating": {"list": [SUBJECT_VARIABLE]},
         "annotations": {"list": []},
         "panels": panels,
     }

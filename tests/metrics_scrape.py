@@ -25,3 +25,61 @@ def sample_value(families: dict, family: str, sample: str | None = None, **label
 
 def series_count(families: dict) -> int:
     return sum(len(family.samples) for family in families.values())
+
+
+class DriftWindow:
+    """The drift counters of one model between two scrapes, judged as the Prometheus rules do
+    (flatprice/reference.py's functions on the counts the window added)."""
+
+    def __init__(self, url: str, model_tag: str | None = None):
+        self.url, self.model_tag = url, model_tag
+        self.start = self._counts(scrape(url))
+
+    def _counts(self, families: dict) -> dict:
+        from flatprice.observability.metrics import NAMESPACE
+
+        bins: dict[str, dict[str, float]] = {}
+        for sample in families[f"{NAMESPACE}_drift_bin_rows"].samples:
+            if sample.name.endswith("_total") and sample.labels["model_tag"] == (
+                self.model_tag or sample.labels["model_tag"]
+            ):
+                self.model_tag = sample.labels["model_tag"]
+                bins.setdefault(sample.labels["subject"], {})[sample.labels["bin"]] = sample.value
+        reference: dict[str, dict[str, float]] = {}
+        for sample in families[f"{NAMESPACE}_drift_reference_share"].samples:
+            if sample.labels["model_tag"] == self.model_tag:
+                reference.setdefault(sample.labels["subject"], {})[sample.labels["bin"]] = sample.value
+        rows = sample_value(
+            families,
+            f"{NAMESPACE}_drift_sampled_rows",
+            f"{NAMESPACE}_drift_sampled_rows_total",
+            model_tag=self.model_tag,
+        )
+        unseen = sample_value(
+            families, f"{NAMESPACE}_drift_unseen_rows", f"{NAMESPACE}_drift_unseen_rows_total", model_tag=self.model_tag
+        )
+        return {"bins": bins, "reference": reference, "rows": rows, "unseen": unseen}
+
+    def now(self) -> dict:
+        """rows, unseen rows, and per subject: counts by bin, PSI, chi2, drifted (since the start)."""
+        import numpy as np
+
+        from flatprice.reference import chi2_statistic, drifted, psi
+
+        end = self._counts(scrape(self.url))
+        subjects = {}
+        for subject, counts in end["bins"].items():
+            labels = sorted(counts)
+            live = np.array([counts[b] - self.start["bins"][subject][b] for b in labels])
+            ref = np.array([end["reference"][subject][b] for b in labels])
+            subjects[subject] = {
+                "counts": live,
+                "psi": psi(ref, live),
+                "chi2": chi2_statistic(ref, live),
+                "drifted": drifted(ref, live, len(end["bins"])),
+            }
+        return {
+            "rows": end["rows"] - self.start["rows"],
+            "unseen": end["unseen"] - self.start["unseen"],
+            "subjects": subjects,
+        }

@@ -2,13 +2,26 @@
 
 import numpy as np
 import pytest
-from prometheus_client import CollectorRegistry, Histogram
 
 from flatprice.features import ENGINEERED_NAMES, FlatFeatures, as_feature_matrix
 from flatprice.geo import distance_to_centre_km
-from flatprice.reference import PSI_ALERT, PSI_NO_DRIFT, DriftWindow, assign_bins, build_reference, psi
+from flatprice.reference import (
+    DERIVED,
+    DRIFT_MIN_ROWS,
+    PSI_ALERT,
+    PSI_NO_DRIFT,
+    DriftCounter,
+    assign_bins,
+    bin_labels,
+    build_reference,
+    chi2_critical,
+    chi2_statistic,
+    drifted,
+    known_values,
+    psi,
+    sample_rows,
+)
 from flatprice.schema import EXAMPLE_FLAT, FEATURE_NAMES
-from flatprice.server.hooks import bulk_observe as observe_many
 from flatprice.synthetic import generate_flats
 
 
@@ -37,14 +50,20 @@ def test_wrong_shape_is_refused():
 
 
 @pytest.fixture(scope="module")
-def reference():
+def training():
     frame = generate_flats(20_000, seed=1)
-    matrix = as_feature_matrix(frame)
-    return build_reference(matrix, frame.price.to_numpy(dtype=float))
+    return as_feature_matrix(frame), frame.price.to_numpy(dtype=float)
+
+
+@pytest.fixture(scope="module")
+def reference(training):
+    matrix, prices = training
+    return build_reference(matrix, prices, as_feature_matrix(generate_flats(4000, seed=5)))
 
 
 def test_reference_statistics(reference):
-    assert set(reference) == {*FEATURE_NAMES, "prediction"}
+    assert set(reference) == {*FEATURE_NAMES, *DERIVED, "prediction"}
+    assert 0.05 < reference["building_id"]["unseen_share"] < 0.95  # holdout flats in buildings training never saw
     rooms = reference["rooms"]
     assert rooms["edges"] == [1.5, 2.5, 3.5, 4.5]  # discrete: one bin per value
     area = reference["total_area"]
@@ -60,45 +79,78 @@ def test_psi_thresholds():
     assert 0 < PSI_NO_DRIFT < PSI_ALERT
 
 
-def test_drift_window_counts_the_last_values(reference):
-    window = DriftWindow(reference, size=700)
-    fresh = generate_flats(3000, seed=2)
-    matrix, prices = as_feature_matrix(fresh), fresh.price.to_numpy(dtype=float)
-    for start in range(0, 3000, 130):  # uneven chunks, wrapping the ring many times
-        window.add(matrix[start : start + 130], prices[start : start + 130])
-    last = matrix[-700:]
-    for i, name in enumerate(FEATURE_NAMES):
-        expected = np.bincount(assign_bins(window.edges[i], last[:, i]), minlength=len(window.edges[i]) + 1)
-        np.testing.assert_array_equal(window.counts[i], expected, err_msg=name)
-    scores = window.scores()
-    assert max(scores.values()) < PSI_NO_DRIFT  # same distribution: no drift
-    shifted = matrix[-700:].copy()
-    shifted[:, FEATURE_NAMES.index("total_area")] *= 1.5
-    window.add(shifted, prices[-700:])
-    scores = window.scores()
-    assert scores["total_area"] > PSI_ALERT
-    assert all(score < PSI_NO_DRIFT for name, score in scores.items() if name != "total_area")
+def live(seed: int, n: int = 3000):
+    fresh = generate_flats(n, seed=seed)
+    return as_feature_matrix(fresh), fresh.price.to_numpy(dtype=float)
 
 
-def test_observe_many_equals_observe():
-    values = np.concatenate([np.random.default_rng(0).lognormal(16.5, 0.8, 5000), [1e6, 5e8, 6e8, 0.0]])
-    buckets = (1e6, 3e6, 1e7, 3e7, 1e8, 5e8)
-    one, many = CollectorRegistry(), CollectorRegistry()
-    # Distinct names: under PROMETHEUS_MULTIPROC_DIR same-named metrics share storage.
-    single = Histogram("observe_one", "h", buckets=buckets, registry=one)
-    for v in values:
-        single.observe(v)
-    observe_many(Histogram("observe_many", "h", buckets=buckets, registry=many), values)
+def verdicts(counter: DriftCounter, features, prices) -> dict[str, bool]:
+    bins, _ = counter.count(features, prices)
+    n = len(counter.subjects)
+    return {s: drifted(counter.reference_counts[s], bins[s], n) for s in counter.subjects}
 
-    def as_dict(registry):
-        return {
-            (s.name.split("_", 2)[-1], tuple(s.labels.items())): s.value
-            for m in registry.collect()
-            for s in m.samples
-            if not s.name.endswith("_created")
-        }
 
-    got, want = as_dict(many), as_dict(one)
-    assert got.keys() == want.keys()
-    for key in want:
-        assert got[key] == pytest.approx(want[key], rel=1e-12), key
+def test_drift_counts_bins_and_flags_only_what_moved(reference, training):
+    counter = DriftCounter(reference, {"building_id": known_values(training[0], "building_id")})
+    features, prices = live(2)
+    bins, unseen = counter.count(features, prices)
+    for name in ("total_area", "rooms"):
+        column = features[:, FEATURE_NAMES.index(name)]
+        np.testing.assert_array_equal(
+            bins[name], np.bincount(assign_bins(counter.edges[name], column), minlength=len(counter.edges[name]) + 1)
+        )
+    assert "building_id" not in bins  # an identifier is not binned
+    ids = features[:, FEATURE_NAMES.index("building_id")]
+    assert unseen["building_id"] == int((~np.isin(ids, training[0][:, FEATURE_NAMES.index("building_id")])).sum())
+    assert not any(verdicts(counter, features, prices).values())  # same generator: nothing drifts
+    bigger = features.copy()
+    bigger[:, FEATURE_NAMES.index("total_area")] *= 1.2  # the blind spot of PSI > 0.25 alone (PSI ~0.18)
+    flagged = {s for s, v in verdicts(counter, bigger, prices).items() if v}
+    assert "total_area" in flagged and flagged <= {"total_area", "living_share", "kitchen_share", "area_per_room"}
+
+
+def test_a_correlation_break_shows_in_a_derived_feature(reference):
+    """Living area a third of the total instead of about a half, total area unchanged: the living
+    area alone moves little, the living share is flagged."""
+    counter = DriftCounter(reference)
+    features, prices = live(3)
+    c = {name: FEATURE_NAMES.index(name) for name in ("living_area", "total_area")}
+    features[:, c["living_area"]] = features[:, c["total_area"]] / 3
+    flagged = {s for s, v in verdicts(counter, features, prices).items() if v}
+    assert "living_share" in flagged
+
+
+def test_the_false_alarm_rate_is_calibrated(reference):
+    """200 windows of DRIFT_MIN_ROWS clean rows: with no drift, the chance that any subject is
+    flagged in a window is at most 1% (Bonferroni), so ~2 of 200 are expected; the PSI effect
+    required as well can only lower that."""
+    counter = DriftCounter(reference)
+    features, prices = live(4, 200 * DRIFT_MIN_ROWS)
+    n = len(counter.subjects)
+    significant = alarms = 0
+    for start in range(0, len(prices), DRIFT_MIN_ROWS):
+        bins, _ = counter.count(features[start : start + DRIFT_MIN_ROWS], prices[start : start + DRIFT_MIN_ROWS])
+        tests = [
+            chi2_statistic(counter.reference_counts[s], bins[s]) > chi2_critical(len(bins[s]), n)
+            for s in counter.subjects
+        ]
+        significant += any(tests)
+        alarms += any(drifted(counter.reference_counts[s], bins[s], n) for s in counter.subjects)
+    assert alarms <= significant <= 8  # binomial(200, 1%): 99.9th percentile ~8
+
+
+def test_a_request_counts_at_most_k_rows():
+    rng = np.random.default_rng(0)
+    picked = sample_rows([1, 1000, 3, 12], per_request=10, rng=rng)
+    assert len(picked) == 1 + 10 + 3 + 10
+    assert list(picked[:1]) == [0] and all(1 <= i < 1001 for i in picked[1:11])
+    assert list(picked[11:14]) == [1001, 1002, 1003] and all(1004 <= i < 1016 for i in picked[14:])
+    assert len(set(picked)) == len(picked)
+    assert len(sample_rows([], 10, rng)) == 0
+
+
+def test_bin_labels_are_readable_and_sorted():
+    assert bin_labels([38.5, 45.25, 120]) == ["00 <38.5", "01 38.5-45.25", "02 45.25-120", "03 >=120"]
+    assert bin_labels([]) == ["00 all"]
+    labels = bin_labels(list(range(1, 12)))
+    assert labels == sorted(labels) and len(set(labels)) == 12

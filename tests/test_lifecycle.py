@@ -13,6 +13,7 @@ import yaml
 from flatprice import registry
 from flatprice.config import Settings
 from flatprice.observability import metrics
+from flatprice.observability.drift import DriftPublisher
 from flatprice.observability.shadow import Shadow
 from flatprice.reference import build_reference
 from flatprice.store import ModelError, load_pipeline
@@ -156,19 +157,27 @@ def test_gate_metrics_and_moved_share():
     assert "on the holdout (4 flats)" in table and "median APE" in table and "moved more than 10%: 50.0%" in table
 
 
+def counted(model_tag: str) -> float:
+    (family,) = metrics.DRIFT_ROWS.collect()
+    return sum(s.value for s in family.samples if s.name.endswith("_total") and s.labels["model_tag"] == model_tag)
+
+
 def test_shadow_prices_every_row_and_publishes_its_metrics(three_models, tmp_path):
     loaded = load_pipeline(three_models[1])
     features, regressor = loaded.pipeline.named_steps["features"], loaded.pipeline[-1]
-    shadow = Shadow(lambda rows: regressor.predict(features.transform(rows)), loaded.metadata["reference"], 4)
+    drift = DriftPublisher("test:challenger", loaded.metadata["reference"])
+    shadow = Shadow(lambda rows: regressor.predict(features.transform(rows)), drift)
     rows = loaded.training_sample[:7]
     champion = np.full(7, 10e6)
     count = metrics.CHALLENGER_DIFFERENCE.collect()[0]
     before = {s.name: s.value for s in count.samples if s.name.endswith(("_count", "_sum"))}
-    shadow.observe(rows, champion)
+    rows_counted = counted("test:challenger")
+    shadow.observe(rows, champion, np.arange(3))
     after = {s.name: s.value for s in metrics.CHALLENGER_DIFFERENCE.collect()[0].samples if s.name.endswith("_count")}
     name = f"{metrics.NAMESPACE}_challenger_relative_difference_count"
     assert after[name] - before[name] == 7
+    assert counted("test:challenger") - rows_counted == 3  # the rows the champion's drift sampled
     # A challenger that fails does not raise into the monitor thread.
-    broken = Shadow(lambda rows: 1 / 0, build_reference(rows, champion), 4)
-    broken.observe(rows, champion)
+    broken = Shadow(lambda rows: 1 / 0, DriftPublisher("test:broken", build_reference(rows, champion)))
+    broken.observe(rows, champion, np.arange(7))
     assert broken.failures == 1

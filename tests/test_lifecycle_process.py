@@ -21,6 +21,7 @@ pytestmark = pytest.mark.slow  # starts real servers
 
 CHALLENGER_PRICE = f"{metrics.NAMESPACE}_challenger_predicted_price_rubles"
 DIFFERENCE = f"{metrics.NAMESPACE}_challenger_relative_difference"
+DRIFT_ROWS = f"{metrics.NAMESPACE}_drift_sampled_rows"
 
 
 def run(home, *args, timeout=120) -> subprocess.CompletedProcess:
@@ -95,8 +96,11 @@ def test_production_serves_and_a_challenger_prices_every_flat_in_the_shadow(stor
     (shadow,) = families[f"{metrics.NAMESPACE}_challenger_info"].samples
     assert shadow.labels["model_tag"] == challenger
     for name, kind in metrics.CHALLENGER_EXPOSED.items():
-        if name != f"{metrics.NAMESPACE}_challenger_drift_psi":  # published once a window holds 500 flats
-            assert families[name].type == kind, name
+        assert families[name].type == kind, name
+    # Its drift counters under its own tag, against its own reference: the 15 flats (singles and
+    # batches of at most 10), each counted once.
+    for tag in (champion, challenger):
+        assert sample_value(families, DRIFT_ROWS, f"{DRIFT_ROWS}_total", model_tag=tag) == 15
     # The challenger's prices are its own model's: recomputed from its pickle, in process.
     name, version = challenger.split(":")
     pipeline = joblib.load(home / "models" / name / version / "pipeline.joblib")

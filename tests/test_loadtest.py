@@ -13,7 +13,7 @@ from devtools.servers import REPO, BentoServer, Process, free_port, wait_until
 from flatprice.observability import metrics
 from flatprice.reference import PSI_ALERT
 from tests.browser import rendered_dom
-from tests.metrics_scrape import sample_value, scrape
+from tests.metrics_scrape import DriftWindow, sample_value, scrape
 
 pytestmark = pytest.mark.slow  # starts real servers or Debian tools
 
@@ -39,6 +39,7 @@ def test_headless_run_passes_its_thresholds(served):
     assert "-> PASS" in summary
     for name in ("/predict", "/predict_batch", "/random", "/predict [invalid]"):
         assert name in summary
+    assert "answers by model: flat_price:" in summary
 
 
 def test_run_crossing_a_threshold_exits_non_zero(served):
@@ -133,14 +134,11 @@ def test_swagger_ui_renders_the_api(served):
 
 
 def test_drift_scenario_moves_the_drift_score(served):
+    window = DriftWindow(served.url)
     run = locust(served.url, "--run-time", "10s", "--users", "20", env={"LOADTEST_SCENARIO": "drift"})
     assert run.returncode == 0, run.stdout + run.stderr
-
-    def total_area_psi():
-        family = scrape(served.url)[f"{metrics.NAMESPACE}_feature_drift_psi"]
-        return next(s.value for s in family.samples if s.labels["feature"] == "total_area")
-
-    wait_until(lambda: total_area_psi() > PSI_ALERT, timeout=10, what="total_area PSI over the alert threshold")
+    wait_until(lambda: window.now()["subjects"]["total_area"]["drifted"], timeout=10, what="total_area flagged")
+    assert window.now()["subjects"]["total_area"]["psi"] > PSI_ALERT
 
 
 def test_fault_injection_is_visible_and_the_thresholds_allow_for_it(small_model, session_dir):

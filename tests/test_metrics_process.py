@@ -10,11 +10,11 @@ import pytest
 from devtools.servers import BentoServer, wait_until
 from flatprice.api import routes
 from flatprice.observability import metrics
-from flatprice.reference import PSI_ALERT, PSI_NO_DRIFT
+from flatprice.reference import DRIFT_SUBJECTS, IDENTIFIERS, N_BINS, PSI_NO_DRIFT
 from flatprice.schema import EXAMPLE_FLAT, FEATURE_NAMES
 from flatprice.synthetic import generate_flats
 from tests.conftest import SMALL_MODEL
-from tests.metrics_scrape import sample_value, scrape, series_count
+from tests.metrics_scrape import DriftWindow, sample_value, scrape, series_count
 
 pytestmark = pytest.mark.slow  # starts real servers or Debian tools
 
@@ -180,13 +180,19 @@ def test_labels_are_bounded_and_carry_no_request_data(server):
         "model_tag": None,
         "trained_at": None,
         "holdout_r2": None,  # one value per model
+        "subject": {*DRIFT_SUBJECTS, *IDENTIFIERS},
+        "bin": None,  # the model's reference bins: counted below
     }
+    bins: dict[str, set[str]] = {}
     for name in metrics.EXPOSED:
         for sample in scrape(server.url)[name].samples:
             for label, value in sample.labels.items():
                 assert label in allowed, (name, label)
                 if allowed[label] is not None:
                     assert value in allowed[label], (name, label, value)
+            if "bin" in sample.labels:
+                bins.setdefault(sample.labels["subject"], set()).add(sample.labels["bin"])
+    assert set(bins) == set(DRIFT_SUBJECTS) and all(1 < len(b) <= N_BINS + 1 for b in bins.values()), bins
 
 
 def _send_rows(server, rows: list[dict], per_request: int = 50):
@@ -195,28 +201,29 @@ def _send_rows(server, rows: list[dict], per_request: int = 50):
         assert answer.status_code == 200, answer.text
 
 
-def _drift(server) -> dict:
-    families = scrape(server.url)
-    scores = {s.labels["feature"]: s.value for s in families[f"{metrics.NAMESPACE}_feature_drift_psi"].samples}
-    scores["prediction"] = families[f"{metrics.NAMESPACE}_prediction_drift_psi"].samples[0].value
-    return scores
-
-
-def test_drift_scores_stay_low_in_distribution_and_flag_a_shifted_feature(server):
-    # Traffic from the training distribution: the same synthetic city, other listings.
+def test_drift_counts_sampled_flats_across_workers_and_a_shifted_feature_is_flagged(server):
+    """Batches of 50 flats: 10 of each count toward drift (FLAT_PRICE_DRIFT_ROWS_PER_REQUEST),
+    exactly, summed over both workers; judged as the rules judge them, flats from the training
+    distribution flag nothing, and total_area x 1.5 flags total_area and only what derives from it."""
     same = generate_flats(4000, seed=SMALL_MODEL["seed"] + 100)[list(FEATURE_NAMES)]
+    window = DriftWindow(server.url)
     _send_rows(server, same.to_dict("records"))
-    wait_until(lambda: _drift(server)["total_area"] > 0, timeout=10, what="drift published")
-    calm = _drift(server)
-    assert max(calm.values()) < PSI_NO_DRIFT, calm
+    wait_until(lambda: window.now()["rows"] == 800, timeout=10, what="800 sampled flats counted")
+    calm = window.now()
+    assert all(counts["counts"].sum() == 800 for counts in calm["subjects"].values())
+    assert not [s for s, v in calm["subjects"].items() if v["drifted"]], calm
+    assert max(v["psi"] for v in calm["subjects"].values()) < PSI_NO_DRIFT
 
     shifted = generate_flats(4000, seed=SMALL_MODEL["seed"] + 200)[list(FEATURE_NAMES)]
     shifted["total_area"] = np.round(shifted["total_area"] * 1.5, 1)
+    window = DriftWindow(server.url)
     _send_rows(server, shifted.to_dict("records"))
-    wait_until(
-        lambda: _drift(server)["total_area"] > PSI_ALERT, timeout=10, what="total_area drift over the alert threshold"
-    )
-    drifted = _drift(server)
-    others = {k: v for k, v in drifted.items() if k not in ("total_area", "prediction")}
-    assert max(others.values()) < PSI_NO_DRIFT, others
-    print(f"in distribution: {calm}\nshifted: {drifted}")
+    wait_until(lambda: window.now()["rows"] == 800, timeout=10, what="800 shifted flats counted")
+    drifted = {s for s, v in window.now()["subjects"].items() if v["drifted"]}
+    assert "total_area" in drifted and drifted <= {
+        "total_area",
+        "living_share",
+        "kitchen_share",
+        "area_per_room",
+        "prediction",
+    }

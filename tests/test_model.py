@@ -11,6 +11,7 @@ import bentoml
 import numpy as np
 import pytest
 
+from flatprice.reference import DERIVED
 from flatprice.schema import EXAMPLE_FLAT, FEATURE_NAMES
 from flatprice.store import ModelError, load_pipeline, verified_files
 from flatprice.synthetic import generate_flats
@@ -44,7 +45,7 @@ def test_metadata_in_the_store(small_model):
     assert meta["data"]["source"] == "synthetic(rows=6000, seed=7)" and len(meta["data"]["sha256"]) == 64
     assert meta["data"]["train_rows"] + meta["data"]["holdout_rows"] == meta["data"]["rows"] == 6000
     assert meta["training_seconds"] > 0 and meta["trained_at"].endswith("+00:00")
-    assert set(meta["reference"]) == {*FEATURE_NAMES, "prediction"}
+    assert set(meta["reference"]) == {*FEATURE_NAMES, *DERIVED, "prediction"}
     assert meta["library_versions"]["catboost"] == "1.2.10"
 
 

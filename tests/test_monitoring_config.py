@@ -31,9 +31,21 @@ def test_promtool_unit_tests_of_the_alerts():
     assert "SUCCESS" in run("promtool", "test", "rules", "alerts_test.yml", cwd=PROMETHEUS)
 
 
-def alert_rules() -> list[dict]:
+def rules() -> list[dict]:
     groups = yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())["groups"]
     return [rule for group in groups for rule in group["rules"]]
+
+
+def alert_rules() -> list[dict]:
+    return [rule for rule in rules() if "alert" in rule]
+
+
+def drift_rules() -> dict[str, list[dict]]:
+    by_name: dict[str, list[dict]] = {}
+    for rule in rules():
+        if rule.get("record", "").startswith("flat_price:drift") or rule.get("alert") == "FlatPriceDrift":
+            by_name.setdefault(rule.get("record") or rule["alert"], []).append(rule)
+    return by_name
 
 
 def test_alerts_are_named_labelled_annotated_and_each_tested():
@@ -46,7 +58,7 @@ def test_alerts_are_named_labelled_annotated_and_each_tested():
         "FlatPriceHighValidationErrorRatio",
         "FlatPriceHighLatencyP95",
         "FlatPriceNoPredictions",
-        "FlatPriceFeatureDrift",
+        "FlatPriceDrift",
         "FlatPriceOutOfRangeInputs",
     }
     for rule in alert_rules():
@@ -62,15 +74,70 @@ def test_alerts_are_named_labelled_annotated_and_each_tested():
 def test_alerts_name_exactly_the_api_routes_and_the_psi_threshold():
     """Facts once: every alert's endpoint matcher is the routes constant, every PSI line the code's."""
     from flatprice.api.routes import API_ROUTES
-    from flatprice.reference import PSI_ALERT
 
     matchers = set()
     for rule in alert_rules():
         matchers |= set(re.findall(r'endpoint=~"([^"]*)"', rule["expr"]))
-        if "_psi" in rule["expr"]:
-            assert float(re.search(r">\s*([0-9.]+)", rule["expr"]).group(1)) == PSI_ALERT, rule["alert"]
-            assert f"threshold {PSI_ALERT}" in rule["annotations"]["description"], rule["alert"]
     assert matchers == {"|".join(API_ROUTES)}
+
+
+def test_the_drift_rules_use_the_code_s_window_and_thresholds():
+    """Facts once: the window, minimum rows, PSI effect, share floor and unseen margin of the drift
+    rules are flatprice/reference.py's constants, and the alert text states them."""
+    from flatprice.reference import DRIFT_ALPHA, DRIFT_MIN_ROWS, DRIFT_WINDOW, PSI_NO_DRIFT, SHARE_FLOOR, UNSEEN_MARGIN
+
+    found = drift_rules()
+    exprs = " ".join(rule["expr"] for group in found.values() for rule in group)
+    assert set(re.findall(r"\[(\w+)\]", exprs)) == {DRIFT_WINDOW}
+    assert all(name.endswith(f":{DRIFT_WINDOW}") or "reference" in name for name in found if ":" in name)
+    psi_rule, unseen_rule = found[f"flat_price:drift_detected:{DRIFT_WINDOW}"]
+    assert float(re.search(r"drift_psi:\w+ >= ([0-9.]+)", psi_rule["expr"]).group(1)) == PSI_NO_DRIFT
+    for rule in (psi_rule, unseen_rule):
+        assert int(re.search(r"drift_rows:\w+ >= (\d+)", rule["expr"]).group(1)) == DRIFT_MIN_ROWS
+    assert float(re.search(r"\+ ([0-9.]+)\)", unseen_rule["expr"]).group(1)) == UNSEEN_MARGIN
+    assert set(map(float, re.findall(r"clamp_min\([^,]+, ([0-9.]+)\)", exprs))) == {SHARE_FLOOR}
+    (alert,) = found["FlatPriceDrift"]
+    text = alert["annotations"]["description"]
+    assert f"PSI >= {PSI_NO_DRIFT}" in text and f"{DRIFT_ALPHA:.0%}" in text and f"{UNSEEN_MARGIN} above" in text
+    assert f"last {int(DRIFT_WINDOW.removesuffix('m'))} minutes" in text
+
+
+@pytest.mark.slow
+def test_the_rules_compute_the_python_psi_and_chi_squared(tmp_path):
+    """The PromQL of the drift rules against flatprice.reference's own functions, on a realistic
+    reference (10 quantile bins) and live counts, through promtool."""
+    import numpy as np
+
+    from flatprice.reference import bin_labels, chi2_statistic, describe, psi, reference_shares
+
+    rng = np.random.default_rng(3)
+    described = describe(rng.lognormal(4, 0.4, 5000))
+    reference = np.array(described["counts"])
+    live = np.bincount(np.searchsorted(described["edges"], rng.lognormal(4.1, 0.45, 900), side="right"), minlength=10)
+    labels = bin_labels(described["edges"])
+    series = [{"series": 'flat_price_drift_sampled_rows_total{model_tag="m"}', "values": f"0 {live.sum()}"}]
+    for label, count, share in zip(labels, live, reference_shares(reference), strict=True):
+        series.append({"series": f'flat_price_drift_bin_rows_total{{model_tag="m", subject="x", bin="{label}"}}',
+                       "values": f"0 {count}"})  # fmt: skip
+        series.append({"series": f'flat_price_drift_reference_share{{model_tag="m", subject="x", bin="{label}"}}',
+                       "values": f"{share!r} {share!r}"})  # fmt: skip
+    expected = {"psi": psi(reference, live), "chi2": chi2_statistic(reference, live)}
+    checks = [
+        {
+            "expr": f"abs(flat_price:drift_{name}:15m / {value!r} - 1) < bool 1e-9",
+            "eval_time": "1m",
+            "exp_samples": [{"labels": '{model_tag="m", subject="x"}', "value": 1}],
+        }
+        for name, value in expected.items()
+    ]
+    test = {
+        "rule_files": [str(PROMETHEUS / "alerts.yml")],
+        "evaluation_interval": "1m",
+        "tests": [{"interval": "1m", "input_series": series, "promql_expr_test": checks}],
+    }
+    (tmp_path / "drift_test.yml").write_text(yaml.safe_dump(test))
+    assert expected["psi"] > 0.05 and expected["chi2"] > 20  # a drift the check can tell from zero
+    assert "SUCCESS" in run("promtool", "test", "rules", "drift_test.yml", cwd=tmp_path)
 
 
 def resolved_compose(workdir, *options):

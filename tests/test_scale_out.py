@@ -4,15 +4,18 @@ replica under load, overload shed by the proxy, and a rolling model update (figu
 
 import json
 import re
+import signal
 import subprocess
-import threading
+import sys
 
 import httpx
 import pytest
 
 from benchmarks.bench import json_flat, lua_pool, parse_wrk
 from benchmarks.scale_out import (
+    LATENCY_FIRST,
     ONE_WORKER,
+    admin,
     exporter,
     kill_replica,
     replicas_behind_proxy,
@@ -21,12 +24,13 @@ from benchmarks.scale_out import (
     spread,
     up_replicas,
 )
-from devtools.servers import BentoServer, private_home, train_into, wait_until
+from devtools.servers import REPO, BentoServer, haproxy, private_home, train_into, wait_until
 from flatprice.api.errors import ErrorBody
 from flatprice.observability.metrics import NAMESPACE
 from flatprice.schema import EXAMPLE_FLAT, FEATURE_NAMES
 from flatprice.synthetic import generate_flats
 from tests.metrics_scrape import scrape
+from tests.test_loadtest import CONF, LOCUSTFILE
 
 pytestmark = pytest.mark.slow
 
@@ -90,6 +94,38 @@ def test_overload_is_shed_by_the_proxy_with_503_and_retry_after(two, pool):
     assert replicas["2xx"] > 0 and not replicas["4xx"] and not replicas["5xx"]  # the replicas only answered 200
 
 
+def shed_above(proxy) -> str:
+    """The shedding rule's threshold as HAProxy parsed it: `avg_queue gt N` is kept as the range 'N+1:'."""
+    (acl_id,) = [line.split()[0] for line in admin(proxy, "show acl").splitlines() if "acl 'avg_queue'" in line]
+    return admin(proxy, f"show acl #{acl_id}").split()[1]
+
+
+def test_the_operating_point_under_overload_is_a_setting(two, tmp_path):
+    """FLAT_PRICE_REPLICA_MAXCONN and FLAT_PRICE_SHED_QUEUE reach the slot limit and the shedding rule;
+    unset, the throughput-first defaults 2 and 2 apply."""
+    replicas, default = two
+    assert set(exporter(default.metrics_url, "haproxy_server_limit_sessions", "server").values()) == {2}
+    assert shed_above(default) == "3:"
+    targets = [r.url.removeprefix("http://") for r in replicas]
+    with haproxy(tmp_path, targets, env=LATENCY_FIRST) as latency_first:
+        assert set(exporter(latency_first.metrics_url, "haproxy_server_limit_sessions", "server").values()) == {1}
+        assert shed_above(latency_first) == "2:"
+        assert httpx.post(f"{latency_first.url}/predict", json=EXAMPLE_FLAT).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [("x", "FLAT_PRICE_REPLICA_MAXCONN_and_FLAT_PRICE_SHED_QUEUE_must_be_integers"), ("0", "would lift the limit")],
+)
+def test_a_bad_operating_point_stops_the_proxy_with_its_name(tmp_path, value, message):
+    config = tmp_path / "haproxy.cfg"
+    config.write_text((REPO / "deploy/haproxy/haproxy.cfg").read_text().replace("# SERVERS", "server r0 127.0.0.1:9"))
+    env = {"PATH": "/usr/sbin:/usr/bin", "HAPROXY_BIND": "127.0.0.1:9", "FLAT_PRICE_REPLICA_MAXCONN": value}
+    env["FLAT_PRICE_HAPROXY_ERRORS"] = str(REPO / "deploy/haproxy/errors")
+    check = subprocess.run(["haproxy", "-c", "-f", str(config)], env=env, capture_output=True, text=True)
+    assert check.returncode != 0 and message in check.stderr + check.stdout
+
+
 def test_a_replica_killed_under_load_costs_at_most_its_requests_in_flight(small_model, pool, tmp_path):
     """SIGKILL of one of 2 replicas under 8 busy connections: the proxy retries what was in flight on
     the survivor and takes the dead one out; with half the capacity left it sheds (503) what exceeds
@@ -122,29 +158,19 @@ def test_a_replica_killed_under_load_costs_at_most_its_requests_in_flight(small_
 
 
 def test_a_rolling_model_update_fails_no_request(small_model, tmp_path):
-    """Two replicas serving model A are replaced one at a time by replicas serving model B while
-    clients keep pricing: no request fails, answers name A then B, and each replica's
-    flat_price_model_info names its model."""
+    """While locust prices flats through the proxy (singles, batches, /random, invalid ones), two
+    replicas serving model A are replaced one at a time by replicas serving model B: locust sees
+    no failure, both models answer during the rollout, each replica's flat_price_model_info
+    names its model, and only B answers after."""
     new_store = tmp_path / "store-b"
     trained = train_into(new_store, "--rows", "3000", "--iterations", "30", "--seed", "11")
     assert trained.returncode == 0, trained.stderr
-    new_tag = str(next((new_store / "models" / "flat_price").glob("*/model.yaml")).parent.name)
-    answers: list[tuple[int, str]] = []
-    stop = threading.Event()
-
-    def client():
-        with httpx.Client(timeout=10) as http:
-            while not stop.is_set():
-                answer = http.post(f"{proxy.url}/predict", json=EXAMPLE_FLAT)
-                answers.append(
-                    (answer.status_code, answer.json().get("model", "") if answer.status_code == 200 else "")
-                )
-
+    new_tag = "flat_price:" + next((new_store / "models" / "flat_price").glob("*/model.yaml")).parent.name
+    old_tag = str(small_model.tag)
     halfway: list[set[str]] = []
 
     def tags_now(new):  # flat_price_model_info of every live replica, old and new
-        live = [*new, *replicas[len(new) :]]
-        return {model_tag(r.url) for r in live}
+        return {model_tag(r.url) for r in [*new, *replicas[len(new) :]]}
 
     def start_new(i):
         home = private_home(tmp_path / f"home-b{i}", models_from=new_store / "models")
@@ -152,35 +178,30 @@ def test_a_rolling_model_update_fails_no_request(small_model, tmp_path):
 
     with replicas_behind_proxy(tmp_path / "a", 2) as (replicas, proxy):
         wait_until(lambda: sum(up_replicas(proxy.metrics_url).values()) == 2, timeout=10, what="2 replicas up")
-        clients = [threading.Thread(target=client) for _ in range(2)]
-        for thread in clients:
-            thread.start()
+        # Bounded by --run-time; stopped (SIGTERM: locust quits and judges) once the rollout is done.
+        # The p95 budgets are loosened: replicas start beside the load on the same 2 cores.
+        load = subprocess.Popen(
+            [sys.executable, "-m", "locust", "-f", LOCUSTFILE, "--config", CONF, "--host", proxy.url,
+             "--users", "4", "--run-time", "180s", "--max-fail-ratio", "0",
+             "--p95-ms", "/predict=2000,/predict_batch=2000,/random=2000,/predict [invalid]=2000"],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        successors = []
         try:
-            wait_until(lambda: len(answers) > 50, timeout=20, what="clients under way")
-            successors = []
-            try:
-                successors = roll(proxy, replicas, start_new, on_step=lambda new: halfway.append(tags_now(new)))
-                wait_until(
-                    lambda: answers[-20:] and all(t.endswith(new_tag) for _, t in answers[-20:]),
-                    timeout=20,
-                    what="only B answers",
-                )
-                final = {model_tag(r.url) for r in successors}
-            finally:
-                stop.set()  # the clients first: then no request meets a stopped replica
-                for thread in clients:
-                    thread.join()
-                for successor in successors:
-                    successor.stop()
+            wait_until(lambda: sum(served_by(proxy.metrics_url).values()) > 50, timeout=30, what="locust under way")
+            successors = roll(proxy, replicas, start_new, on_step=lambda new: halfway.append(tags_now(new)))
+            after = {httpx.post(f"{proxy.url}/predict", json=EXAMPLE_FLAT).json()["model"] for _ in range(10)}
+            final = {model_tag(r.url) for r in successors}
         finally:
-            stop.set()
-    statuses = {status for status, _ in answers}
-    tags = [tag for _, tag in answers]
-    assert statuses == {200}, sorted({answer for answer in answers if answer[0] != 200})
-    assert tags[0] == str(small_model.tag) and tags[-1].endswith(new_tag)
-    switch = next(i for i, tag in enumerate(tags) if tag.endswith(new_tag))
-    assert str(small_model.tag) in tags[switch:]  # both models answered during the rollout
-    assert halfway[0] == {str(small_model.tag), f"flat_price:{new_tag}"} and final == {f"flat_price:{new_tag}"}
+            load.send_signal(signal.SIGTERM)
+            out, _ = load.communicate(timeout=30)
+            for successor in successors:
+                successor.stop()
+    assert load.returncode == 0, out[-3000:]
+    counts = dict(re.findall(r"(flat_price:\w+) (\d+)", out.split("answers by model:")[1]))
+    assert set(counts) == {old_tag, new_tag} and all(int(n) > 0 for n in counts.values()), counts
+    assert "failure ratio 0.00%" in out
+    assert halfway[0] == {old_tag, new_tag} and final == {new_tag} and after == {new_tag}
 
 
 def model_tag(url: str) -> str:

@@ -11,7 +11,7 @@ from sklearn.model_selection import train_test_split
 from flatprice import data as data_module
 from flatprice import registry
 from flatprice.features import as_feature_matrix, build_pipeline
-from flatprice.reference import build_reference
+from flatprice.reference import IDENTIFIERS, build_reference, known_values
 from flatprice.schema import FEATURE_NAMES, TARGET
 from flatprice.store import MODEL_NAME, ModelError, load_pipeline, save_pipeline
 
@@ -61,7 +61,7 @@ def train(
     current = registry.production(model_name)
     comparison = _compare(current, pipeline, X_test, y_test, evaluation) if current is not None else {}
     train_matrix = as_feature_matrix(X_train)
-    reference = build_reference(train_matrix, pipeline.predict(X_train))
+    reference = build_reference(train_matrix, pipeline.predict(X_train), as_feature_matrix(X_test))
     sample_rows = np.random.default_rng(seed).choice(
         len(train_matrix), size=min(SAMPLE_ROWS, len(train_matrix)), replace=False
     )
@@ -92,6 +92,7 @@ def train(
             "comparison": comparison,
         },
         name=model_name,
+        known={name: known_values(train_matrix, name) for name in IDENTIFIERS},
         labels=(
             {registry.STAGE: registry.CANDIDATE}
             if current is not None

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram, Summary
 
-from ..reference import PREDICTION
 from ..registry import MOVED
 from ..schema import FEATURE_NAMES
 
@@ -47,7 +46,7 @@ DIFFERENCE_BUCKETS = (-0.5, -0.3, -0.2, -MOVED, -0.05, -0.02, -0.01, 0.0, 0.01, 
 BODY_FIELD = "body"  # label for errors not tied to one field (malformed JSON, empty batch...)
 REJECTED_FIELDS = (*FEATURE_NAMES, BODY_FIELD)
 MODES = {  # multiprocess mode per gauge: how several workers' values combine
-    "drift": "livemax",  # worst live worker window: alert if any worker sees drift
+    "reference": "livemax",  # every live worker serving a model publishes the same reference numbers
     "model_info": "livemax",  # every live worker sets 1 for the same tag
     "start_time": "min",  # earliest worker start = when the service started
     "memory": "livesum",  # total resident memory of the live workers
@@ -73,16 +72,40 @@ OUT_OF_RANGE = Counter(
     "Accepted feature values outside the training data's min/max",
     ["feature"],
 )
-FEATURE_DRIFT = Gauge(
-    f"{NAMESPACE}_feature_drift_psi",
-    "PSI of the recent values of a feature against its training distribution (max over workers)",
-    ["feature"],
-    multiprocess_mode=MODES["drift"],
+# Drift (flatprice/reference.py): workers count, Prometheus judges. Counters per model tag,
+# so a rollout's two models are judged against their own references; bins are reference bins.
+DRIFT_ROWS = Counter(
+    f"{NAMESPACE}_drift_sampled_rows",
+    "Flats counted toward drift, by model (at most FLAT_PRICE_DRIFT_ROWS_PER_REQUEST per request)",
+    ["model_tag"],
 )
-PREDICTION_DRIFT = Gauge(
-    f"{NAMESPACE}_prediction_drift_psi",
-    "PSI of recent predicted prices against the predictions on the training data (max over workers)",
-    multiprocess_mode=MODES["drift"],
+DRIFT_BIN_ROWS = Counter(
+    f"{NAMESPACE}_drift_bin_rows",
+    "Flats counted toward drift, by subject (feature, derived feature or prediction) and training-reference bin",
+    ["model_tag", "subject", "bin"],
+)
+DRIFT_UNSEEN_ROWS = Counter(
+    f"{NAMESPACE}_drift_unseen_rows",
+    "Flats counted toward drift whose identifier value never occurred in the training data",
+    ["model_tag", "subject"],
+)
+DRIFT_REFERENCE_SHARE = Gauge(
+    f"{NAMESPACE}_drift_reference_share",
+    "Share of the training rows in each reference bin (floored at 1e-4), for PSI and the chi-squared test",
+    ["model_tag", "subject", "bin"],
+    multiprocess_mode=MODES["reference"],
+)
+DRIFT_CRITICAL = Gauge(
+    f"{NAMESPACE}_drift_chi2_critical",
+    "Chi-squared statistic a subject's window must exceed (Bonferroni over the subjects)",
+    ["model_tag", "subject"],
+    multiprocess_mode=MODES["reference"],
+)
+DRIFT_REFERENCE_UNSEEN = Gauge(
+    f"{NAMESPACE}_drift_reference_unseen_share",
+    "Share of holdout flats whose identifier value was unseen in training (what live traffic is compared with)",
+    ["model_tag", "subject"],
+    multiprocess_mode=MODES["reference"],
 )
 MODEL_INFO = Gauge(
     f"{NAMESPACE}_model_info",
@@ -135,22 +158,12 @@ CHALLENGER_DIFFERENCE = Histogram(
     "Challenger price / champion price - 1, per flat",
     buckets=DIFFERENCE_BUCKETS,
 )
-CHALLENGER_DRIFT = Gauge(
-    f"{NAMESPACE}_challenger_drift_psi",
-    "PSI of recent feature values and challenger prices against the challenger's training data (max over workers)",
-    ["subject"],
-    multiprocess_mode=MODES["drift"],
-)
-
 INJECTED_FAULTS = Counter(
     f"{NAMESPACE}_injected_faults",
     "Faults injected on /random on purpose (FLAT_PRICE_FAULT_* settings): error = a 500 answer, delay = a sleep",
     ["kind"],
 )
 
-DRIFT_GAUGE_SUBJECTS = {PREDICTION: PREDICTION_DRIFT} | {
-    name: FEATURE_DRIFT.labels(feature=name) for name in FEATURE_NAMES
-}
 # (name as exposed, type) of every metric above, for tests and docs to check against /metrics;
 # read from the collectors themselves (prometheus_client's public describe()).
 EXPOSED = {
@@ -160,8 +173,12 @@ EXPOSED = {
         BATCH_ROWS,
         REJECTED_INPUTS,
         OUT_OF_RANGE,
-        FEATURE_DRIFT,
-        PREDICTION_DRIFT,
+        DRIFT_ROWS,
+        DRIFT_BIN_ROWS,
+        DRIFT_UNSEEN_ROWS,
+        DRIFT_REFERENCE_SHARE,
+        DRIFT_CRITICAL,
+        DRIFT_REFERENCE_UNSEEN,
         MODEL_INFO,
         START_TIME,
         WORKER_MEMORY,
@@ -175,6 +192,6 @@ EXPOSED = {
 # The shadow's metrics, exposed once a challenger is loaded (FLAT_PRICE_CHALLENGER).
 CHALLENGER_EXPOSED = {
     family.name: family.type
-    for collector in (CHALLENGER_INFO, CHALLENGER_PRICE, CHALLENGER_DIFFERENCE, CHALLENGER_DRIFT)
+    for collector in (CHALLENGER_INFO, CHALLENGER_PRICE, CHALLENGER_DIFFERENCE)
     for family in collector.describe()
 }

@@ -2,8 +2,9 @@
 
 A request hands its feature rows and predictions to `PredictionMonitor.record` (a deque
 append). A background thread in each worker drains the queue every `interval` seconds
-and updates the metrics: the price histogram, batch sizes, out-of-range counts and the
-drift windows, and the worker's own memory and CPU. A request never waits for it.
+and updates the metrics: the price histogram, batch sizes, out-of-range counts, the drift
+counters (of a sample: at most `rows_per_request` flats of each request), and the worker's
+own memory and CPU. A request never waits for it.
 """
 
 from __future__ import annotations
@@ -15,21 +16,29 @@ import time
 
 import numpy as np
 
-from ..reference import DriftWindow
+from ..reference import sample_rows
 from ..schema import FEATURE_NAMES
 from ..server import hooks  # bulk observe: the one private touch point, version-checked
 from . import metrics
+from .drift import DriftPublisher
 
-MIN_WINDOW_ROWS = 500  # drift is published only once a worker's window holds this many rows
-WINDOW_ROWS = 1000
 _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
 
 class PredictionMonitor:
-    def __init__(self, reference: dict[str, dict], interval: float = 0.5, window_rows: int = WINDOW_ROWS, shadow=None):
+    def __init__(
+        self,
+        drift: DriftPublisher,
+        reference: dict[str, dict],
+        rows_per_request: int,
+        interval: float = 0.5,
+        shadow=None,
+    ):
         self.low = np.array([reference[name]["min"] for name in FEATURE_NAMES])
         self.high = np.array([reference[name]["max"] for name in FEATURE_NAMES])
-        self.window = DriftWindow(reference, size=window_rows)
+        self.drift = drift
+        self.rows_per_request = rows_per_request
+        self.rng = np.random.default_rng()
         self.interval = interval
         self.shadow = shadow  # a Shadow (challenger) fed the same rows, or None
         self._queue: collections.deque = collections.deque()
@@ -69,12 +78,10 @@ class PredictionMonitor:
         outside = ((features < self.low) | (features > self.high)).sum(axis=0)
         for i in np.flatnonzero(outside):
             metrics.OUT_OF_RANGE.labels(feature=FEATURE_NAMES[i]).inc(int(outside[i]))
-        self.window.add(features, predictions)
-        if self.window.filled >= MIN_WINDOW_ROWS:
-            for subject, score in self.window.scores().items():
-                metrics.DRIFT_GAUGE_SUBJECTS[subject].set(score)
+        sampled = sample_rows([len(p) for _, p in calls], self.rows_per_request, self.rng)
+        self.drift.observe(features[sampled], predictions[sampled])
         if self.shadow is not None:
-            self.shadow.observe(features, predictions)
+            self.shadow.observe(features, predictions, sampled)
 
     def _update_process_metrics(self) -> None:
         cpu = sum(os.times()[:2])

@@ -3,7 +3,7 @@
 The prediction monitor's background thread hands each drained batch of rows to
 `Shadow.observe`: the challenger prices them in one vectorised call (a few µs per flat,
 against ~0.3 ms for a one-flat call on the request path), and its prices, their relative
-difference to the champion's, and its drift against its own training data become metrics.
+difference to the champion's, and its drift counters against its own training data become metrics.
 Its prices are never returned to a client.
 """
 
@@ -14,21 +14,21 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..reference import DriftWindow
 from ..server import hooks
 from . import metrics
+from .drift import DriftPublisher
 
 logger = logging.getLogger(__name__)
 
 
 class Shadow:
-    def __init__(self, price: Callable[[np.ndarray], np.ndarray], reference: dict, min_window_rows: int):
+    def __init__(self, price: Callable[[np.ndarray], np.ndarray], drift: DriftPublisher):
         self.price = price
-        self.window = DriftWindow(reference)
-        self.min_window_rows = min_window_rows
+        self.drift = drift  # the challenger's own reference, under its own model_tag
         self.failures = 0
 
-    def observe(self, features: np.ndarray, champion_prices: np.ndarray) -> None:
+    def observe(self, features: np.ndarray, champion_prices: np.ndarray, sampled: np.ndarray) -> None:
+        """Price all rows; count the rows the champion's drift counted (`sampled`) against the challenger's reference."""
         try:
             prices = self.price(features)
         except Exception as error:  # a broken challenger must not stop the champion's signals
@@ -38,10 +38,7 @@ class Shadow:
             return
         hooks.observe_many(metrics.CHALLENGER_PRICE, prices)
         hooks.observe_many(metrics.CHALLENGER_DIFFERENCE, prices / champion_prices - 1)
-        self.window.add(features, prices)
-        if self.window.filled >= self.min_window_rows:
-            for subject, score in self.window.scores().items():
-                metrics.CHALLENGER_DRIFT.labels(subject=subject).set(score)  # absent until the window fills
+        self.drift.observe(features[sampled], prices[sampled])
 
 
 def publish_challenger(model_tag: str, trained_at: str, holdout_r2: float) -> None:
