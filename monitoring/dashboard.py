@@ -24,6 +24,9 @@ N = NAMESPACE
 PROXY = 'proxy="replicas"'  # HAProxy's backend of the replicas (deploy/haproxy/haproxy.cfg)
 SERVED = f"({N}_model_info == 1)"  # drift series of the served model, not the challenger's
 W_MIN = int(DRIFT_WINDOW.removesuffix("m"))
+ENOUGH = (
+    f"(flat_price:drift_rows:{DRIFT_WINDOW} >= {DRIFT_MIN_ROWS})"  # no reading from fewer flats than a verdict needs
+)
 # The subject the "how it moved" panel shows: Grafana's variable, filled from the reference's subjects.
 SUBJECT_VARIABLE = {
     "name": "subject",
@@ -240,6 +243,7 @@ ROWS: list[tuple[str, list[Panel]]] = [
                 "Tag, training time and holdout R² of the model each replica serves.",
                 [(f"max by (model_tag, trained_at, holdout_r2) ({N}_model_info)", "{{model_tag}} R² {{holdout_r2}}")],
                 kind="table",
+                width=16,
                 instant=True,
             ),
         ],
@@ -249,8 +253,13 @@ ROWS: list[tuple[str, list[Panel]]] = [
         [
             Panel(
                 "Drift by subject (PSI)",
-                f"PSI of each feature, derived feature and the prediction over the window, from every worker's counts (the rules' flat_price:drift_psi:{DRIFT_WINDOW}). Below {PSI_NO_DRIFT}: no drift; above {PSI_ALERT}: significant. Alerting also needs the chi-squared test (Monitoring.md, Drift).",
-                [(f"flat_price:drift_psi:{DRIFT_WINDOW} and on (model_tag) {SERVED}", "{{subject}}")],
+                f"PSI of each feature, derived feature and the prediction over the window, from every worker's counts (the rules' flat_price:drift_psi:{DRIFT_WINDOW}), once the window holds {DRIFT_MIN_ROWS} flats. Below {PSI_NO_DRIFT}: no drift; above {PSI_ALERT}: significant. Alerting also needs the chi-squared test (Monitoring.md, Drift).",
+                [
+                    (
+                        f"flat_price:drift_psi:{DRIFT_WINDOW} and on (model_tag) {SERVED} and on (model_tag) {ENOUGH}",
+                        "{{subject}}",
+                    )
+                ],
                 "short",
                 width=16,
                 height=9,
@@ -416,6 +425,7 @@ ROWS: list[tuple[str, list[Panel]]] = [
                     ("sum(node_memory_MemTotal_bytes - node_memory_MemAvailable_bytes)", "host used"),
                 ],
                 "bytes",
+                width=6,
             ),
             Panel(
                 "CPU",
@@ -425,6 +435,7 @@ ROWS: list[tuple[str, list[Panel]]] = [
                     ('sum(rate(node_cpu_seconds_total{mode!="idle"}[$__rate_interval]))', "host busy"),
                 ],
                 "short",
+                width=6,
             ),
             Panel(
                 "Network traffic",
@@ -434,6 +445,7 @@ ROWS: list[tuple[str, list[Panel]]] = [
                     ('sum(rate(node_network_transmit_bytes_total{device!="lo"}[$__rate_interval]))', "sent"),
                 ],
                 "Bps",
+                width=6,
             ),
             Panel(
                 "Disk usage",
@@ -447,6 +459,7 @@ ROWS: list[tuple[str, list[Panel]]] = [
                 "percentunit",
                 kind="gauge",
                 thresholds=[(0.8, "orange"), (0.9, "red")],
+                width=6,
             ),
         ],
     ),

@@ -7,6 +7,7 @@ panel queries (Grafana cannot run here). Layout follows the panels' gridPos.
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from datetime import UTC, datetime
 
@@ -28,8 +29,13 @@ UNIT_SCALE = {
 }
 
 
+SUBJECT = "total_area"  # the dashboard's drift-subject variable, as a reader would pick it first
+MAX_NAMED = 8  # a panel with more series names the ones that moved most; the rest are drawn grey
+
+
 def substitute(expr: str, rate_interval: str, minutes: int) -> str:
-    return expr.replace("$__rate_interval", rate_interval).replace("$__range", f"{minutes}m")
+    expr = expr.replace("$__rate_interval", rate_interval).replace("$__range", f"{minutes}m")
+    return expr.replace("$subject", SUBJECT)
 
 
 def query_range(url, expr, start, end, step):
@@ -50,19 +56,38 @@ def legend(template: str, labels: dict) -> str:
     return template
 
 
-def draw(url: str, minutes: int, rate_interval: str, out: str) -> None:
+def without_rows(panels: list[dict], skip: set[str]) -> list[dict]:
+    """The panels minus the rows titled in `skip` (and their panels), the rest moved up."""
+    kept, shift, skipping = [], 0, False
+    for i, panel in enumerate(panels):
+        if panel["type"] == "row":
+            skipping = panel["title"] in skip
+            if skipping:
+                below = [p["gridPos"]["y"] for p in panels[i + 1 :] if p["type"] == "row"]
+                end = below[0] if below else max(p["gridPos"]["y"] + p["gridPos"]["h"] for p in panels)
+                shift += end - panel["gridPos"]["y"]
+        if not skipping:
+            kept.append(panel | {"gridPos": panel["gridPos"] | {"y": panel["gridPos"]["y"] - shift}})
+    return kept
+
+
+def draw(url: str, minutes: int, rate_interval: str, out: str, skip: set[str] = frozenset()) -> None:
+    """`skip`: rows whose parts this run did not start (e.g. no proxy, no challenger)."""
     board = dashboard.build()
+    board["panels"] = without_rows(board["panels"], set(skip))
     end = time.time()
     start = end - minutes * 60
     step = max(2, minutes * 60 // 150)
     rows = max(p["gridPos"]["y"] + p["gridPos"]["h"] for p in board["panels"])
-    fig = plt.figure(figsize=(24, rows * 0.55))
+    fig = plt.figure(figsize=(24, rows * 0.62))
     fig.suptitle(
         f"{board['title']} — drawn from Prometheus data with the dashboard's queries, "
-        f"{datetime.fromtimestamp(start, UTC):%Y-%m-%d %H:%M}–{datetime.fromtimestamp(end, UTC):%H:%M} UTC",
-        fontsize=14,
+        f"{datetime.fromtimestamp(start, UTC):%Y-%m-%d %H:%M}–{datetime.fromtimestamp(end, UTC):%H:%M} UTC; "
+        "time axes: minutes ago",
+        fontsize=15,
     )
-    grid = fig.add_gridspec(rows, 24, hspace=2.2, wspace=1.2, top=0.96, bottom=0.02, left=0.03, right=0.99)
+    grid = fig.add_gridspec(rows, 24, hspace=3.2, wspace=2.0, top=0.975, bottom=0.01, left=0.045, right=0.99)
+    colours = plt.get_cmap("tab10").colors
     for panel in board["panels"]:
         g = panel["gridPos"]
         if panel["type"] == "row":
@@ -74,26 +99,48 @@ def draw(url: str, minutes: int, rate_interval: str, out: str) -> None:
         unit = panel["fieldConfig"]["defaults"]["unit"]
         scale, unit_label = UNIT_SCALE.get(unit, (1, ""))
         shows_unit = unit_label and panel["type"] == "timeseries"
-        ax.set_title(panel["title"] + (f" ({unit_label})" if shows_unit else ""), fontsize=9)
-        ax.tick_params(labelsize=7)
+        title = panel["title"].replace("$subject", SUBJECT) + (f" ({unit_label})" if shows_unit else "")
+        ax.set_title(title, fontsize=11, pad=4)
+        ax.tick_params(labelsize=9)
         if panel["type"] == "timeseries":
+            lines = []
             for target in panel["targets"]:
                 for series in query_range(url, substitute(target["expr"], rate_interval, minutes), start, end, step):
                     xs = [(float(t) - end) / 60 for t, _ in series["values"]]
                     ys = [float(v) * scale for _, v in series["values"]]
-                    ax.plot(xs, ys, lw=1, label=legend(target["legendFormat"], series["metric"])[:28])
+                    finite = [y for y in ys if math.isfinite(y)]
+                    lines.append(
+                        (max(finite, default=0), legend(target["legendFormat"], series["metric"])[:28], xs, ys)
+                    )
+            lines.sort(key=lambda line: -line[0])
+            for i, (_, label, xs, ys) in enumerate(lines):
+                named = i < MAX_NAMED
+                ax.plot(xs, ys, lw=1.4 if named else 0.8, color=colours[i % 10] if named else "0.75",
+                        label=label if named else None, zorder=3 if named else 2)  # fmt: skip
+            if len(lines) > MAX_NAMED:
+                ax.plot([], [], color="0.75", label=f"{len(lines) - MAX_NAMED} more")
+            top = max((line[0] for line in lines), default=0)
             for step_ in panel["fieldConfig"]["defaults"]["thresholds"]["steps"][1:]:
-                ax.axhline(step_["value"] * scale, color=step_["color"], lw=0.8, ls="--")
-            ax.set_xlabel("minutes ago", fontsize=7)
+                if step_["value"] * scale <= 3 * top:  # a line far above the data would flatten it
+                    ax.axhline(step_["value"] * scale, color=step_["color"], lw=1, ls="--")
             if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=6, loc="upper left", ncol=2)
-        elif panel["type"] == "bargauge":
+                ax.legend(fontsize=9, loc="upper left", ncol=2 if len(lines) > 4 else 1, framealpha=0.7)
+        elif panel["type"] == "bargauge" and "le" in panel["targets"][0]["expr"]:  # the price histogram
             result = query(url, substitute(panel["targets"][0]["expr"], rate_interval, minutes))
             buckets = sorted((float(r["metric"]["le"]), float(r["value"][1])) for r in result)
             counts = [c - (buckets[i - 1][1] if i else 0) for i, (_, c) in enumerate(buckets)]
             labels = [("≤" + (f"{le / 1e6:g}M" if le != float("inf") else "+Inf")) for le, _ in buckets]
             ax.bar(range(len(counts)), counts, color="tab:blue")
-            ax.set_xticks(range(len(counts)), labels, rotation=60, fontsize=6)
+            ax.set_xticks(range(len(counts)), labels, rotation=60, fontsize=8)
+        elif panel["type"] == "bargauge":  # one bar per series, by its legend
+            target = panel["targets"][0]
+            result = query(url, substitute(target["expr"], rate_interval, minutes))
+            bars = sorted((legend(target["legendFormat"], r["metric"]), float(r["value"][1]) * scale) for r in result)
+            ax.barh([label for label, _ in bars], [v for _, v in bars],
+                    color=["tab:red" if v > 0 else "tab:blue" for _, v in bars])  # fmt: skip
+            ax.axvline(0, color="0.3", lw=0.8)
+            ax.invert_yaxis()
+            ax.set_xlabel(unit_label, fontsize=9)
         else:  # stat, gauge, table: the current value
             ax.axis("off")
             lines = []
@@ -107,7 +154,8 @@ def draw(url: str, minutes: int, rate_interval: str, out: str) -> None:
                     elif panel["type"] == "table":
                         text = legend(target["legendFormat"], r["metric"])
                     else:
-                        text = f"{value * scale:,.3g}{unit_label}"
+                        shown = value * scale
+                        text = f"{shown:,.0f}{unit_label}" if abs(shown) >= 1000 else f"{shown:,.3g}{unit_label}"
                     lines.append(text)
             ax.text(
                 0.5,
@@ -115,10 +163,10 @@ def draw(url: str, minutes: int, rate_interval: str, out: str) -> None:
                 "\n".join(lines) or "no data",
                 ha="center",
                 va="center",
-                fontsize=16 if panel["type"] != "table" else 10,
+                fontsize=18 if panel["type"] != "table" else 12,
                 transform=ax.transAxes,
             )
-    fig.savefig(out, dpi=60)
+    fig.savefig(out, dpi=72)
     print(f"wrote {out}")
 
 

@@ -58,13 +58,22 @@ class DriftWindow:
         unseen = sample_value(
             families, f"{NAMESPACE}_drift_unseen_rows", f"{NAMESPACE}_drift_unseen_rows_total", model_tag=self.model_tag
         )
-        return {"bins": bins, "reference": reference, "rows": rows, "unseen": unseen}
+        expected_unseen = sample_value(
+            families, f"{NAMESPACE}_drift_reference_unseen_share", model_tag=self.model_tag, subject="building_id"
+        )
+        return {
+            "bins": bins,
+            "reference": reference,
+            "rows": rows,
+            "unseen": unseen,
+            "expected_unseen": expected_unseen,
+        }
 
     def now(self) -> dict:
         """rows, unseen rows, and per subject: counts by bin, PSI, chi2, drifted (since the start)."""
         import numpy as np
 
-        from flatprice.reference import chi2_statistic, drifted, psi
+        from flatprice.reference import DRIFT_MIN_ROWS, UNSEEN_MARGIN, chi2_statistic, drifted, psi
 
         end = self._counts(scrape(self.url))
         subjects = {}
@@ -78,8 +87,9 @@ class DriftWindow:
                 "chi2": chi2_statistic(ref, live),
                 "drifted": drifted(ref, live, len(end["bins"])),
             }
-        return {
-            "rows": end["rows"] - self.start["rows"],
-            "unseen": end["unseen"] - self.start["unseen"],
-            "subjects": subjects,
+        rows, unseen = end["rows"] - self.start["rows"], end["unseen"] - self.start["unseen"]
+        subjects["building_id"] = {
+            "unseen_share": unseen / max(rows, 1),
+            "drifted": rows >= DRIFT_MIN_ROWS and unseen / rows > end["expected_unseen"] + UNSEEN_MARGIN,
         }
+        return {"rows": rows, "unseen": unseen, "subjects": subjects}
