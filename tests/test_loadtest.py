@@ -49,11 +49,13 @@ def test_run_crossing_a_threshold_exits_non_zero(served):
 
 
 class _Garbage(http.server.BaseHTTPRequestHandler):
-    """A server that answers 200 with text that is not JSON, or a JSON list."""
+    """A server that answers 200 with text that is not JSON, a JSON list, or a price naming no model."""
+
+    ANSWERS = {"/random": b"[1, 2]", "/predict": b'{"price": 5000000}'}
 
     def _answer(self):
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        body = b"[1, 2]" if self.path == "/random" else b"<html>oops</html>"
+        body = self.ANSWERS.get(self.path, b"<html>oops</html>")
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -81,7 +83,7 @@ def test_garbage_answers_fail_by_cause_without_crashing_the_checks():
     assert run.returncode == 1 and "Traceback" not in summary
     errors = error_lines(summary)
     assert {line.split(None, 1)[1].strip() for line in errors} == {
-        "POST /predict: answer is not JSON",
+        "POST /predict: no model named",
         "POST /predict_batch: answer is not JSON",
         "POST /predict [invalid]: status 200, expected 400",
         "GET /random: answer is not a JSON object",
