@@ -126,30 +126,29 @@ def test_a_bad_operating_point_stops_the_proxy_with_its_name(tmp_path, value, me
     assert check.returncode != 0 and message in check.stderr + check.stdout
 
 
-def test_a_replica_killed_under_load_costs_at_most_its_requests_in_flight(small_model, pool, tmp_path):
+def test_a_replica_killed_under_load_costs_at_most_its_requests_in_flight(two, pool):
     """SIGKILL of one of 2 replicas under 8 busy connections: the proxy retries what was in flight on
     the survivor and takes the dead one out; with half the capacity left it sheds (503) what exceeds
     the survivor's short queue, but fails (502/504, or a 503 with no replica) at most the 2 requests
-    the dead one held."""
-    with replicas_behind_proxy(tmp_path, 2) as (replicas, proxy):
-        wait_until(lambda: sum(up_replicas(proxy.metrics_url).values()) == 2, timeout=10, what="2 replicas up")
-        before, denied_before = (
-            responses(proxy.metrics_url, "haproxy_frontend_http_responses"),
-            denied(proxy.metrics_url),
-        )
-        load = subprocess.Popen(
-            ["wrk", "-t1", "-c8", "-d6s", "--latency", "-s", str(pool), f"{proxy.url}/predict"],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        wait_until(lambda: sum(served_by(proxy.metrics_url).values()) > 200, timeout=10, what="load under way")
-        kill_replica(replicas[1])
-        wait_until(lambda: sum(up_replicas(proxy.metrics_url).values()) == 1, timeout=10, what="the proxy takes it out")
-        out, _ = load.communicate(timeout=30)
-        after, shed = (
-            responses(proxy.metrics_url, "haproxy_frontend_http_responses"),
-            denied(proxy.metrics_url) - denied_before,
-        )
+    the dead one held. (The last test of the module's two replicas: it kills one.)"""
+    replicas, proxy = two
+    before, denied_before = (
+        responses(proxy.metrics_url, "haproxy_frontend_http_responses"),
+        denied(proxy.metrics_url),
+    )
+    load = subprocess.Popen(
+        ["wrk", "-t1", "-c8", "-d6s", "--latency", "-s", str(pool), f"{proxy.url}/predict"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    wait_until(lambda: sum(served_by(proxy.metrics_url).values()) > 200, timeout=10, what="load under way")
+    kill_replica(replicas[1])
+    wait_until(lambda: sum(up_replicas(proxy.metrics_url).values()) == 1, timeout=10, what="the proxy takes it out")
+    out, _ = load.communicate(timeout=30)
+    after, shed = (
+        responses(proxy.metrics_url, "haproxy_frontend_http_responses"),
+        denied(proxy.metrics_url) - denied_before,
+    )
     result = parse_wrk(out)
     cut = sum(int(n) for n in re.findall(r"\d+", result["socket_errors"]))  # connections closed mid-request
     failed = (after["5xx"] - before["5xx"]) - shed + cut
