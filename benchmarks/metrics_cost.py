@@ -22,6 +22,7 @@ from flatprice.observability import metrics  # noqa: E402
 from flatprice.observability.drift import DriftPublisher  # noqa: E402
 from flatprice.observability.monitor import PredictionMonitor  # noqa: E402
 from flatprice.reference import build_reference, known_values  # noqa: E402
+from flatprice.server import hooks  # noqa: E402
 from flatprice.synthetic import generate_flats  # noqa: E402
 
 
@@ -30,6 +31,8 @@ def per_call_us(stmt, number: int) -> float:
 
 
 def main() -> dict[str, float]:
+    # As in the server (FLAT_PRICE_SERVER_HOOKS=1, the default): histograms observed in bulk.
+    hooks.install_hooks([hook for hook in hooks.HOOKS if hook.name == "bulk histogram observe"])
     flats = generate_flats(20_000, seed=3)
     matrix, prices = as_feature_matrix(flats), flats.price.to_numpy(dtype=float)
     reference = build_reference(matrix, prices, matrix[:2000])

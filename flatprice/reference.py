@@ -190,6 +190,8 @@ class DriftCounter:
 def sample_rows(sizes: list[int], per_request: int, rng: np.random.Generator) -> np.ndarray:
     """Indices into the concatenated rows of several requests: all rows of a request with at
     most `per_request`, else that many at random, so one large batch weighs as one client."""
+    if max(sizes, default=0) <= per_request:  # the usual flush: single flats and small batches
+        return np.arange(sum(sizes))
     picks, start = [], 0
     for size in sizes:
         if size <= per_request:

@@ -86,7 +86,7 @@ def draw(url: str, minutes: int, rate_interval: str, out: str, skip: set[str] = 
         "time axes: minutes ago",
         fontsize=15,
     )
-    grid = fig.add_gridspec(rows, 24, hspace=3.2, wspace=2.0, top=0.975, bottom=0.01, left=0.045, right=0.99)
+    grid = fig.add_gridspec(rows, 24, hspace=3.6, wspace=2.0, top=0.975, bottom=0.01, left=0.045, right=0.99)
     colours = plt.get_cmap("tab10").colors
     for panel in board["panels"]:
         g = panel["gridPos"]
@@ -131,7 +131,8 @@ def draw(url: str, minutes: int, rate_interval: str, out: str, skip: set[str] = 
             counts = [c - (buckets[i - 1][1] if i else 0) for i, (_, c) in enumerate(buckets)]
             labels = [("≤" + (f"{le / 1e6:g}M" if le != float("inf") else "+Inf")) for le, _ in buckets]
             ax.bar(range(len(counts)), counts, color="tab:blue")
-            ax.set_xticks(range(len(counts)), labels, rotation=60, fontsize=8)
+            shown = range(0, len(counts), 2)  # every other bucket, level: rotated labels run into the titles below
+            ax.set_xticks(list(shown), [labels[i] for i in shown], fontsize=9)
         elif panel["type"] == "bargauge":  # one bar per series, by its legend
             target = panel["targets"][0]
             result = query(url, substitute(target["expr"], rate_interval, minutes))

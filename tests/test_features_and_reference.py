@@ -147,6 +147,7 @@ def test_a_request_counts_at_most_k_rows():
     assert list(picked[11:14]) == [1001, 1002, 1003] and all(1004 <= i < 1016 for i in picked[14:])
     assert len(set(picked)) == len(picked)
     assert len(sample_rows([], 10, rng)) == 0
+    assert list(sample_rows([1, 3, 10], 10, rng)) == list(range(14))  # nothing over k: every row
 
 
 def test_bin_labels_are_readable_and_sorted():
