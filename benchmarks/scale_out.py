@@ -29,7 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.bench import cpu_seconds, json_flat, lua_pool, wrk_report
 from benchmarks.overload import probe
-from devtools.servers import BentoServer, haproxy, process_tree, wait_until
+from devtools.servers import BentoServer, haproxy, process_tree, start_together, wait_until
 from flatprice.schema import FEATURE_NAMES
 from flatprice.synthetic import generate_flats
 
@@ -173,9 +173,9 @@ def roll(proxy, replicas: list[BentoServer], start_new, on_step=None) -> list[Be
 @contextlib.contextmanager
 def replicas_behind_proxy(work: Path, n: int, env: dict | None = None):
     with contextlib.ExitStack() as stack:
-        replicas = [
-            stack.enter_context(BentoServer(work / f"home-replica-{i}", env=ONE_WORKER | (env or {}))) for i in range(n)
-        ]
+        replicas = start_together(
+            [BentoServer(work / f"home-replica-{i}", env=ONE_WORKER | (env or {})) for i in range(n)], stack
+        )
         proxy = stack.enter_context(haproxy(work, [r.url.removeprefix("http://") for r in replicas]))
         yield replicas, proxy
 

@@ -109,10 +109,17 @@ class BentoServer:
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 60, interval: float = 0.1) -> BentoServer:
+        return self.spawn().wait_ready(timeout, interval)
+
+    def spawn(self) -> BentoServer:
+        """Start the process without waiting for it (see `start_together`)."""
         self.log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
             self.cmd, cwd=self.cwd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
         )
+        return self
+
+    def wait_ready(self, timeout: float = 60, interval: float = 0.1) -> BentoServer:
         wait_until(self._ready, timeout, interval, what=f"{self.url}/readyz (log: {self.log_path})")
         return self
 
@@ -312,6 +319,14 @@ def haproxy(workdir: Path, targets: list[str], env: dict[str, str] | None = None
     process = Process(["haproxy", "-db", "-f", str(path)], f"http://{bind}/readyz", workdir / "haproxy.log", env=env)
     with process:
         yield Proxy(f"http://{bind}", f"http://{metrics_bind}/metrics", admin)
+
+
+def start_together(servers: list[BentoServer], stack: contextlib.ExitStack) -> list[BentoServer]:
+    """Spawn all, then wait for each: their start-ups (imports, model loading) overlap on the cores."""
+    for server in servers:
+        stack.callback(server.stop)
+        server.spawn()
+    return [server.wait_ready() for server in servers]
 
 
 @contextlib.contextmanager

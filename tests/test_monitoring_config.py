@@ -115,16 +115,16 @@ def test_the_rules_compute_the_python_psi_and_chi_squared(tmp_path):
     reference = np.array(described["counts"])
     live = np.bincount(np.searchsorted(described["edges"], rng.lognormal(4.1, 0.45, 900), side="right"), minlength=10)
     labels = bin_labels(described["edges"])
-    series = [{"series": 'flat_price_drift_sampled_rows_total{model_tag="m"}', "values": f"0 {live.sum()}"}]
+    series = [{"series": 'flat_price_drift_sampled_rows_total{model_tag="m"}', "values": f"0 {int(live.sum())}"}]
     for label, count, share in zip(labels, live, reference_shares(reference), strict=True):
         series.append({"series": f'flat_price_drift_bin_rows_total{{model_tag="m", subject="x", bin="{label}"}}',
-                       "values": f"0 {count}"})  # fmt: skip
+                       "values": f"0 {int(count)}"})  # fmt: skip
         series.append({"series": f'flat_price_drift_reference_share{{model_tag="m", subject="x", bin="{label}"}}',
-                       "values": f"{share!r} {share!r}"})  # fmt: skip
+                       "values": f"{float(share)!r} {float(share)!r}"})  # fmt: skip
     expected = {"psi": psi(reference, live), "chi2": chi2_statistic(reference, live)}
     checks = [
         {
-            "expr": f"abs(flat_price:drift_{name}:15m / {value!r} - 1) < bool 1e-9",
+            "expr": f"abs(flat_price:drift_{name}:15m / {float(value)!r} - 1) < bool 1e-9",
             "eval_time": "1m",
             "exp_samples": [{"labels": '{model_tag="m", subject="x"}', "value": 1}],
         }
@@ -334,7 +334,7 @@ def test_dashboard_has_every_panel_of_the_original_and_the_new_ones():
         "flats per prediction call",
         "rejected inputs by field",
         "out-of-range values by feature",
-        "drift by feature",
+        "drift by subject",
         "live model",
         "disk",
     ]:

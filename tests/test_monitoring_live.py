@@ -44,9 +44,9 @@ def stack(small_model, challenger_model, session_dir):
         try:
             assert "Non-2xx" in flood(served.url, workdir, 2)  # some overload refusals (429) to measure too
             assert "Non-2xx" in flood(running.url, workdir, 2)  # and the proxy's queue and shedding (503)
-            # Enough scrapes for every rate window, and rules evaluated at least once.
+            # 16 scrapes 1 s apart: every 15 s rate window (Grafana's $__rate_interval here) has data, rules ran.
             wait_until(
-                lambda: _count(url, 'count_over_time(up{job="flat-price"}[1m])') >= 20, timeout=60, what="20 scrapes"
+                lambda: _count(url, 'count_over_time(up{job="flat-price"}[1m])') >= 16, timeout=60, what="16 scrapes"
             )
             yield url
         finally:

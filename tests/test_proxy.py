@@ -2,6 +2,7 @@
 committed config: header size and header-read time, body buffering, /metrics kept inside,
 and a dead replica taken out of rotation."""
 
+import contextlib
 import socket
 import threading
 import time
@@ -9,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from devtools.servers import BentoServer, haproxy
+from devtools.servers import BentoServer, haproxy, start_together
 from flatprice.schema import EXAMPLE_FLAT
 
 pytestmark = pytest.mark.slow
@@ -65,8 +66,10 @@ def test_metrics_stay_on_the_monitoring_network(proxy, served):
 
 
 def test_a_stopped_replica_leaves_the_rotation_without_errors(small_model, session_dir, tmp_path):
-    with BentoServer(session_dir / "serve-proxy-a", env={"FLAT_PRICE_WORKERS": "1"}) as a:
-        b = BentoServer(session_dir / "serve-proxy-b", env={"FLAT_PRICE_WORKERS": "1"}).start()
+    with contextlib.ExitStack() as stack:
+        a, b = start_together(
+            [BentoServer(session_dir / f"serve-proxy-{name}", env={"FLAT_PRICE_WORKERS": "1"}) for name in "ab"], stack
+        )
         with haproxy(tmp_path, [a.url.removeprefix("http://"), b.url.removeprefix("http://")]) as running:
             url = running.url
             with httpx.Client(timeout=10) as client:
