@@ -8,16 +8,23 @@ What happens to a request before a handler runs: `flatprice.server` (its docstri
 from __future__ import annotations
 
 import gc
+import uuid
 
 import bentoml
 import numpy as np
+from starlette.responses import Response
 
 from flatprice import registry, server
 from flatprice.api import routes
+from flatprice.api.errors import refusal_json
 from flatprice.api.payloads import (
+    REQUEST_ID_HEADER,
+    Actual,
     BatchExplanation,
     BatchPrediction,
     Explanation,
+    Feedback,
+    FeedbackReceipt,
     Flat,
     FlatBatch,
     FlatColumns,
@@ -34,7 +41,10 @@ from flatprice.api.payloads import (
 from flatprice.config import Settings
 from flatprice.explain import PriceExplainer
 from flatprice.faults import FaultInjection
+from flatprice.observability.accuracy import record_feedback
 from flatprice.observability.drift import DriftPublisher
+from flatprice.observability.inference_log import InferenceLog, log_directory
+from flatprice.observability.ledger import Ledger
 from flatprice.observability.metrics import NAMESPACE
 from flatprice.observability.monitor import PredictionMonitor, publish_static
 from flatprice.observability.shadow import Shadow, publish_challenger
@@ -44,14 +54,15 @@ from flatprice.server import home_lock
 from flatprice.store import load_pipeline
 
 settings = Settings.load()  # exits with one line naming a bad FLAT_PRICE_* variable
-home_lock.claim(home_lock.bentoml_home())  # a second server on this home would wipe our metrics
+home = home_lock.bentoml_home()
+home_lock.claim(home)  # a second server on this home would wipe our metrics
 # Fail here, in `bentoml serve` itself, when the store has no usable model: a worker
 # that fails in __init__ is restarted forever and the message drowns in the log.
 champion, challenger = registry.served_models(settings)  # exits with one line saying what to run
 
 
 @bentoml.service(
-    name="flat_price", metrics={"enabled": True, "namespace": NAMESPACE}, **server.service_options(settings)
+    name="flat_price", metrics={"enabled": True, "namespace": NAMESPACE}, **server.service_options(settings, home)
 )
 class FlatPriceService:
     # Class-level references: `bentoml build` packs exactly these models into the Bento.
@@ -68,13 +79,18 @@ class FlatPriceService:
         self.faults = FaultInjection(settings.fault_error_rate, settings.fault_max_delay_s)
         self.explainer = PriceExplainer(self.features, self.regressor)  # ~0.5 s: SHAP tables per leaf
         reference = loaded.metadata["reference"]
+        shadow = self._shadow()
+        log = InferenceLog(settings, str(self.tag), shadow.tag if shadow is not None else None)
+        self.ledger = Ledger(log_directory(settings, home), settings.feedback_max_flats) if log.enabled else None
         self.monitor = PredictionMonitor(
             DriftPublisher(self.tag, reference, loaded.known),
             reference,
             settings.drift_rows_per_request,
-            shadow=self._shadow(),
+            shadow=shadow,
+            log=log,
+            ledger=self.ledger,
         )
-        publish_static(self.tag, loaded.metadata["trained_at"], loaded.metadata["metrics"]["r2"])
+        publish_static(self.tag, loaded.metadata["trained_at"], loaded.metadata["metrics"])
         # Checked, not just loaded: the original's example flat must get a positive price.
         example = np.array([[EXAMPLE_FLAT[name] for name in FEATURE_NAMES]], dtype=np.float64)
         if not self.price(example)[0] > 0:
@@ -92,7 +108,8 @@ class FlatPriceService:
             return None
         loaded = load_pipeline(self.challenger_ref)
         publish_challenger(loaded.tag, loaded.metadata["trained_at"], loaded.metadata["metrics"]["r2"])
-        return Shadow(pricer(loaded.pipeline), DriftPublisher(loaded.tag, loaded.metadata["reference"], loaded.known))
+        drift = DriftPublisher(loaded.tag, loaded.metadata["reference"], loaded.known)
+        return Shadow(pricer(loaded.pipeline), drift, str(loaded.tag))
 
     def __is_ready__(self) -> bool:
         return getattr(self, "ready", False)
@@ -101,60 +118,96 @@ class FlatPriceService:
     def flush_metrics(self) -> None:
         self.monitor.stop()
 
-    def _priced(self, rows: np.ndarray) -> np.ndarray:
+    def _priced(self, rows: np.ndarray, ctx: bentoml.Context) -> tuple[np.ndarray, str]:
+        """Prices and the answer's request id (also its header), by which the inference log
+        and POST /feedback know these flats."""
+        request_id = uuid.uuid4().hex
+        ctx.response.headers[REQUEST_ID_HEADER] = request_id
         prices = self.price(rows)
-        self.monitor.record(rows, prices)
-        return prices
+        self.monitor.record(rows, prices, request_id)
+        return prices, request_id
 
     @bentoml.api(route=routes.PREDICT, input_spec=Flat, output_spec=Prediction)
-    async def predict(self, **flat) -> Prediction:
+    async def predict(self, ctx: bentoml.Context, **flat) -> Prediction:
         """Price of one flat, in rubles."""
         row = np.array([[flat[name] for name in FEATURE_NAMES]], dtype=np.float64)
-        price = rubles(self._priced(row))[0]
-        return Prediction(price=price, score=price, model=self.tag)
+        prices, request_id = self._priced(row, ctx)
+        price = rubles(prices)[0]
+        return Prediction(price=price, score=price, model=self.tag, request_id=request_id)
 
     @bentoml.api(route=routes.PREDICT_BATCH, input_spec=FlatBatch, output_spec=BatchPrediction)
-    async def predict_batch(self, flats: list[FlatFields]) -> BatchPrediction:
+    async def predict_batch(self, ctx: bentoml.Context, flats: list[FlatFields]) -> BatchPrediction:
         """Prices of up to 1,000 flats, in the order sent."""
         rows = rows_matrix(flats)
         check_cross_fields(rows, "FlatBatch", lambda row, field: ("flats", row, field))
-        return BatchPrediction(prices=rubles(self._priced(rows)), model=self.tag)
+        prices, request_id = self._priced(rows, ctx)
+        return BatchPrediction(prices=rubles(prices), model=self.tag, request_id=request_id)
 
     @bentoml.api(route=routes.PREDICT_COLUMNS, input_spec=FlatColumns, output_spec=BatchPrediction)
-    async def predict_columns(self, **columns: list) -> BatchPrediction:
+    async def predict_columns(self, ctx: bentoml.Context, **columns: list) -> BatchPrediction:
         """Prices of up to 1,000 flats sent as 15 columns, in order: the fastest way to price many flats."""
         rows = columns_matrix(columns)
         check_cross_fields(rows, "FlatColumns", lambda row, field: (field, row))
-        return BatchPrediction(prices=rubles(self._priced(rows)), model=self.tag)
+        prices, request_id = self._priced(rows, ctx)
+        return BatchPrediction(prices=rubles(prices), model=self.tag, request_id=request_id)
 
     @bentoml.api(route=routes.EXPLAIN, input_spec=Flat, output_spec=Explanation)
-    async def explain(self, **flat) -> Explanation:
+    async def explain(self, ctx: bentoml.Context, **flat) -> Explanation:
         """Price of one flat and why: what each input multiplies the baseline price by (exact SHAP)."""
         row = np.array([[flat[name] for name in FEATURE_NAMES]], dtype=np.float64)
-        return self._explained(row)[0]
+        return self._explained(row, ctx)[0]
 
     @bentoml.api(route=routes.EXPLAIN_BATCH, input_spec=FlatsToExplain, output_spec=BatchExplanation)
-    async def explain_batch(self, flats: list[FlatFields]) -> BatchExplanation:
+    async def explain_batch(self, ctx: bentoml.Context, flats: list[FlatFields]) -> BatchExplanation:
         """Up to 100 flats priced and explained, in the order sent."""
         rows = rows_matrix(flats)
         check_cross_fields(rows, "FlatsToExplain", lambda row, field: ("flats", row, field))
-        return BatchExplanation(explanations=self._explained(rows))
+        explanations = self._explained(rows, ctx)
+        return BatchExplanation(explanations=explanations, request_id=explanations[0].request_id)
 
-    def _explained(self, rows: np.ndarray) -> list[Explanation]:
-        prices = rubles(self._priced(rows))
+    def _explained(self, rows: np.ndarray, ctx: bentoml.Context) -> list[Explanation]:
+        prices, request_id = self._priced(rows, ctx)
         baseline = round(self.explainer.baseline, 2)
         return [
-            Explanation(price=price, baseline=baseline, model=self.tag, **answer)
-            for price, answer in zip(prices, self.explainer.explain(rows), strict=True)
+            Explanation(price=price, baseline=baseline, model=self.tag, request_id=request_id, **answer)
+            for price, answer in zip(rubles(prices), self.explainer.explain(rows), strict=True)
         ]
 
     @bentoml.api(route=routes.RANDOM, output_spec=RandomPrediction)
-    async def random(self) -> RandomPrediction:
+    async def random(self, ctx: bentoml.Context) -> RandomPrediction:
         """A flat drawn from the model's training data, and its price (also answers GET)."""
         if self.faults.enabled and (injected := await self.faults.maybe_fail()):
             return injected  # a 500 answer in the usual error shape, marked X-Injected-Fault
         row = self.training_sample[self.rng.integers(len(self.training_sample))][None, :]
-        return RandomPrediction(flat=flat_from_row(row[0]), price=rubles(self._priced(row))[0], model=self.tag)
+        prices, request_id = self._priced(row, ctx)
+        return RandomPrediction(
+            flat=flat_from_row(row[0]), price=rubles(prices)[0], model=self.tag, request_id=request_id
+        )
+
+    @bentoml.api(route=routes.FEEDBACK, input_spec=Feedback, output_spec=FeedbackReceipt)
+    def feedback(self, actuals: list[Actual]) -> FeedbackReceipt:
+        """Real prices of flats priced earlier (request_id and the flat's index): their errors go to /metrics.
+        All are recorded, or none: a call with an unknown (422) or already recorded (409) flat changes nothing."""
+        if self.ledger is None:
+            problem = ("inference_log_off", ("body",), "the inference log is off (FLAT_PRICE_INFERENCE_LOG_SAMPLE=0)")
+            return _refusal(422, "no priced flats are kept", [problem], len(actuals))
+        outcome = record_feedback(self.ledger, [(a.request_id, a.flat, a.price) for a in actuals])
+        if not outcome.refused:
+            return FeedbackReceipt(accepted=len(outcome.settled))
+        problems = sorted(
+            [
+                (i, "unknown_request_id", "no flat priced under this request_id and flat is kept")
+                for i in outcome.unknown
+            ]
+            + [(i, "repeated_request_id", "a real price was already recorded for it") for i in outcome.repeated]
+        )
+        status, reason = (422, "unknown request ids") if outcome.unknown else (409, "real prices already recorded")
+        details = [(kind, ("actuals", i, "request_id"), msg) for i, kind, msg in problems]
+        return _refusal(status, f"{reason}: nothing recorded", details, len(problems))
+
+
+def _refusal(status: int, reason: str, problems: list, total: int) -> Response:
+    return Response(refusal_json(reason, problems, total), status_code=status, media_type="application/json")
 
 
 # The server edge (guard, admission) and the version-checked hooks; the undo is for tests.

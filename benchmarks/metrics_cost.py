@@ -40,7 +40,9 @@ def main() -> dict[str, float]:
     monitor = PredictionMonitor(drift, reference, rows_per_request=10)
     row, price = matrix[:1], prices[:1]
     results = {
-        "request path: queue one prediction for the monitor": per_call_us(lambda: monitor.record(row, price), 100_000),
+        "request path: queue one prediction for the monitor": per_call_us(
+            lambda: monitor.record(row, price, "0" * 32), 100_000
+        ),
         "request path: request + response size summaries": per_call_us(
             lambda: (
                 metrics.REQUEST_SIZE.labels(endpoint="/predict").observe(380),
@@ -56,11 +58,11 @@ def main() -> dict[str, float]:
 
     def flush_singles(n=200):
         for i in range(n):
-            monitor.record(matrix[i : i + 1], prices[i : i + 1])
+            monitor.record(matrix[i : i + 1], prices[i : i + 1], "0" * 32)
         monitor.flush()
 
     def flush_batch(n=1000):
-        monitor.record(matrix[:n], prices[:n])
+        monitor.record(matrix[:n], prices[:n], "0" * 32)
         monitor.flush()
 
     results["background, per flat: 200 single predictions per flush"] = per_call_us(flush_singles, 20) / 200

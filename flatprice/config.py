@@ -62,6 +62,26 @@ class Settings(BaseSettings):
         le=10_000,
         description="At most this many flats of a request count toward drift (a random sample)",
     )
+    inference_log_sample: float = Field(
+        1.0, ge=0, le=1, description="Share of requests written to the inference log (0 = no log, no feedback)"
+    )
+    inference_log_dir: str = Field(
+        "",
+        max_length=1000,
+        description="Inference log and feedback ledger directory (empty: BENTOML_HOME/inference-log)",
+    )
+    inference_log_max_mb: int = Field(
+        1024, ge=1, le=1_000_000, description="Inference log files stay under this many MiB in all"
+    )
+    inference_log_otlp_endpoint: str = Field(
+        "",
+        max_length=1000,
+        pattern=r"^(https?://\S+)?$",
+        description="If set, the inference log goes to this OTLP/HTTP endpoint, not to files",
+    )
+    feedback_max_flats: int = Field(
+        2_000_000, ge=1000, le=1_000_000_000, description="The newest priced flats POST /feedback can match"
+    )
     fault_error_rate: float = Field(0.0, ge=0, le=1, description="Share of /random requests answered 500 on purpose")
     fault_max_delay_s: float = Field(0.0, ge=0, le=5, description="Each /random request first sleeps U(0, this) s")
 
@@ -84,6 +104,8 @@ def accepted(name: str) -> str:
     kind = {int: "an integer", float: "a number", bool: "0 or 1", str: "text"}[field.annotation]
     if name == "model_sha256":
         return "64 lowercase hex digits, or empty"
+    if name == "inference_log_otlp_endpoint":
+        return "an http:// or https:// URL, or empty"
     bounds = {key: getattr(m, key) for m in field.metadata for key in ("ge", "gt", "le") if hasattr(m, key)}
     if not bounds:
         return kind

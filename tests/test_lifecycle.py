@@ -166,7 +166,7 @@ def test_shadow_prices_every_row_and_publishes_its_metrics(three_models, tmp_pat
     loaded = load_pipeline(three_models[1])
     features, regressor = loaded.pipeline.named_steps["features"], loaded.pipeline[-1]
     drift = DriftPublisher("test:challenger", loaded.metadata["reference"])
-    shadow = Shadow(lambda rows: regressor.predict(features.transform(rows)), drift)
+    shadow = Shadow(lambda rows: regressor.predict(features.transform(rows)), drift, "test:challenger")
     rows = loaded.training_sample[:7]
     champion = np.full(7, 10e6)
     count = metrics.CHALLENGER_DIFFERENCE.collect()[0]
@@ -178,6 +178,6 @@ def test_shadow_prices_every_row_and_publishes_its_metrics(three_models, tmp_pat
     assert after[name] - before[name] == 7
     assert counted("test:challenger") - rows_counted == 3  # the rows the champion's drift sampled
     # A challenger that fails does not raise into the monitor thread.
-    broken = Shadow(lambda rows: 1 / 0, DriftPublisher("test:broken", build_reference(rows, champion)))
+    broken = Shadow(lambda rows: 1 / 0, DriftPublisher("test:broken", build_reference(rows, champion)), "test:broken")
     broken.observe(rows, champion, np.arange(7))
     assert broken.failures == 1

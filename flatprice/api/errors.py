@@ -35,8 +35,10 @@ ERROR_STATUSES = {
     404: "No such route",
     405: "Method not allowed: the Allow header names the methods the route takes",
     408: "The request body did not arrive within the body deadline (FLAT_PRICE_BODY_TIMEOUT_S)",
+    409: "POST /feedback: a real price was already recorded for a request id and flat (none of the call recorded)",
     413: "Request body over the size limit (FLAT_PRICE_MAX_BODY_BYTES), refused before it is read",
     415: "Content-Type is not application/json, or the body is encoded (Content-Encoding)",
+    422: "POST /feedback: no flat priced under a request id and flat is kept (none of the call recorded)",
     429: "Too many requests in flight in this worker (FLAT_PRICE_MAX_CONCURRENCY): retry after Retry-After seconds",
     431: "Request headers over the size limit (FLAT_PRICE_MAX_HEADER_BYTES)",
     500: "Unexpected server error (or a fault injected on purpose, header X-Injected-Fault)",
@@ -53,6 +55,12 @@ def error_json(reason: str, error_type: str, loc=("body",)) -> bytes:
     """A one-problem error body."""
     detail = [{"type": error_type, "loc": list(loc), "msg": reason}]
     return json.dumps({"error": reason, "detail": detail, "total": 1}).encode()
+
+
+def refusal_json(reason: str, problems: list[tuple[str, tuple, str]], total: int) -> bytes:
+    """An error body listing (type, loc, msg) problems, the first MAX_REPORTED_ERRORS."""
+    detail = [{"type": kind, "loc": list(loc), "msg": msg} for kind, loc, msg in problems[:MAX_REPORTED_ERRORS]]
+    return json.dumps({"error": reason, "detail": detail, "total": total}).encode()
 
 
 def validation_json(errors: list[dict], total: int) -> bytes:

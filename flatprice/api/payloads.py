@@ -182,21 +182,61 @@ def rubles(prices: np.ndarray) -> list[int]:
     return whole_rubles(prices).tolist()
 
 
+REQUEST_ID_HEADER = "X-Request-ID"
+REQUEST_ID_PATTERN = r"^[0-9a-f]{32}$"
+
+
+def _request_id():
+    return Field(
+        description=f"This answer's id (also the {REQUEST_ID_HEADER} header): "
+        "send it with the real price to POST /feedback",
+        pattern=REQUEST_ID_PATTERN,
+    )
+
+
 class Prediction(BaseModel):
     price: int = Field(description="Predicted price, whole rubles")
     score: int = Field(description="Same as price; the original service's name for it, kept for its clients")
     model: str = Field(description="Tag of the model that made the prediction")
+    request_id: str = _request_id()
 
 
 class BatchPrediction(BaseModel):
     prices: list[int] = Field(description="Predicted prices in whole rubles, in the order of the flats sent")
     model: str = Field(description="Tag of the model that made the predictions")
+    request_id: str = _request_id()
 
 
 class RandomPrediction(BaseModel):
     flat: Flat
     price: int = Field(description="Predicted price, whole rubles")
     model: str
+    request_id: str = _request_id()
+
+
+class Actual(BaseModel):
+    """The real price of a flat priced earlier: the answer's request_id and the flat's place in it."""
+
+    model_config = ConfigDict(**_STRICT)
+    request_id: str = Field(pattern=REQUEST_ID_PATTERN, description="request_id of the answer that priced the flat")
+    flat: int = Field(0, ge=0, lt=MAX_BATCH_ROWS, description="The flat's index in that request (0 for one flat)")
+    price: int = Field(ge=100_000, le=100_000_000_000, description="The real price the flat sold for, whole rubles")
+
+
+class Feedback(BaseModel):
+    """Up to 1,000 real prices; recorded all together, or refused all together."""
+
+    model_config = ConfigDict(
+        **_STRICT,
+        json_schema_extra={
+            "example": {"actuals": [{"request_id": "0123456789abcdef0123456789abcdef", "flat": 0, "price": 9500000}]}
+        },
+    )
+    actuals: list[Actual] = Field(min_length=1, max_length=MAX_BATCH_ROWS, description=f"1 to {MAX_BATCH_ROWS} prices")
+
+
+class FeedbackReceipt(BaseModel):
+    accepted: int = Field(description="Real prices recorded (all those sent)")
 
 
 def flat_from_row(row) -> Flat:
@@ -220,7 +260,9 @@ class Explanation(BaseModel):
     contributions: list[Contribution] = Field(description="Every input's part, largest effect first (exact SHAP)")
     summary: str = Field(description="The largest effects in words")
     model: str = Field(description="Tag of the model that made the prediction")
+    request_id: str = _request_id()
 
 
 class BatchExplanation(BaseModel):
-    explanations: list[Explanation] = Field(description="One per flat, in the order sent")
+    explanations: list[Explanation] = Field(description="One per flat, in the order sent (flat = its index)")
+    request_id: str = _request_id()

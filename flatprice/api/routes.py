@@ -12,9 +12,10 @@ PREDICT_COLUMNS = "/predict_columns"
 RANDOM = "/random"
 EXPLAIN = "/explain"
 EXPLAIN_BATCH = "/explain_batch"
-API_ROUTES: tuple[str, ...] = (PREDICT, PREDICT_BATCH, PREDICT_COLUMNS, RANDOM, EXPLAIN, EXPLAIN_BATCH)
-# take flats in a JSON body
-BODY_ROUTES: tuple[str, ...] = (PREDICT, PREDICT_BATCH, PREDICT_COLUMNS, EXPLAIN, EXPLAIN_BATCH)
+FEEDBACK = "/feedback"
+API_ROUTES: tuple[str, ...] = (PREDICT, PREDICT_BATCH, PREDICT_COLUMNS, RANDOM, EXPLAIN, EXPLAIN_BATCH, FEEDBACK)
+# take a JSON body
+BODY_ROUTES: tuple[str, ...] = (PREDICT, PREDICT_BATCH, PREDICT_COLUMNS, EXPLAIN, EXPLAIN_BATCH, FEEDBACK)
 GET_ROUTES: tuple[str, ...] = (RANDOM,)  # API routes that also answer GET, as the original service did
 
 DOCS = "/docs.json"

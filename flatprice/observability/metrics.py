@@ -43,6 +43,29 @@ PRICE_BUCKETS = (
 BATCH_ROWS_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 # challenger / champion - 1, per flat: symmetric, finer near 0, ±10% is the "moved" line of the gate.
 DIFFERENCE_BUCKETS = (-0.5, -0.3, -0.2, -MOVED, -0.05, -0.02, -0.01, 0.0, 0.01, 0.02, 0.05, MOVED, 0.2, 0.3, 0.5)
+# |price / actual - 1| per flat with a real price: finer around the holdout's median APE (~0.2).
+APE_BUCKETS = (
+    0.01,
+    0.02,
+    0.05,
+    0.075,
+    0.1,
+    0.125,
+    0.15,
+    0.175,
+    0.2,
+    0.225,
+    0.25,
+    0.275,
+    0.3,
+    0.35,
+    0.4,
+    0.5,
+    0.75,
+    1,
+    2,
+)
+FEEDBACK_OUTCOMES = ("accepted", "unknown", "repeated")
 BODY_FIELD = "body"  # label for errors not tied to one field (malformed JSON, empty batch...)
 REJECTED_FIELDS = (*FEATURE_NAMES, BODY_FIELD)
 MODES = {  # multiprocess mode per gauge: how several workers' values combine
@@ -163,6 +186,31 @@ INJECTED_FAULTS = Counter(
     "Faults injected on /random on purpose (FLAT_PRICE_FAULT_* settings): error = a 500 answer, delay = a sleep",
     ["kind"],
 )
+INFERENCE_LOG_RECORDS = Counter(
+    f"{NAMESPACE}_inference_log_records",
+    "Requests handed to the inference log, one record each (FLAT_PRICE_INFERENCE_LOG_SAMPLE of them)",
+)
+INFERENCE_LOG_FAILURES = Counter(
+    f"{NAMESPACE}_inference_log_failures",
+    "Inference-log records that could not be written (full disk, unwritable directory) and were dropped",
+)
+FEEDBACK_ACTUALS = Counter(
+    f"{NAMESPACE}_feedback_actuals",
+    "Real prices sent to POST /feedback: accepted, or refused as unknown or repeated (request id, flat)",
+    ["outcome"],
+)
+FEEDBACK_APE = Histogram(
+    f"{NAMESPACE}_feedback_absolute_percentage_error",
+    "|predicted / real price - 1| of each flat whose real price arrived, by the model that priced it",
+    ["model_tag"],
+    buckets=APE_BUCKETS,
+)
+HOLDOUT_MEDIAN_APE = Gauge(
+    f"{NAMESPACE}_model_holdout_median_ape",
+    "Median absolute percentage error of the served model on its training holdout",
+    ["model_tag"],
+    multiprocess_mode=MODES["reference"],
+)
 
 # (name as exposed, type) of every metric above, for tests and docs to check against /metrics;
 # read from the collectors themselves (prometheus_client's public describe()).
@@ -186,6 +234,11 @@ EXPOSED = {
         REQUEST_SIZE,
         RESPONSE_SIZE,
         INJECTED_FAULTS,
+        INFERENCE_LOG_RECORDS,
+        INFERENCE_LOG_FAILURES,
+        FEEDBACK_ACTUALS,
+        FEEDBACK_APE,
+        HOLDOUT_MEDIAN_APE,
     )
     for family in collector.describe()
 }

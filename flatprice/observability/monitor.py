@@ -1,28 +1,35 @@
 """Model signals computed off the request path.
 
-A request hands its feature rows and predictions to `PredictionMonitor.record` (a deque
-append). A background thread in each worker drains the queue every `interval` seconds
-and updates the metrics: the price histogram, batch sizes, out-of-range counts, the drift
-counters (of a sample: at most `rows_per_request` flats of each request), and the worker's
-own memory and CPU. A request never waits for it.
+A request hands its feature rows, predictions and request id to `PredictionMonitor.record`
+(a deque append). A background thread in each worker drains the queue every `interval`
+seconds and updates the metrics: the price histogram, batch sizes, out-of-range counts, the
+drift counters (of a sample: at most `rows_per_request` flats of each request), and the
+worker's own memory and CPU; it writes the inference log and the feedback ledger
+(`inference_log`, `ledger`). A request never waits for it; SIGTERM flushes what is queued.
 """
 
 from __future__ import annotations
 
 import collections
+import logging
 import os
+import sqlite3
 import threading
 import time
 
 import numpy as np
 
+from ..pricing import whole_rubles
 from ..reference import sample_rows
 from ..schema import FEATURE_NAMES
 from ..server import hooks  # bulk observe: the one private touch point, version-checked
 from . import metrics
 from .drift import DriftPublisher
+from .inference_log import InferenceLog
+from .ledger import Ledger
 
 _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+logger = logging.getLogger(__name__)
 
 
 class PredictionMonitor:
@@ -33,6 +40,8 @@ class PredictionMonitor:
         rows_per_request: int,
         interval: float = 0.5,
         shadow=None,
+        log: InferenceLog | None = None,
+        ledger: Ledger | None = None,
     ):
         self.low = np.array([reference[name]["min"] for name in FEATURE_NAMES])
         self.high = np.array([reference[name]["max"] for name in FEATURE_NAMES])
@@ -41,14 +50,17 @@ class PredictionMonitor:
         self.rng = np.random.default_rng()
         self.interval = interval
         self.shadow = shadow  # a Shadow (challenger) fed the same rows, or None
+        self.log = log if log is not None and log.enabled else None
+        self.ledger = ledger if self.log is not None else None  # feedback matches logged flats only
+        self._ledger_failures = 0
         self._queue: collections.deque = collections.deque()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="prediction-monitor", daemon=True)
         self._cpu_seconds = sum(os.times()[:2])
 
-    def record(self, features: np.ndarray, predictions: np.ndarray) -> None:
+    def record(self, features: np.ndarray, predictions: np.ndarray, request_id: str) -> None:
         """Called on the request path: O(1), no metric I/O."""
-        self._queue.append((features, predictions))
+        self._queue.append((features, predictions, request_id))
 
     def start(self) -> None:
         self._thread.start()
@@ -57,10 +69,15 @@ class PredictionMonitor:
         self._stop.set()
         self._thread.join(timeout=5)
         self.flush()
+        if self.ledger is not None:
+            self.ledger.close()
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self.flush()
+            try:
+                self.flush()
+            except Exception:  # one bad flush must not end every later one (the thread would die silently)
+                logger.exception("prediction monitor: flush failed")
 
     def flush(self) -> None:
         calls = []
@@ -71,17 +88,38 @@ class PredictionMonitor:
         self._update_process_metrics()
 
     def _update_model_signals(self, calls) -> None:
-        features = np.concatenate([f for f, _ in calls])
-        predictions = np.concatenate([p for _, p in calls])
+        features = np.concatenate([f for f, _, _ in calls])
+        predictions = np.concatenate([p for _, p, _ in calls])
+        sizes = [len(p) for _, p, _ in calls]
         hooks.observe_many(metrics.PREDICTED_PRICE, predictions)
-        hooks.observe_many(metrics.BATCH_ROWS, np.array([len(p) for _, p in calls], dtype=np.float64))
+        hooks.observe_many(metrics.BATCH_ROWS, np.array(sizes, dtype=np.float64))
         outside = ((features < self.low) | (features > self.high)).sum(axis=0)
         for i in np.flatnonzero(outside):
             metrics.OUT_OF_RANGE.labels(feature=FEATURE_NAMES[i]).inc(int(outside[i]))
-        sampled = sample_rows([len(p) for _, p in calls], self.rows_per_request, self.rng)
+        sampled = sample_rows(sizes, self.rows_per_request, self.rng)
         self.drift.observe(features[sampled], predictions[sampled])
-        if self.shadow is not None:
-            self.shadow.observe(features, predictions, sampled)
+        shadow_prices = self.shadow.observe(features, predictions, sampled) if self.shadow is not None else None
+        if self.log is not None:
+            self._write_log(calls, np.cumsum([0, *sizes]), shadow_prices)
+
+    def _write_log(self, calls, offsets: np.ndarray, shadow_prices: np.ndarray | None) -> None:
+        """The chosen requests to the inference log, their flats to the feedback ledger."""
+        ledger_rows = []
+        now = time.time()
+        for i in self.log.chosen(len(calls)):
+            features, predictions, request_id = calls[i]
+            prices = whole_rubles(predictions)
+            shadow = None if shadow_prices is None else whole_rubles(shadow_prices[offsets[i] : offsets[i + 1]])
+            self.log.write(request_id, features, prices, shadow)
+            ledger_rows += [(request_id, k, self.log.model_tag, price, now) for k, price in enumerate(prices.tolist())]
+        if self.ledger is not None and ledger_rows:
+            try:
+                self.ledger.add(ledger_rows)
+            except sqlite3.Error as error:  # a full disk or a stuck lock costs feedback, never the signals
+                metrics.INFERENCE_LOG_FAILURES.inc()
+                self._ledger_failures += 1
+                if self._ledger_failures == 1 or self._ledger_failures % 1000 == 0:
+                    logger.warning("feedback ledger: cannot add %d flats: %s", len(ledger_rows), error)
 
     def _update_process_metrics(self) -> None:
         cpu = sum(os.times()[:2])
@@ -91,9 +129,13 @@ class PredictionMonitor:
             metrics.WORKER_MEMORY.set(int(f.read().split()[1]) * _PAGE_BYTES)
 
 
-def publish_static(model_tag: str, trained_at: str, holdout_r2: float) -> None:
-    """Metrics set once per worker at start-up."""
-    metrics.MODEL_INFO.labels(model_tag=model_tag, trained_at=trained_at, holdout_r2=f"{holdout_r2:.4f}").set(1)
+def publish_static(model_tag: str, trained_at: str, holdout: dict[str, float]) -> None:
+    """Metrics set once per worker at start-up (`holdout`: the model's holdout metrics)."""
+    metrics.MODEL_INFO.labels(model_tag=model_tag, trained_at=trained_at, holdout_r2=f"{holdout['r2']:.4f}").set(1)
+    metrics.HOLDOUT_MEDIAN_APE.labels(model_tag=model_tag).set(holdout["median_ape"])
+    metrics.FEEDBACK_APE.labels(model_tag=model_tag)
+    for outcome in metrics.FEEDBACK_OUTCOMES:
+        metrics.FEEDBACK_ACTUALS.labels(outcome=outcome)
     metrics.START_TIME.set(time.time())
     for name in FEATURE_NAMES:  # expose every series from the start (rate() needs a 0)
         metrics.OUT_OF_RANGE.labels(feature=name)

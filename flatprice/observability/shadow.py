@@ -22,23 +22,26 @@ logger = logging.getLogger(__name__)
 
 
 class Shadow:
-    def __init__(self, price: Callable[[np.ndarray], np.ndarray], drift: DriftPublisher):
+    def __init__(self, price: Callable[[np.ndarray], np.ndarray], drift: DriftPublisher, tag: str):
         self.price = price
+        self.tag = tag
         self.drift = drift  # the challenger's own reference, under its own model_tag
         self.failures = 0
 
-    def observe(self, features: np.ndarray, champion_prices: np.ndarray, sampled: np.ndarray) -> None:
-        """Price all rows; count the rows the champion's drift counted (`sampled`) against the challenger's reference."""
+    def observe(self, features: np.ndarray, champion_prices: np.ndarray, sampled: np.ndarray) -> np.ndarray | None:
+        """Price all rows; count the rows the champion's drift counted (`sampled`) against the challenger's
+        reference. Returns the challenger's prices (for the inference log), None if it failed."""
         try:
             prices = self.price(features)
         except Exception as error:  # a broken challenger must not stop the champion's signals
             self.failures += 1
             if self.failures == 1:
                 logger.warning("challenger failed to price %d flats: %s", len(features), type(error).__name__)
-            return
+            return None
         hooks.observe_many(metrics.CHALLENGER_PRICE, prices)
         hooks.observe_many(metrics.CHALLENGER_DIFFERENCE, prices / champion_prices - 1)
         self.drift.observe(features[sampled], prices[sampled])
+        return prices
 
 
 def publish_challenger(model_tag: str, trained_at: str, holdout_r2: float) -> None:

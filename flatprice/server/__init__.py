@@ -23,12 +23,13 @@ from collections.abc import Callable
 
 from ..api.routes import API_ROUTES, GET_ROUTES
 from ..config import Settings
+from ..observability.inference_log import monitoring_options
 from .admission import Admission
 from .guard import RequestGuard
 from .hooks import install_hooks
 
 
-def service_options(settings: Settings) -> dict:
+def service_options(settings: Settings, bentoml_home: str) -> dict:
     """The `@bentoml.service` options the settings decide (public BentoML configuration)."""
     return {
         "workers": settings.workers,
@@ -36,6 +37,7 @@ def service_options(settings: Settings) -> dict:
         # One log line per request costs ~10% of a request's CPU; refusals are logged either way.
         "logging": {"access": {"enabled": settings.access_log}},
         "tracing": {"excluded_urls": settings.tracing_excluded_urls},
+        "monitoring": monitoring_options(settings, bentoml_home),  # the inference log
     }
 
 

@@ -1,0 +1,121 @@
+"""The inference log: every priced flat with its request id, written off the request path.
+
+The prediction monitor's background thread hands each drained request here; a sampled
+request becomes one record of BentoML's monitoring API (`bentoml.monitor`): its request
+id, the model tag, the 15 features and the answered prices as sequences (one value per
+flat), and the challenger's prices when one is shadowing. BentoML's default monitor
+writes the records as JSON lines to `<dir>/flat_price_inference/data/data.<worker>.log`,
+through this module's logging configuration (`inference_log.yaml`): files rotate by size
+so that together they stay under FLAT_PRICE_INFERENCE_LOG_MAX_MB, and a write that fails
+(a full disk) drops the record with a warning and a counter, never stopping the service.
+With FLAT_PRICE_INFERENCE_LOG_OTLP_ENDPOINT the same records go to BentoML's OTLP monitor.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from logging.handlers import RotatingFileHandler
+from pathlib import Path
+
+import numpy as np
+
+from ..config import Settings
+from ..schema import FEATURE_NAMES
+from . import metrics
+
+MONITOR_NAME = "flat_price_inference"
+LOG_CONFIG = Path(__file__).with_name("inference_log.yaml")
+FILES_PER_WORKER = 10  # the data file and 9 rotated ones
+WARN_EVERY_S = 60.0
+# Columns BentoML's default monitor adds from the request context; the log is written in a
+# background thread, where they are always empty ("None", "0"), so the formatter leaves them out.
+CONTEXT_COLUMNS = ("request_id", "trace_id")
+
+logger = logging.getLogger(__name__)
+
+
+def log_directory(settings: Settings, bentoml_home: str) -> Path:
+    return Path(settings.inference_log_dir or Path(bentoml_home) / "inference-log")
+
+
+def monitoring_options(settings: Settings, bentoml_home: str) -> dict:
+    """The `@bentoml.service(monitoring=...)` option (public BentoML configuration)."""
+    if settings.inference_log_otlp_endpoint:
+        options = {"endpoint": settings.inference_log_otlp_endpoint, "protocol": "http"}
+        return {"enabled": settings.inference_log_sample > 0, "type": "otlp", "options": options}
+    options = {"log_path": str(log_directory(settings, bentoml_home)), "log_config_file": str(LOG_CONFIG)}
+    return {"enabled": settings.inference_log_sample > 0, "type": "default", "options": options}
+
+
+def bytes_per_file(settings: Settings) -> int:
+    """Every worker keeps FILES_PER_WORKER files of at most this size."""
+    return settings.inference_log_max_mb * 2**20 // (settings.workers * FILES_PER_WORKER)
+
+
+class BoundedFileHandler(RotatingFileHandler):
+    """A size-rotated file (the bound: `bytes_per_file`) whose failed writes are counted, not raised."""
+
+    max_bytes = 100 * 2**20  # set from the settings by InferenceLog before the first record
+
+    def __init__(self, filename: str):
+        super().__init__(filename, maxBytes=self.max_bytes, backupCount=FILES_PER_WORKER - 1, delay=True)
+        self._warned_at = -WARN_EVERY_S
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        # Default behaviour prints a traceback per record; a full disk must not flood the log.
+        metrics.INFERENCE_LOG_FAILURES.inc()
+        now = time.monotonic()
+        if now - self._warned_at >= WARN_EVERY_S:
+            self._warned_at = now
+            logger.warning("inference log: cannot write %s (disk full?); records are dropped", self.baseFilename)
+        if self.stream is not None:  # drop what is buffered: the next record reopens the file
+            try:
+                self.stream.close()
+            except OSError:
+                pass
+            self.stream = None
+
+
+class RecordFormatter(logging.Formatter):
+    """One JSON line per record: the monitor's dict, without the request-context columns."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        data = record.msg if isinstance(record.msg, dict) else {"message": record.getMessage()}
+        return json.dumps({k: v for k, v in data.items() if k not in CONTEXT_COLUMNS}, separators=(",", ":"))
+
+
+class InferenceLog:
+    def __init__(self, settings: Settings, model_tag: str, challenger_tag: str | None = None):
+        BoundedFileHandler.max_bytes = bytes_per_file(settings)
+        self.sample = settings.inference_log_sample
+        self.model_tag = model_tag
+        self.challenger_tag = challenger_tag
+        self.rng = np.random.default_rng()
+
+    @property
+    def enabled(self) -> bool:
+        return self.sample > 0
+
+    def chosen(self, requests: int) -> np.ndarray:
+        """Indices of the requests to log: all by default, else each with probability `sample`."""
+        if self.sample >= 1:
+            return np.arange(requests)
+        return np.flatnonzero(self.rng.random(requests) < self.sample)
+
+    def write(self, request_id: str, features: np.ndarray, prices: np.ndarray, challenger_prices=None) -> None:
+        """One record: the request's flats as sequences, one value per flat (answered whole rubles)."""
+        import bentoml  # only where a record is written: readers of the log need no BentoML
+
+        with bentoml.monitor(MONITOR_NAME) as record:
+            record.log(request_id, "request", "feature", "categorical")
+            record.log(self.model_tag, "model", "feature", "categorical")
+            for i, name in enumerate(FEATURE_NAMES):
+                record.log(features[:, i].tolist(), name, "feature", "numerical_sequence")
+            record.log(prices.tolist(), "price", "prediction", "numerical_sequence")
+            if self.challenger_tag is not None:
+                record.log(self.challenger_tag, "challenger", "feature", "categorical")
+                shadow = None if challenger_prices is None else challenger_prices.tolist()
+                record.log(shadow, "challenger_price", "prediction", "numerical_sequence")
+        metrics.INFERENCE_LOG_RECORDS.inc()

@@ -1,0 +1,50 @@
+"""The inference log read back: one row per priced flat (pandas), for reports and tests.
+
+Needs no BentoML: the report runs in its own environment (Monitoring.md, "Reports").
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..schema import FEATURE_NAMES
+
+MONITOR_NAME = "flat_price_inference"  # flatprice.observability.inference_log.MONITOR_NAME (tested equal)
+ID_COLUMNS = ("timestamp", "request", "flat", "model")
+
+
+def data_files(directory: str | Path) -> list[Path]:
+    """Every worker's current and rotated data files (data.<worker>.log, data.<worker>.log.<n>)."""
+    return sorted((Path(directory) / MONITOR_NAME / "data").glob("data.*.log*"))
+
+
+def read_flats(directory: str | Path, since: datetime | None = None) -> pd.DataFrame:
+    """One row per flat: timestamp (server's local time), request, flat (index in the request),
+    model, the 15 features, price, and challenger/challenger_price when one was shadowing."""
+    columns: dict[str, list] = {name: [] for name in (*ID_COLUMNS, *FEATURE_NAMES, "price")}
+    shadow: dict[str, list] = {"challenger": [], "challenger_price": []}
+    for path in data_files(directory):
+        with open(path, encoding="utf-8") as lines:
+            for line in lines:
+                record = json.loads(line)
+                at = datetime.fromisoformat(record["timestamp"])
+                if since is not None and at < since:
+                    continue
+                n = len(record["price"])
+                columns["timestamp"] += [at] * n
+                columns["request"] += [record["request"]] * n
+                columns["flat"] += range(n)
+                columns["model"] += [record["model"]] * n
+                for name in (*FEATURE_NAMES, "price"):
+                    columns[name] += record[name]
+                shadow["challenger"] += [record.get("challenger")] * n
+                shadow["challenger_price"] += record.get("challenger_price") or [np.nan] * n
+    frame = pd.DataFrame(columns)
+    if any(tag is not None for tag in shadow["challenger"]):
+        frame = frame.assign(**shadow)
+    return frame.sort_values(["timestamp", "request", "flat"], kind="stable", ignore_index=True)
