@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flatprice.api.routes import API_ROUTES
+from flatprice.observability import accuracy
 from flatprice.observability.metrics import NAMESPACE
 from flatprice.reference import DRIFT_MIN_ROWS, DRIFT_WINDOW, IDENTIFIERS, PSI_ALERT, PSI_NO_DRIFT
 from flatprice.registry import MOVED
@@ -310,6 +311,36 @@ ROWS: list[tuple[str, list[Panel]]] = [
                 "percentunit",
                 width=12,
                 height=9,
+            ),
+        ],
+    ),
+    (
+        "Accuracy from real prices and the inference log",
+        [
+            Panel(
+                f"Median APE over the last {accuracy.WINDOW} vs holdout",
+                f"Median |price / real price - 1| of the flats whose real price arrived (POST /feedback) in the last {accuracy.WINDOW}, by the model that priced them, against its holdout median APE; the alert fires {1 + accuracy.MARGIN:g} x above it with {accuracy.MIN_ACTUALS}+ real prices.",
+                [
+                    (f"flat_price:feedback_median_ape:{accuracy.WINDOW}", "live {{model_tag}}"),
+                    (f"max by (model_tag) ({N}_model_holdout_median_ape)", "holdout {{model_tag}}"),
+                    (f"{1 + accuracy.MARGIN:g} * max by (model_tag) ({N}_model_holdout_median_ape)", "alert line"),
+                ],
+                "percentunit",
+            ),
+            Panel(
+                "Real prices received",
+                "Real prices sent to POST /feedback per hour: accepted, or refused as unknown (not logged, or no longer kept) or repeated.",
+                [(f"sum by (outcome) (increase({N}_feedback_actuals_total[1h]))", "{{outcome}}")],
+                "short",
+            ),
+            Panel(
+                "Inference log: records and failures",
+                "Requests written to the inference log per second, and records dropped because the log could not be written (a full disk): any failure needs a look.",
+                [
+                    (f"sum(rate({N}_inference_log_records_total[$__rate_interval]))", "records"),
+                    (f"sum(rate({N}_inference_log_failures_total[$__rate_interval]))", "failed"),
+                ],
+                "reqps",
             ),
         ],
     ),

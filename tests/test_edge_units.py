@@ -261,6 +261,7 @@ def test_the_docs_say_flat_bodies_are_required_and_describe_the_service():
         "/random": None,
         "/explain": True,
         "/explain_batch": True,
+        "/feedback": True,
     }
 
 

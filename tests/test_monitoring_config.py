@@ -102,6 +102,22 @@ def test_the_drift_rules_use_the_code_s_window_and_thresholds():
     assert f"last {int(DRIFT_WINDOW.removesuffix('m'))} minutes" in text
 
 
+def test_the_accuracy_rules_use_the_code_s_window_margin_and_minimum():
+    """Facts once: flatprice/observability/accuracy.py's window, margin, minimum and `for` are the rules'."""
+    from flatprice.observability import accuracy
+
+    found = {rule.get("record") or rule.get("alert"): rule for rule in rules()}
+    window = {f"flat_price:feedback_actuals:{accuracy.WINDOW}", f"flat_price:feedback_median_ape:{accuracy.WINDOW}"}
+    assert window <= found.keys()
+    alert = found["FlatPriceAccuracyDegraded"]
+    exprs = " ".join(found[name]["expr"] for name in window) + alert["expr"]
+    assert set(re.findall(r"\[(\w+)\]", exprs)) == {accuracy.WINDOW}
+    assert float(re.search(r"> on \(model_tag\) ([0-9.]+) \*", alert["expr"]).group(1)) == 1 + accuracy.MARGIN
+    assert int(re.search(r">= (\d+)", alert["expr"]).group(1)) == accuracy.MIN_ACTUALS
+    assert alert["for"] == accuracy.FOR
+    assert f"{1 + accuracy.MARGIN:g} x its holdout" in alert["annotations"]["description"]
+
+
 @pytest.mark.slow
 def test_the_rules_compute_the_python_psi_and_chi_squared(tmp_path):
     """The PromQL of the drift rules against flatprice.reference's own functions, on a realistic
