@@ -52,7 +52,7 @@ class PredictionMonitor:
         self.shadow = shadow  # a Shadow (challenger) fed the same rows, or None
         self.log = log if log is not None and log.enabled else None
         self.ledger = ledger if self.log is not None else None  # feedback matches logged flats only
-        self._ledger_failures = 0
+        self._log_failures = 0
         self._queue: collections.deque = collections.deque()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="prediction-monitor", daemon=True)
@@ -110,16 +110,22 @@ class PredictionMonitor:
             features, predictions, request_id = calls[i]
             prices = whole_rubles(predictions)
             shadow = None if shadow_prices is None else whole_rubles(shadow_prices[offsets[i] : offsets[i + 1]])
-            self.log.write(request_id, features, prices, shadow)
+            try:
+                self.log.write(request_id, features, prices, shadow)
+            except Exception as error:  # e.g. an OTLP exporter that cannot start: the log's loss only
+                self._log_failed("inference log: cannot write a record", error)
             ledger_rows += [(request_id, k, self.log.model_tag, price, now) for k, price in enumerate(prices.tolist())]
         if self.ledger is not None and ledger_rows:
             try:
                 self.ledger.add(ledger_rows)
             except sqlite3.Error as error:  # a full disk or a stuck lock costs feedback, never the signals
-                metrics.INFERENCE_LOG_FAILURES.inc()
-                self._ledger_failures += 1
-                if self._ledger_failures == 1 or self._ledger_failures % 1000 == 0:
-                    logger.warning("feedback ledger: cannot add %d flats: %s", len(ledger_rows), error)
+                self._log_failed(f"feedback ledger: cannot add {len(ledger_rows)} flats", error)
+
+    def _log_failed(self, what: str, error: Exception) -> None:
+        metrics.INFERENCE_LOG_FAILURES.inc()
+        self._log_failures += 1
+        if self._log_failures == 1 or self._log_failures % 1000 == 0:  # a lasting fault must not flood the log
+            logger.warning("%s (%d failures so far): %s: %s", what, self._log_failures, type(error).__name__, error)
 
     def _update_process_metrics(self) -> None:
         cpu = sum(os.times()[:2])

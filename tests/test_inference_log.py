@@ -1,0 +1,256 @@
+"""The inference log and POST /feedback through a real `bentoml serve` (2 workers): every priced
+flat read back exactly, rotation within the size bound, real prices matched by request id, and
+nothing acknowledged lost across SIGTERM, a full disk and SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+
+from devtools.servers import BentoServer, wait_until
+from flatprice.api.payloads import REQUEST_ID_HEADER
+from flatprice.observability import metrics
+from flatprice.observability.inference_log import FILES_PER_WORKER, MONITOR_NAME
+from flatprice.observability.log_records import read_flats
+from flatprice.schema import FEATURE_NAMES
+from flatprice.synthetic import generate_flats
+from tests.metrics_scrape import sample_value, scrape
+
+pytestmark = pytest.mark.slow
+
+MAX_MB = 2  # 2 workers x 10 files of 104 KiB: rotation is reached by a few MB of traffic
+APE = metrics.FEEDBACK_APE._name
+ACTUALS = metrics.FEEDBACK_ACTUALS._name
+FAILURES = metrics.INFERENCE_LOG_FAILURES._name
+RECORDS = metrics.INFERENCE_LOG_RECORDS._name
+
+
+@pytest.fixture(scope="module")
+def home(session_dir):
+    return session_dir / "serve-inference-log"
+
+
+@pytest.fixture(scope="module")
+def server(small_model, home):
+    server = BentoServer(home, env={"FLAT_PRICE_INFERENCE_LOG_MAX_MB": str(MAX_MB)}).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def log_dir(home):
+    return home / "inference-log"
+
+
+def flats(n: int, seed: int) -> list[dict]:
+    return generate_flats(n, seed=seed)[list(FEATURE_NAMES)].to_dict("records")
+
+
+def post(server, path, **kwargs) -> httpx.Response:
+    return httpx.post(f"{server.url}{path}", timeout=10, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def priced(server, log_dir):
+    """1,000 flats priced through every route that prices, read back from the log:
+    {(request_id, flat): (features sent, price answered, model)}."""
+    sent = flats(1000, seed=301)
+    answered = {}
+
+    def keep(answer, rows, prices):
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert answer.headers[REQUEST_ID_HEADER] == body["request_id"]
+        for i, (row, price) in enumerate(zip(rows, prices, strict=True)):
+            model = body.get("model") or body["explanations"][i]["model"]
+            answered[body["request_id"], i] = (row, price, model)
+
+    for row in sent[:200]:
+        answer = post(server, "/predict", json=row)
+        keep(answer, [row], [answer.json()["price"]])
+    for start in (200, 450):
+        answer = post(server, "/predict_batch", json={"flats": sent[start : start + 250]})
+        keep(answer, sent[start : start + 250], answer.json()["prices"])
+    columns = {name: [row[name] for row in sent[700:900]] for name in FEATURE_NAMES}
+    answer = post(server, "/predict_columns", json=columns)
+    keep(answer, sent[700:900], answer.json()["prices"])
+    for _ in range(50):
+        answer = httpx.get(f"{server.url}/random", timeout=10)
+        keep(answer, [answer.json()["flat"]], [answer.json()["price"]])
+    answer = post(server, "/explain_batch", json={"flats": sent[900:950]})
+    keep(answer, sent[900:950], [e["price"] for e in answer.json()["explanations"]])
+    assert len(answered) == 1000
+    wait_until(lambda: len(read_flats(log_dir)) >= 1000, timeout=20, what="1,000 flats in the inference log")
+    return answered
+
+
+def test_a_thousand_flats_are_logged_once_each_and_read_back_exactly(priced, log_dir):
+    logged = read_flats(log_dir)
+    assert len(logged) == 1000
+    keys = list(zip(logged["request"], logged["flat"], strict=True))
+    assert set(keys) == set(priced) and len(set(keys)) == 1000
+    for record in logged.itertuples(index=False):
+        row, price, model = priced[record.request, record.flat]
+        assert record.price == price and record.model == model
+        assert [getattr(record, name) for name in FEATURE_NAMES] == [float(row[name]) for name in FEATURE_NAMES]
+    assert logged["timestamp"].is_monotonic_increasing
+    schemas = list((log_dir / MONITOR_NAME / "schema").glob("schema.*.log"))
+    columns = json.loads(schemas[0].read_text().splitlines()[0])["columns"]
+    assert [c["name"] for c in columns] == ["request", "model", *FEATURE_NAMES, "price"]
+
+
+def test_real_prices_are_matched_by_request_id_and_their_error_reaches_metrics(server, priced):
+    model = next(iter(priced.values()))[2]
+    chosen = list(priced.items())[:100]
+    # a known error per flat: the real price is the answer / 1.09 or / 0.62, so APE is 9% or 38%
+    actuals = [
+        {"request_id": rid, "flat": i, "price": round(price / (1.09 if k % 2 else 0.62))}
+        for k, ((rid, i), (_, price, _)) in enumerate(chosen)
+    ]
+    before = scrape(server.url)
+    answer = post(server, "/feedback", json={"actuals": actuals})
+    assert answer.status_code == 200 and answer.json() == {"accepted": 100}, answer.text
+    after = scrape(server.url)
+    count = sample_value(after, APE, f"{APE}_count", model_tag=model) - sample_value(
+        before, APE, f"{APE}_count", model_tag=model
+    )
+    total = sample_value(after, APE, f"{APE}_sum", model_tag=model) - sample_value(
+        before, APE, f"{APE}_sum", model_tag=model
+    )
+    expected = sum(abs(p / a["price"] - 1) for a, (_, (_, p, _)) in zip(actuals, chosen, strict=True))
+    assert count == 100 and total == pytest.approx(expected, rel=1e-9)
+    for le, flats_up_to in (("0.075", 0), ("0.1", 50), ("0.35", 50), ("0.4", 100)):
+        assert (
+            sample_value(after, APE, f"{APE}_bucket", model_tag=model, le=le)
+            - sample_value(before, APE, f"{APE}_bucket", model_tag=model, le=le)
+            == flats_up_to
+        )
+
+    # a repeat is refused and changes nothing; so is a call mixing a new flat with an unknown id
+    repeat = post(server, "/feedback", json={"actuals": actuals[:3]})
+    assert repeat.status_code == 409 and [d["loc"] for d in repeat.json()["detail"]] == [
+        ["actuals", i, "request_id"] for i in range(3)
+    ]
+    fresh = [
+        {"request_id": rid, "flat": i, "price": price} for (rid, i), (_, price, _) in list(priced.items())[100:101]
+    ]
+    mixed = post(server, "/feedback", json={"actuals": fresh + [{"request_id": "f" * 32, "flat": 0, "price": 10**7}]})
+    assert mixed.status_code == 422 and mixed.json()["detail"][0]["loc"] == ["actuals", 1, "request_id"]
+    assert post(server, "/feedback", json={"actuals": fresh}).json() == {"accepted": 1}
+    twice = post(server, "/feedback", json={"actuals": [fresh[0] | {"flat": 1}] * 2})
+    assert twice.status_code == 422  # flat 1 of a one-flat request was never priced
+    final = scrape(server.url)
+    assert (
+        sample_value(final, ACTUALS, f"{ACTUALS}_total", outcome="accepted")
+        - sample_value(before, ACTUALS, f"{ACTUALS}_total", outcome="accepted")
+        == 101
+    )
+    assert sample_value(final, ACTUALS, f"{ACTUALS}_total", outcome="repeated") >= 3
+    assert (
+        sample_value(final, APE, f"{APE}_count", model_tag=model)
+        == count + sample_value(before, APE, f"{APE}_count", model_tag=model) + 1
+    )
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"actuals": [{"request_id": "x" * 32, "flat": 0, "price": 10**7}]}, "request_id"),
+        ({"actuals": [{"request_id": "a" * 32, "flat": -1, "price": 10**7}]}, "flat"),
+        ({"actuals": [{"request_id": "a" * 32, "flat": 0, "price": "10000000"}]}, "price"),
+        ({"actuals": []}, "actuals"),
+    ],
+)
+def test_bad_feedback_gets_a_400_naming_the_field(server, body, field):
+    answer = post(server, "/feedback", json=body)
+    assert answer.status_code == 400 and field in answer.json()["error"], answer.text
+
+
+def test_the_log_rotates_within_its_size_bound(server, log_dir, priced):
+    rows = flats(500, seed=302)
+    for _ in range(40):  # ~10 MB of records against a 2 MiB bound
+        assert post(server, "/predict_batch", json={"flats": rows}).status_code == 200
+    data = log_dir / MONITOR_NAME / "data"
+    wait_until(lambda: len(list(data.glob("data.*.log.*"))) >= 2 * (FILES_PER_WORKER - 1), 30, what="rotation")
+    files = list(data.iterdir())
+    largest_record = max(len(line) for path in files for line in path.read_bytes().splitlines())
+    assert len(files) <= 2 * FILES_PER_WORKER
+    assert sum(path.stat().st_size for path in files) <= MAX_MB * 2**20 + len(files) * largest_record
+
+
+class Collector(BaseHTTPRequestHandler):
+    """An OTLP/HTTP logs endpoint: keeps each export's log records."""
+
+    records: list = []
+
+    def do_POST(self):
+        from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+        request = ExportLogsServiceRequest.FromString(self.rfile.read(int(self.headers["Content-Length"])))
+        for resource in request.resource_logs:
+            for scope in resource.scope_logs:
+                type(self).records.extend(scope.log_records)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_sigterm_flushes_a_full_disk_is_survived_and_acknowledged_feedback_outlives_sigkill(
+    server, home, log_dir, priced
+):
+    # 1. SIGTERM right after the last answer: every answered request is in the log.
+    ids = [post(server, "/predict", json=row).json()["request_id"] for row in flats(300, seed=303)]
+    assert server.stop(signal.SIGTERM) == 0
+    logged = set(read_flats(log_dir)["request"])
+    assert set(ids) <= logged
+
+    # 2. Restart on a full disk (every data file is /dev/full): requests are answered, failures counted.
+    data = log_dir / MONITOR_NAME / "data"
+    for path in data.iterdir():
+        path.unlink()
+    for worker in range(4):
+        os.symlink("/dev/full", data / f"data.{worker}.log")
+    full = BentoServer(home, env={"FLAT_PRICE_INFERENCE_LOG_MAX_MB": str(MAX_MB)}).start()
+    try:
+        for row in flats(20, seed=304):
+            assert post(full, "/predict", json=row).status_code == 200
+        wait_until(
+            lambda: sample_value(scrape(full.url), FAILURES, f"{FAILURES}_total") >= 20,
+            timeout=10,
+            what="20 failed records counted",
+        )
+        assert "inference log: cannot write" in full.log_text()
+        # the ledger (on the same disk in real life, here not full) still takes real prices
+        rid = ids[0]
+        accepted = post(full, "/feedback", json={"actuals": [{"request_id": rid, "flat": 0, "price": 10**7}]})
+        assert accepted.status_code == 200, accepted.text
+    finally:
+        full.stop(signal.SIGKILL)  # 3. no shutdown at all
+
+    # 4. After SIGKILL, on an OTLP collector: the acknowledged price is still there (a repeat is refused),
+    #    and the records go to the collector instead of files.
+    collector = ThreadingHTTPServer(("127.0.0.1", 0), Collector)
+    threading.Thread(target=collector.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{collector.server_port}/v1/logs"
+    again = BentoServer(home, env={"FLAT_PRICE_INFERENCE_LOG_OTLP_ENDPOINT": endpoint}).start()
+    try:
+        repeat = post(again, "/feedback", json={"actuals": [{"request_id": rid, "flat": 0, "price": 10**7}]})
+        assert repeat.status_code == 409, repeat.text
+        sent = [post(again, "/predict", json=row).json()["request_id"] for row in flats(10, seed=305)]
+        wait_until(lambda: len(Collector.records) >= 10, timeout=30, what="10 records at the OTLP collector")
+        bodies = [json.dumps(str(record.body)) for record in Collector.records]
+        assert all(any(request_id in body for body in bodies) for request_id in sent)
+        assert sample_value(scrape(again.url), RECORDS, f"{RECORDS}_total") == 10
+    finally:
+        again.stop()
+        collector.shutdown()
