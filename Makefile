@@ -8,7 +8,8 @@ PORT ?= 3000
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export BENTOML_DO_NOT_TRACK ?= True
 
-.PHONY: serve install install-dev model test test-fast system-deps build bench soak format mutation grafana-env
+REPORT_VENV ?= .venv-report
+.PHONY: serve install install-dev model test test-fast system-deps build bench soak format mutation grafana-env report-env
 
 serve: install model  ## install, train the default model if the store has none, serve on $(HOST):$(PORT)
 	$(PYTHON) -m bentoml serve service:FlatPriceService --host $(HOST) --port $(PORT)
@@ -35,7 +36,15 @@ model:
 system-deps:  ## Debian packages the slow tests use (apt-get; says what before it installs)
 	scripts/install-system-deps.sh
 
-test: install-dev system-deps  ## the whole suite (real bentoml serve, Prometheus, locust, Chromium)
+# The report's own environment: Evidently pulls packages that change how a server runs (uvloop), so not in .venv.
+report-env: $(REPORT_VENV)/bin/python  ## python -m monitoring.report's environment (.venv-report)
+$(REPORT_VENV)/bin/python: monitoring/report-requirements.txt
+	@if command -v uv >/dev/null 2>&1; then uv venv --quiet --allow-existing --python $(BASE_PYTHON) $(REPORT_VENV) && \
+	uv pip install --quiet --python $@ -r $< && uv pip install --quiet --python $@ --no-deps -e .; \
+	else $(BASE_PYTHON) -m venv $(REPORT_VENV) && $@ -m pip install --quiet -r $< && $@ -m pip install --quiet --no-deps -e .; fi
+	@touch $@
+
+test: install-dev system-deps report-env  ## the whole suite (real bentoml serve, Prometheus, locust, Chromium)
 	$(PYTHON) -m pytest
 
 test-fast: install-dev  ## the tests that need no server and no Debian package (under a minute)

@@ -43,8 +43,9 @@ from flatprice.explain import PriceExplainer
 from flatprice.faults import FaultInjection
 from flatprice.observability.accuracy import record_feedback
 from flatprice.observability.drift import DriftPublisher
-from flatprice.observability.inference_log import InferenceLog, log_directory
+from flatprice.observability.inference_log import InferenceLog
 from flatprice.observability.ledger import Ledger
+from flatprice.observability.log_records import log_directory
 from flatprice.observability.metrics import NAMESPACE
 from flatprice.observability.monitor import PredictionMonitor, publish_static
 from flatprice.observability.shadow import Shadow, publish_challenger
@@ -81,7 +82,11 @@ class FlatPriceService:
         reference = loaded.metadata["reference"]
         shadow = self._shadow()
         log = InferenceLog(settings, str(self.tag), shadow.tag if shadow is not None else None)
-        self.ledger = Ledger(log_directory(settings, home), settings.feedback_max_flats) if log.enabled else None
+        self.ledger = (
+            Ledger(log_directory(settings.inference_log_dir, home), settings.feedback_max_flats)
+            if log.enabled
+            else None
+        )
         self.monitor = PredictionMonitor(
             DriftPublisher(self.tag, reference, loaded.known),
             reference,

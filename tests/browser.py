@@ -27,3 +27,16 @@ def rendered_dom(url: str) -> str:
         )
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout
+
+
+def screenshot(url: str, path, size: tuple[int, int] = (1300, 2400)) -> None:
+    """A PNG of the page after its scripts ran."""
+    with tempfile.TemporaryDirectory() as profile:
+        result = subprocess.run(
+            ["chromium", *FLAGS, "--hide-scrollbars", f"--window-size={size[0]},{size[1]}"]
+            + [f"--user-data-dir={profile}", f"--screenshot={path}", url],
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+    assert result.returncode == 0, result.stderr[-2000:]

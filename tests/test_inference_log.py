@@ -7,20 +7,23 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import threading
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
 
-from devtools.servers import BentoServer, wait_until
+from devtools.servers import REPO, BentoServer, wait_until
 from flatprice.api.payloads import REQUEST_ID_HEADER
 from flatprice.observability import metrics
 from flatprice.observability.inference_log import FILES_PER_WORKER, MONITOR_NAME
 from flatprice.observability.log_records import read_flats
 from flatprice.schema import FEATURE_NAMES
 from flatprice.synthetic import generate_flats
-from tests.metrics_scrape import sample_value, scrape
+from tests.browser import rendered_dom, screenshot
+from tests.metrics_scrape import DriftWindow, sample_value, scrape
 
 pytestmark = pytest.mark.slow
 
@@ -170,6 +173,61 @@ def test_real_prices_are_matched_by_request_id_and_their_error_reaches_metrics(s
 def test_bad_feedback_gets_a_400_naming_the_field(server, body, field):
     answer = post(server, "/feedback", json=body)
     assert answer.status_code == 400 and field in answer.json()["error"], answer.text
+
+
+REPORT_PYTHON = REPO / ".venv-report" / "bin" / "python"
+
+
+def test_the_report_s_psi_equals_the_live_rules_and_actuals_give_back_their_mae(server, home, log_dir, tmp_path):
+    """The same window seen twice: the live drift counters judged as the rules judge them, and the
+    report's Evidently PSI over the logged flats. Batches of 10 flats, so drift counts every flat."""
+    if not REPORT_PYTHON.exists():
+        pytest.fail("the report environment is missing: run `make report-env`")
+    window = DriftWindow(server.url)
+    start = datetime.now()
+    rows = generate_flats(400, seed=306)[list(FEATURE_NAMES)]
+    rows["total_area"] = (rows["total_area"] * 1.3).round(1)  # a shift, so that PSI is not near 0 everywhere
+    priced = []
+    for begin in range(0, 400, 10):
+        answer = post(server, "/predict_batch", json={"flats": rows.iloc[begin : begin + 10].to_dict("records")})
+        assert answer.status_code == 200, answer.text
+        priced += [(answer.json()["request_id"], i, p) for i, p in enumerate(answer.json()["prices"])]
+    wait_until(lambda: window.now()["rows"] == 400, timeout=10, what="400 flats counted for drift")
+    wait_until(lambda: len(read_flats(log_dir, since=start)) == 400, timeout=10, what="400 flats logged")
+    live = window.now()["subjects"]
+    # real prices 1,000,000 ₽ above or below the answer: MAE exactly 1,000,000 ₽
+    actuals = tmp_path / "deals.csv"
+    lines = [f"{rid},{i},{p + (10**6 if k % 2 else -(10**6))}" for k, (rid, i, p) in enumerate(priced[:200])]
+    actuals.write_text("request_id,flat,price\n" + "\n".join(lines) + "\n" + "f" * 32 + ",0,5000000\n")
+    out, figures = tmp_path / "report.html", tmp_path / "figures.json"
+    run = subprocess.run(
+        [REPORT_PYTHON, "-m", "monitoring.report", "--since", start.isoformat(), "--log-dir", log_dir]
+        + ["--actuals", actuals, "--out", out, "--figures", figures],
+        cwd=REPO,
+        env={**os.environ, "BENTOML_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(figures.read_text())
+    assert result["flats"] == 400
+    for subject, psi in result["psi"].items():
+        # the stated tolerance (Monitoring.md): 0.1%, room for how each floors an empty training bin at 1e-4
+        assert psi == pytest.approx(live[subject]["psi"], rel=1e-3, abs=1e-6), subject
+    assert result["psi"]["total_area"] > 0.1
+    (overall,) = result["accuracy"]["all"]
+    assert overall["flats"] == 200 and overall["MAE, ₽"] == 10**6 and result["unmatched"] == 1
+    assert sum(row["flats"] for row in result["accuracy"]["by price band"]) == 200
+
+    # what a person sees: every section, and Evidently's widgets drawn by its scripts
+    text = rendered_dom(out.as_uri())
+    for heading in ("PSI on the model", "Data quality", "Price over time", "Accuracy against real prices"):
+        assert heading in text, heading
+    assert "Drifted Columns" in text and "total_area" in text
+    picture = tmp_path / "report.png"
+    screenshot(out.as_uri(), picture, size=(1300, 2400))
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and picture.stat().st_size > 50_000
 
 
 def test_the_log_rotates_within_its_size_bound(server, log_dir, priced):

@@ -24,8 +24,8 @@ import numpy as np
 from ..config import Settings
 from ..schema import FEATURE_NAMES
 from . import metrics
+from .log_records import MONITOR_NAME, log_directory
 
-MONITOR_NAME = "flat_price_inference"
 LOG_CONFIG = Path(__file__).with_name("inference_log.yaml")
 FILES_PER_WORKER = 10  # the data file and 9 rotated ones
 WARN_EVERY_S = 60.0
@@ -36,16 +36,15 @@ CONTEXT_COLUMNS = ("request_id", "trace_id")
 logger = logging.getLogger(__name__)
 
 
-def log_directory(settings: Settings, bentoml_home: str) -> Path:
-    return Path(settings.inference_log_dir or Path(bentoml_home) / "inference-log")
-
-
 def monitoring_options(settings: Settings, bentoml_home: str) -> dict:
     """The `@bentoml.service(monitoring=...)` option (public BentoML configuration)."""
     if settings.inference_log_otlp_endpoint:
         options = {"endpoint": settings.inference_log_otlp_endpoint, "protocol": "http"}
         return {"enabled": settings.inference_log_sample > 0, "type": "otlp", "options": options}
-    options = {"log_path": str(log_directory(settings, bentoml_home)), "log_config_file": str(LOG_CONFIG)}
+    options = {
+        "log_path": str(log_directory(settings.inference_log_dir, bentoml_home)),
+        "log_config_file": str(LOG_CONFIG),
+    }
     return {"enabled": settings.inference_log_sample > 0, "type": "default", "options": options}
 
 

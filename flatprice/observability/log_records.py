@@ -14,8 +14,13 @@ import pandas as pd
 
 from ..schema import FEATURE_NAMES
 
-MONITOR_NAME = "flat_price_inference"  # flatprice.observability.inference_log.MONITOR_NAME (tested equal)
+MONITOR_NAME = "flat_price_inference"  # the bentoml.monitor name: the log's subdirectory
 ID_COLUMNS = ("timestamp", "request", "flat", "model")
+
+
+def log_directory(configured: str, bentoml_home: str) -> Path:
+    """FLAT_PRICE_INFERENCE_LOG_DIR, or inference-log in the BentoML home."""
+    return Path(configured or Path(bentoml_home) / "inference-log")
 
 
 def data_files(directory: str | Path) -> list[Path]:

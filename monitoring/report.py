@@ -1,0 +1,276 @@
+"""A model-quality report from the inference log: `python -m monitoring.report --since 24h
+[--actuals deals.csv] [--out report.html]`, run with the report environment (`make report-env`).
+
+Evidently draws the per-feature drift against the model's training sample (its default tests:
+K-S or normed Wasserstein distance for numbers, chi-squared or Jensen-Shannon for categories)
+and data quality. This module adds what Evidently does not know: PSI on the model's own
+reference bins (the same numbers the live drift rules compute; Evidently's PSI on those bins),
+values outside training and unseen buildings, the price over time, and, with actual prices
+(request_id, flat, price), MAE and median APE by day, model and price band. All in one HTML file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import os
+import re
+import sys
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from flatprice.config import Settings
+from flatprice.observability.log_records import log_directory, read_flats
+from flatprice.reference import BINNED_FEATURES, IDENTIFIERS, PREDICTION, assign_bins, bin_labels
+from flatprice.schema import FEATURE_NAMES
+
+PRICE_BANDS = (0, 5e6, 10e6, 20e6, 50e6, np.inf)  # predicted price bands, rubles
+PSI_SUBJECTS = (*BINNED_FEATURES, PREDICTION)  # the live rules' subjects the log holds (derived ones need the model)
+SETUP = "the report runs in its own environment: `make report-env`, then `.venv-report/bin/python -m monitoring.report`"
+
+
+def parse_since(text: str) -> datetime:
+    """`24h`, `30m`, `7d` back from now, or a local time `2026-11-28T09:00`."""
+    match = re.fullmatch(r"(\d+)([mhd])", text)
+    if match:
+        return datetime.now() - timedelta(**{{"m": "minutes", "h": "hours", "d": "days"}[match[2]]: int(match[1])})
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("--since takes 24h, 30m, 7d or a time like 2026-11-28T09:00") from None
+
+
+class ModelFiles:
+    """A model's training reference read from the BentoML store's files (no BentoML needed)."""
+
+    def __init__(self, home: Path, tag: str):
+        import yaml
+
+        name, version = tag.split(":")
+        self.dir = home / "models" / name / version
+        if not (self.dir / "model.yaml").exists():
+            raise SystemExit(f"cannot report: model {tag} is not in the store {home / 'models'} (BENTOML_HOME)")
+        metadata = yaml.safe_load((self.dir / "model.yaml").read_text())["metadata"]
+        self.reference, self.holdout = metadata["reference"], metadata["metrics"]
+        self.sample = pd.DataFrame(np.load(self.dir / "training_sample.npy"), columns=list(FEATURE_NAMES))
+        known = self.dir / f"known_{IDENTIFIERS[0]}.npy"
+        self.known = np.load(known) if known.exists() else None
+
+
+def live_bins(flats: pd.DataFrame, reference: dict) -> dict[str, pd.Series]:
+    """Each subject's values as the label of the reference bin they fall in (as the workers count them)."""
+    out = {}
+    for subject in PSI_SUBJECTS:
+        edges = np.asarray(reference[subject]["edges"])
+        values = flats["price" if subject == PREDICTION else subject].to_numpy(dtype=np.float64)
+        out[subject] = pd.Series(np.asarray(bin_labels(edges))[assign_bins(edges, values)])
+    return out
+
+
+def training_bins(reference: dict) -> dict[str, pd.Series]:
+    """The training data's bins, rebuilt from the stored counts (one label per training row)."""
+    return {s: pd.Series(np.repeat(bin_labels(reference[s]["edges"]), reference[s]["counts"])) for s in PSI_SUBJECTS}
+
+
+def evidently_report(flats: pd.DataFrame, model: ModelFiles):
+    """Evidently's drift and data-summary presets on the 15 features, and its PSI on the reference bins."""
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.metrics import ValueDrift
+    from evidently.presets import DataDriftPreset, DataSummaryPreset
+
+    features = [name for name in FEATURE_NAMES if name not in IDENTIFIERS]
+    definition = DataDefinition(numerical_columns=features)
+    current = Dataset.from_pandas(flats[features], data_definition=definition)
+    reference = Dataset.from_pandas(model.sample[features], data_definition=definition)
+    report = Report([DataDriftPreset(columns=features), DataSummaryPreset(columns=features)])
+    snapshot = report.run(current, reference)
+
+    bins_definition = DataDefinition(categorical_columns=[f"{s} bin" for s in PSI_SUBJECTS])
+    live = pd.DataFrame({f"{s} bin": v for s, v in live_bins(flats, model.reference).items()})
+    train = pd.DataFrame({f"{s} bin": v for s, v in training_bins(model.reference).items()})
+    psi_report = Report([ValueDrift(column=f"{s} bin", method="psi") for s in PSI_SUBJECTS])
+    psi_snapshot = psi_report.run(
+        Dataset.from_pandas(live, data_definition=bins_definition),
+        Dataset.from_pandas(train, data_definition=bins_definition),
+    )
+    psi = {
+        m["config"]["column"].removesuffix(" bin"): float(m["value"])
+        for m in psi_snapshot.dict()["metrics"]
+        if m["metric_name"].startswith("ValueDrift")
+    }
+    return snapshot, psi
+
+
+def quality(flats: pd.DataFrame, model: ModelFiles) -> pd.DataFrame:
+    """Per feature: missing values, values outside the training min/max, and for identifiers unseen values."""
+    rows = []
+    for name in FEATURE_NAMES:
+        values = flats[name]
+        low, high = model.reference[name]["min"], model.reference[name]["max"]
+        row = {
+            "feature": name,
+            "missing": int(values.isna().sum()),
+            "below training min": int((values < low).sum()),
+            "above training max": int((values > high).sum()),
+        }
+        if name in IDENTIFIERS and model.known is not None:
+            row["unseen in training"] = f"{np.mean(~np.isin(values.to_numpy(), model.known)):.1%}"
+        rows.append(row)
+    return pd.DataFrame(rows).fillna("")
+
+
+def price_over_time(flats: pd.DataFrame, period: str) -> pd.DataFrame:
+    grouped = flats.set_index("timestamp")["price"].resample(period)
+    table = pd.DataFrame(
+        {
+            "flats": grouped.count(),
+            "p10": grouped.quantile(0.1),
+            "median": grouped.median(),
+            "p90": grouped.quantile(0.9),
+        }
+    )
+    return table[table["flats"] > 0]
+
+
+def accuracy(flats: pd.DataFrame, actuals: pd.DataFrame) -> tuple[dict[str, pd.DataFrame], int]:
+    """Join real prices to logged predictions on (request, flat): MAE and median APE overall, by day,
+    model and price band. Returns the tables and the number of actuals that matched no logged flat."""
+    actuals = actuals.rename(columns={"request_id": "request", "price": "actual"})
+    joined = flats.merge(actuals[["request", "flat", "actual"]], on=["request", "flat"], how="inner")
+    joined["error"] = (joined["price"] - joined["actual"]).abs()
+    joined["ape"] = joined["error"] / joined["actual"]
+    joined["day"] = joined["timestamp"].dt.date
+    joined["price band"] = pd.cut(joined["price"], PRICE_BANDS, right=False).map(_band_name)
+
+    def summary(group):
+        return pd.Series({"flats": len(group), "MAE, ₽": group["error"].mean(), "median APE": group["ape"].median()})
+
+    tables = {"all": summary(joined).to_frame().T}
+    for key in ("day", "model", "price band"):
+        tables[f"by {key}"] = joined.groupby(key, observed=True)[["error", "ape"]].apply(summary)
+    return tables, len(actuals) - len(joined)
+
+
+def _band_name(interval) -> str:
+    high = "" if np.isinf(interval.right) else f"{interval.right / 1e6:g}M"
+    return f"{interval.left / 1e6:g}M-{high}" if high else f">= {interval.left / 1e6:g}M"
+
+
+def read_actuals(path: Path) -> pd.DataFrame:
+    actuals = pd.read_csv(path)
+    missing = {"request_id", "price"} - set(actuals.columns)
+    if missing:
+        raise SystemExit(f"cannot report: {path} lacks the column(s) {', '.join(sorted(missing))}")
+    if "flat" not in actuals:
+        actuals["flat"] = 0
+    return actuals
+
+
+def _table(frame: pd.DataFrame, formats: dict | None = None) -> str:
+    return frame.to_html(classes="t", border=0, float_format=_number, formatters=formats)
+
+
+def _number(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 1e4 else f"{value:.4g}"  # rubles whole, shares and PSI to 4 digits
+
+
+def _sparkline(table: pd.DataFrame) -> str:
+    """The median price with its p10-p90 band, an inline SVG (no script, no network)."""
+    if len(table) < 2:
+        return ""
+    width, height = 900, 180
+    x = np.linspace(20, width - 20, len(table))
+    top, bottom = table["p90"].max(), table["p10"].min()
+
+    def y(values):
+        return height - 20 - (np.asarray(values) - bottom) / max(top - bottom, 1) * (height - 40)
+
+    band = " ".join(f"{a:.1f},{b:.1f}" for a, b in zip(x, y(table["p90"]), strict=True))
+    band += " " + " ".join(f"{a:.1f},{b:.1f}" for a, b in zip(x[::-1], y(table["p10"])[::-1], strict=True))
+    line = " ".join(f"{a:.1f},{b:.1f}" for a, b in zip(x, y(table["median"]), strict=True))
+    return (
+        f'<svg width="{width}" height="{height}" role="img" aria-label="median price over time">'
+        f'<polygon points="{band}" fill="#cfe3f7"/><polyline points="{line}" fill="none" stroke="#1f6fbf" stroke-width="2"/>'
+        f'<text x="20" y="14" font-size="12">{top:,.0f} ₽ (p90 max)</text>'
+        f'<text x="20" y="{height - 4}" font-size="12">{bottom:,.0f} ₽ (p10 min)</text></svg>'
+    )
+
+
+def build(log_dir: Path, home: Path, start: datetime, actuals: Path | None, tag: str | None) -> tuple[str, dict]:
+    """The report's HTML and its figures (for tests and scripts)."""
+    flats = read_flats(log_dir, since=start)
+    if flats.empty:
+        raise SystemExit(f"cannot report: no flats logged since {start:%Y-%m-%d %H:%M} in {log_dir}")
+    tag = tag or flats["model"].value_counts().index[0]
+    model = ModelFiles(home, tag)
+    served = flats[flats["model"] == tag]
+    snapshot, psi = evidently_report(served, model)
+    period = "D" if flats["timestamp"].max() - flats["timestamp"].min() > timedelta(days=2) else "h"
+    prices = price_over_time(flats, period)
+    figures = {"flats": len(flats), "model": tag, "psi": psi}
+    sections = [
+        f"<h1>Flat-price model report</h1><p>{len(flats):,} flats in {flats['request'].nunique():,} requests "
+        f"logged {flats['timestamp'].min():%Y-%m-%d %H:%M} to {flats['timestamp'].max():%Y-%m-%d %H:%M} "
+        f"(since {start:%Y-%m-%d %H:%M}); drift and quality of model <b>{html.escape(tag)}</b> "
+        f"({len(served):,} flats) against its training data.</p>",
+        _table(flats["model"].value_counts().rename("flats").to_frame()),
+        "<h2>PSI on the model's reference bins</h2><p>Evidently's PSI of each subject's bins (the bins the live "
+        "drift rules count) against training: below 0.1 no shift, 0.1-0.25 moderate, above 0.25 significant.</p>",
+        _table(pd.Series(psi, name="PSI").to_frame()),
+        "<h2>Data quality</h2><p>Missing values, values outside the training data's range, and building ids "
+        "never seen in training.</p>",
+        _table(quality(served, model).set_index("feature")),
+        f"<h2>Price over time</h2><p>Predicted prices per {'day' if period == 'D' else 'hour'}, rubles.</p>",
+        _sparkline(prices),
+        _table(prices),
+    ]
+    if actuals is not None:
+        tables, unmatched = accuracy(flats, read_actuals(actuals))
+        figures["accuracy"] = {name: table.reset_index().to_dict("records") for name, table in tables.items()}
+        figures["unmatched"] = unmatched
+        sections.append(
+            f"<h2>Accuracy against real prices</h2><p>Real prices from {html.escape(actuals.name)} joined to the "
+            f"logged predictions by request_id and flat; {unmatched:,} real prices matched no logged flat.</p>"
+        )
+        sections += [f"<h3>{html.escape(name)}</h3>{_table(table)}" for name, table in tables.items()]
+    sections.append("<h2>Drift and data summary (Evidently)</h2>")
+    style = (
+        "<style>.flatprice{font-family:sans-serif;margin:24px}.flatprice table.t{border-collapse:collapse;"
+        "margin:8px 0}.flatprice .t td,.flatprice .t th{padding:2px 10px;border-bottom:1px solid #ddd;"
+        "text-align:right}</style>"
+    )
+    ours = f'{style}<div class="flatprice">{"".join(sections)}</div>'
+    evidently_page = snapshot.get_html_str(as_iframe=False)
+    page = re.sub(r"<body([^>]*)>", lambda m: f"<body{m[1]}>{ours}", evidently_page, count=1)
+    return page, figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m monitoring.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--since", type=parse_since, default="24h", help="24h, 30m, 7d or a local time (default 24h)")
+    parser.add_argument("--actuals", type=Path, help="CSV of real prices: request_id, flat (default 0), price")
+    parser.add_argument("--out", type=Path, default=Path("report.html"), help="HTML file to write (report.html)")
+    parser.add_argument("--model", help="model tag to judge (default: the one that priced most flats)")
+    parser.add_argument("--log-dir", type=Path, help="the inference log (default: the service's setting)")
+    parser.add_argument("--figures", type=Path, help="also write the report's figures as JSON")
+    args = parser.parse_args(argv)
+    try:
+        import evidently  # noqa: F401
+    except ImportError:
+        raise SystemExit(f"cannot report: Evidently is not installed; {SETUP}") from None
+    home = Path(os.environ.get("BENTOML_HOME", Path.home() / "bentoml"))
+    log_dir = args.log_dir or log_directory(Settings.load().inference_log_dir, str(home))
+    page, figures = build(log_dir, home, args.since, args.actuals, args.model)
+    args.out.write_text(page, encoding="utf-8")
+    if args.figures:
+        args.figures.write_text(json.dumps(figures, indent=1, default=str))
+    print(f"wrote {args.out}: {figures['flats']:,} flats, model {figures['model']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
