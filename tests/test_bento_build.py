@@ -43,6 +43,11 @@ def test_bento_holds_the_model_code_and_no_extras(bento, small_model):
         for f in files
     )
     assert "service.py" in src and "flatprice/schema.py" in src
+    # the whole package: every module the service imports, and the inference log's logging configuration
+    package = REPO / "flatprice"
+    modules = {str(p.relative_to(REPO)) for p in package.rglob("*.py") if "__pycache__" not in p.parts}
+    assert modules <= set(src), modules - set(src)
+    assert "flatprice/observability/inference_log.yaml" in src
     assert not [
         f
         for f in src
