@@ -6,7 +6,9 @@ FLAT_PRICE_INFERENCE_LOG_SAMPLE=0, same model, runs interleaved.
 
 wrk POSTs a pool of 1,000 varied single flats at 8 connections, then 1,000-flat batches
 (/predict_columns) at 2 connections, to each server in turn. Prints requests/s (and flats/s),
-the servers' CPU per request, the ratio logged / not logged, and the log's bytes per flat;
+the servers' CPU per request, the ratios logged / not logged (of throughput, and of the requests
+a core can serve by CPU per request, which the keep-alive spread over the 2 workers does not
+disturb), and the log's bytes per flat;
 writes bench-results/inference_log.json. The target: single-flat throughput with the log on
 at least 85% of the throughput with it off.
 """
@@ -62,6 +64,8 @@ def main() -> None:
                 "rps": statistics.median(r["rps"] for r in results),
                 "cpu_ms_per_request": statistics.median(r["cpu_ms_per_request"] for r in results),
                 "non_2xx": sum(r["non_2xx"] for r in results),
+                "runs_rps": [round(r["rps"]) for r in results],
+                "worker_splits": [r["worker_split"] for r in results],
             }
             for kind, results in kinds.items()
         }
@@ -76,9 +80,14 @@ def main() -> None:
             f" {c['cpu_ms_per_request']:>7.1f}"
         )
     for kind in ("singles", "columns"):
-        ratio = result["logged"][kind]["rps"] / result["not logged"][kind]["rps"]
-        result[f"{kind}_ratio"] = ratio
-        print(f"{kind}: logged / not logged = {ratio:.1%}")
+        on, off = result["logged"][kind], result["not logged"][kind]
+        result[f"{kind}_ratio"] = on["rps"] / off["rps"]
+        result[f"{kind}_cpu_ratio"] = off["cpu_ms_per_request"] / on["cpu_ms_per_request"]
+        print(
+            f"{kind}: logged / not logged = {result[f'{kind}_ratio']:.1%} of throughput (runs {on['runs_rps']} vs"
+            f" {off['runs_rps']}; worker splits {on['worker_splits']} vs {off['worker_splits']}),"
+            f" {result[f'{kind}_cpu_ratio']:.1%} by CPU per request"
+        )
     print(f"log: {result['bytes_per_flat']:.0f} bytes per flat (rounds: {args.rounds}, {args.seconds} s each)")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "inference_log.json").write_text(json.dumps(result, indent=1))

@@ -1,38 +1,48 @@
-"""The feedback ledger: which flat each request id priced, so real prices can be matched.
+"""The feedback ledger: which prices each request id answered, so real prices can be matched.
 
 A SQLite file beside the inference log, shared by the server's workers (SQLite's file
-locks; WAL, so readers never wait for the writer). The prediction monitor's thread adds
-the logged flats; POST /feedback settles them with their real prices in one transaction:
-a call whose every entry is known and unsettled is recorded, any other is refused whole,
-so a price is never counted twice. Only the newest FLAT_PRICE_FEEDBACK_MAX_FLATS are kept.
+locks; WAL, so readers never wait for the writer). The prediction monitor's thread adds one
+row per logged request (its prices as a JSON list); POST /feedback settles flats with their
+real prices in one transaction: a call whose every flat is known and unsettled is recorded,
+any other is refused whole, so a price is never counted twice. Only the requests holding the
+newest FLAT_PRICE_FEEDBACK_MAX_FLATS flats are kept.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 FILE_NAME = "ledger.sqlite3"
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS priced (
-    request_id TEXT NOT NULL,
-    flat INTEGER NOT NULL,
-    model_tag TEXT NOT NULL,
-    price INTEGER NOT NULL,
-    priced_at REAL NOT NULL,
-    actual INTEGER,
-    settled_at REAL,
-    PRIMARY KEY (request_id, flat)
+# `flats_so_far` (the rowid) counts the flats of every request added up to this one, so keeping
+# the newest N flats is one range delete on the primary key.
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS priced (
+        flats_so_far INTEGER PRIMARY KEY,
+        request_id TEXT NOT NULL UNIQUE,
+        model_tag TEXT NOT NULL,
+        prices TEXT NOT NULL,
+        priced_at REAL NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS settled (
+        request_id TEXT NOT NULL,
+        flat INTEGER NOT NULL,
+        actual INTEGER NOT NULL,
+        settled_at REAL NOT NULL,
+        PRIMARY KEY (request_id, flat)
+    )""",
 )
-"""
 
 
 @dataclass
 class Settlement:
-    """What a feedback call did: the settled flats, or why it was refused (entry index, reason)."""
+    """What a feedback call did: the settled flats, or why it was refused (entry indices)."""
 
     settled: list[tuple[str, int, int]] = field(default_factory=list)  # (model_tag, price, actual)
     unknown: list[int] = field(default_factory=list)
@@ -50,27 +60,29 @@ class Ledger:
         self.max_flats = max_flats
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")  # kept by the file: one writer, readers never blocked
-            db.execute(_SCHEMA)
+            for statement in _SCHEMA:
+                db.execute(statement)
         self._writer: sqlite3.Connection | None = None  # the monitor thread's own connection
 
     def _connect(self) -> sqlite3.Connection:
-        # synchronous=NORMAL in WAL mode: a commit survives the process being killed.
         # check_same_thread off: the monitor's connection is used by its thread, then by stop()'s final flush.
         db = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA synchronous=NORMAL")  # in WAL mode a commit survives the process being killed
         return db
 
-    def add(self, rows: list[tuple[str, int, str, int, float]]) -> None:
-        """(request_id, flat, model_tag, price, priced_at) of logged flats; called from one thread."""
+    def add(self, model_tag: str, request_ids: list[str], prices: list[np.ndarray]) -> None:
+        """One row per request: its answered prices (whole rubles). Called from one thread per worker."""
         if self._writer is None:
             self._writer = self._connect()
-        db = self._writer
-        db.execute("BEGIN IMMEDIATE")
-        db.executemany(
-            "INSERT OR IGNORE INTO priced (request_id, flat, model_tag, price, priced_at) VALUES (?,?,?,?,?)", rows
-        )
-        # rowids grow with insertion: everything below the newest max_flats is the oldest
-        db.execute("DELETE FROM priced WHERE rowid <= (SELECT max(rowid) FROM priced) - ?", (self.max_flats,))
+        db, now = self._writer, time.time()
+        db.execute("BEGIN IMMEDIATE")  # the workers' inserts take turns, so flats_so_far stays a running count
+        (total,) = db.execute("SELECT coalesce(max(flats_so_far), 0) FROM priced").fetchone()
+        rows = []
+        for request_id, answered in zip(request_ids, prices, strict=True):
+            total += len(answered)
+            rows.append((total, request_id, model_tag, json.dumps(answered.tolist()), now))
+        db.executemany("INSERT OR IGNORE INTO priced VALUES (?, ?, ?, ?, ?)", rows)
+        db.execute("DELETE FROM priced WHERE flats_so_far <= ?", (total - self.max_flats,))
         db.execute("COMMIT")
 
     def settle(self, actuals: list[tuple[str, int, int]]) -> Settlement:
@@ -81,23 +93,27 @@ class Ledger:
         try:
             db.execute("BEGIN IMMEDIATE")  # other workers' feedback waits: no double settlement
             for i, (request_id, flat, actual) in enumerate(actuals):
-                row = db.execute(
-                    "SELECT model_tag, price, actual FROM priced WHERE request_id = ? AND flat = ?", (request_id, flat)
-                ).fetchone()
-                if row is None:
+                row = db.execute("SELECT model_tag, prices FROM priced WHERE request_id = ?", (request_id,)).fetchone()
+                prices = json.loads(row[1]) if row else []
+                if flat >= len(prices):
                     outcome.unknown.append(i)
-                elif row[2] is not None or seen[request_id, flat] > 1:
+                elif (
+                    seen[request_id, flat] > 1
+                    or db.execute(
+                        "SELECT 1 FROM settled WHERE request_id = ? AND flat = ?", (request_id, flat)
+                    ).fetchone()
+                ):
                     outcome.repeated.append(i)
                 else:
-                    outcome.settled.append((row[0], row[1], actual))
+                    outcome.settled.append((row[0], prices[flat], actual))
             if outcome.refused:
                 db.execute("ROLLBACK")
                 outcome.settled.clear()
                 return outcome
             now = time.time()
             db.executemany(
-                "UPDATE priced SET actual = ?, settled_at = ? WHERE request_id = ? AND flat = ?",
-                [(actual, now, request_id, flat) for request_id, flat, actual in actuals],
+                "INSERT INTO settled VALUES (?, ?, ?, ?)",
+                [(request_id, flat, actual, now) for request_id, flat, actual in actuals],
             )
             db.execute("COMMIT")
             return outcome

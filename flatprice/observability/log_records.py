@@ -42,8 +42,9 @@ def read_flats(directory: str | Path, since: datetime | None = None) -> pd.DataF
                     continue
                 n = len(record["price"])
                 columns["timestamp"] += [at] * n
-                columns["request"] += [record["request"]] * n
-                columns["flat"] += range(n)
+                for request_id, size in zip(record["request"], record["flats"], strict=True):
+                    columns["request"] += [request_id] * size
+                    columns["flat"] += range(size)
                 columns["model"] += [record["model"]] * n
                 for name in (*FEATURE_NAMES, "price"):
                     columns[name] += record[name]

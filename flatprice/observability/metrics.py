@@ -192,7 +192,7 @@ INFERENCE_LOG_RECORDS = Counter(
 )
 INFERENCE_LOG_FAILURES = Counter(
     f"{NAMESPACE}_inference_log_failures",
-    "Inference-log records that could not be written (full disk, unwritable directory) and were dropped",
+    "Requests whose inference-log record or ledger rows could not be written (full disk...) and were dropped",
 )
 FEEDBACK_ACTUALS = Counter(
     f"{NAMESPACE}_feedback_actuals",

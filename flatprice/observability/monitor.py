@@ -103,26 +103,28 @@ class PredictionMonitor:
             self._write_log(calls, np.cumsum([0, *sizes]), shadow_prices)
 
     def _write_log(self, calls, offsets: np.ndarray, shadow_prices: np.ndarray | None) -> None:
-        """The chosen requests to the inference log, their flats to the feedback ledger."""
-        ledger_rows = []
-        now = time.time()
-        for i in self.log.chosen(len(calls)):
-            features, predictions, request_id = calls[i]
-            prices = whole_rubles(predictions)
-            shadow = None if shadow_prices is None else whole_rubles(shadow_prices[offsets[i] : offsets[i + 1]])
+        """The chosen requests to the inference log (one record) and to the feedback ledger."""
+        chosen = self.log.chosen(len(calls))
+        if not len(chosen):
+            return
+        rows = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in chosen])
+        features = np.concatenate([calls[i][0] for i in chosen])
+        prices = whole_rubles(np.concatenate([calls[i][1] for i in chosen]))
+        request_ids = [calls[i][2] for i in chosen]
+        sizes = [len(calls[i][1]) for i in chosen]
+        shadow = None if shadow_prices is None else whole_rubles(shadow_prices[rows])
+        try:
+            self.log.write(request_ids, sizes, features, prices, shadow)
+        except Exception as error:  # e.g. an OTLP exporter that cannot start: the log's loss only
+            self._log_failed("inference log: cannot write a record", len(request_ids), error)
+        if self.ledger is not None:
             try:
-                self.log.write(request_id, features, prices, shadow)
-            except Exception as error:  # e.g. an OTLP exporter that cannot start: the log's loss only
-                self._log_failed("inference log: cannot write a record", error)
-            ledger_rows += [(request_id, k, self.log.model_tag, price, now) for k, price in enumerate(prices.tolist())]
-        if self.ledger is not None and ledger_rows:
-            try:
-                self.ledger.add(ledger_rows)
+                self.ledger.add(self.log.model_tag, request_ids, np.split(prices, np.cumsum(sizes)[:-1]))
             except sqlite3.Error as error:  # a full disk or a stuck lock costs feedback, never the signals
-                self._log_failed(f"feedback ledger: cannot add {len(ledger_rows)} flats", error)
+                self._log_failed("feedback ledger: cannot add requests", len(request_ids), error)
 
-    def _log_failed(self, what: str, error: Exception) -> None:
-        metrics.INFERENCE_LOG_FAILURES.inc()
+    def _log_failed(self, what: str, requests: int, error: Exception) -> None:
+        metrics.INFERENCE_LOG_FAILURES.inc(requests)
         self._log_failures += 1
         if self._log_failures == 1 or self._log_failures % 1000 == 0:  # a lasting fault must not flood the log
             logger.warning("%s (%d failures so far): %s: %s", what, self._log_failures, type(error).__name__, error)
