@@ -110,8 +110,12 @@ def positive(value) -> bool:
 
 
 def unnamed(body: dict) -> str | None:
-    """Every price names the model that made it (during a rollout, two tags answer)."""
-    return None if isinstance(body.get("model"), str) and body["model"] else "no model named"
+    """Every price names the model that made it (during a rollout, two tags answer) and its
+    request id (what a real price is later sent back with, POST /feedback)."""
+    if not (isinstance(body.get("model"), str) and body["model"]):
+        return "no model named"
+    request_id = body.get("request_id")
+    return None if isinstance(request_id, str) and len(request_id) == 32 else "no request_id"
 
 
 def priced(body: dict) -> str | None:
