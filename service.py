@@ -182,6 +182,7 @@ class FlatPriceService:
     async def random(self, ctx: bentoml.Context) -> RandomPrediction:
         """A flat drawn from the model's training data, and its price (also answers GET)."""
         if self.faults.enabled and (injected := await self.faults.maybe_fail()):
+            ctx.response.status_code = injected.status_code  # with a ctx, BentoML answers with the ctx's status
             return injected  # a 500 answer in the usual error shape, marked X-Injected-Fault
         row = self.training_sample[self.rng.integers(len(self.training_sample))][None, :]
         prices, request_id = self._priced(row, ctx)
@@ -192,10 +193,10 @@ class FlatPriceService:
     @bentoml.api(route=routes.FEEDBACK, input_spec=Feedback, output_spec=FeedbackReceipt)
     def feedback(self, actuals: list[Actual]) -> FeedbackReceipt:
         """Real prices of flats priced earlier (request_id and the flat's index): their errors go to /metrics.
-        All are recorded, or none: a call with an unknown (422) or already recorded (409) flat changes nothing."""
+        All are recorded, or none: a call with an unknown (404) or already recorded (409) flat changes nothing."""
         if self.ledger is None:
             problem = ("inference_log_off", ("body",), "the inference log is off (FLAT_PRICE_INFERENCE_LOG_SAMPLE=0)")
-            return _refusal(422, "no priced flats are kept", [problem], len(actuals))
+            return _refusal(404, "no priced flats are kept", [problem], len(actuals))
         outcome = record_feedback(self.ledger, [(a.request_id, a.flat, a.price) for a in actuals])
         if not outcome.refused:
             return FeedbackReceipt(accepted=len(outcome.settled))
@@ -206,7 +207,7 @@ class FlatPriceService:
             ]
             + [(i, "repeated_request_id", "a real price was already recorded for it") for i in outcome.repeated]
         )
-        status, reason = (422, "unknown request ids") if outcome.unknown else (409, "real prices already recorded")
+        status, reason = (404, "unknown request ids") if outcome.unknown else (409, "real prices already recorded")
         details = [(kind, ("actuals", i, "request_id"), msg) for i, kind, msg in problems]
         return _refusal(status, f"{reason}: nothing recorded", details, len(problems))
 

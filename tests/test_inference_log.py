@@ -144,10 +144,10 @@ def test_real_prices_are_matched_by_request_id_and_their_error_reaches_metrics(s
         {"request_id": rid, "flat": i, "price": price} for (rid, i), (_, price, _) in list(priced.items())[100:101]
     ]
     mixed = post(server, "/feedback", json={"actuals": fresh + [{"request_id": "f" * 32, "flat": 0, "price": 10**7}]})
-    assert mixed.status_code == 422 and mixed.json()["detail"][0]["loc"] == ["actuals", 1, "request_id"]
+    assert mixed.status_code == 404 and mixed.json()["detail"][0]["loc"] == ["actuals", 1, "request_id"]
     assert post(server, "/feedback", json={"actuals": fresh}).json() == {"accepted": 1}
     twice = post(server, "/feedback", json={"actuals": [fresh[0] | {"flat": 1}] * 2})
-    assert twice.status_code == 422  # flat 1 of a one-flat request was never priced
+    assert twice.status_code == 404  # flat 1 of a one-flat request was never priced
     final = scrape(server.url)
     assert (
         sample_value(final, ACTUALS, f"{ACTUALS}_total", outcome="accepted")

@@ -13,6 +13,7 @@ import yaml
 
 from devtools.servers import REPO, BentoServer, free_port, private_home, train_into, wait_until
 from flatprice.observability import metrics
+from flatprice.observability.log_records import read_flats
 from flatprice.schema import EXAMPLE_FLAT, FEATURE_NAMES
 from flatprice.synthetic import generate_flats
 from tests.metrics_scrape import sample_value, scrape
@@ -106,6 +107,15 @@ def test_production_serves_and_a_challenger_prices_every_flat_in_the_shadow(stor
     pipeline = joblib.load(home / "models" / name / version / "pipeline.joblib")
     expected = pipeline.predict(flats[list(FEATURE_NAMES)]).sum()
     assert sample_value(families, CHALLENGER_PRICE, f"{CHALLENGER_PRICE}_sum") == pytest.approx(expected, rel=1e-9)
+    # The inference log holds both prices of every flat: the answer, and the challenger's in its shadow.
+    logged = read_flats(server.home / "inference-log")
+    assert len(logged) == 15 and set(logged["model"]) == {champion} and set(logged["challenger"]) == {challenger}
+    answered = [a["price"] for a in answers[:3]] + answers[3]["prices"] + answers[4]["prices"]
+    by_request = {a["request_id"]: a for a in answers}
+    assert sorted(logged["price"]) == sorted(answered) and set(logged["request"]) == set(by_request)
+    assert logged["challenger_price"].tolist() == pytest.approx(
+        pipeline.predict(logged[list(FEATURE_NAMES)]).round(), abs=0.5
+    )
 
 
 def test_an_unknown_model_stops_the_start_listing_the_stored_ones(store):

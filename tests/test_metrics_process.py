@@ -176,6 +176,7 @@ def test_labels_are_bounded_and_carry_no_request_data(server):
         "field": set(metrics.REJECTED_FIELDS),
         "endpoint": {"/predict", "/predict_batch", "/predict_columns", "/random"},
         "kind": {"error", "delay"},
+        "outcome": set(metrics.FEEDBACK_OUTCOMES),
         "le": None,
         "model_tag": None,
         "trained_at": None,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import random
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -16,8 +18,8 @@ from flatprice.synthetic import generate_flats
 
 
 class Traffic(threading.Thread):
-    """Sends predictions, batches, randoms, refused and out-of-range inputs and unknown
-    paths to `url` until stopped."""
+    """Sends predictions, batches, randoms, real prices of earlier answers, refused and
+    out-of-range inputs and unknown paths to `url` until stopped."""
 
     def __init__(self, url: str, seed: int = 0):
         super().__init__(daemon=True)
@@ -26,6 +28,7 @@ class Traffic(threading.Thread):
         self.rng = random.Random(seed)
         self.stopped = threading.Event()
         self.sent = 0
+        self.priced: collections.deque = collections.deque(maxlen=1000)  # (answered at, request_id, price)
 
     def run(self):
         with httpx.Client(base_url=self.url, timeout=10) as client:
@@ -35,8 +38,14 @@ class Traffic(threading.Thread):
 
     def one(self, client: httpx.Client):
         roll = self.rng.random()
-        if roll < 0.55:
-            client.post("/predict", json=self.rng.choice(self.flats))
+        if roll < 0.05 and self.priced and time.monotonic() - self.priced[0][0] > 2:  # logged by now
+            _, request_id, price = self.priced.popleft()
+            actual = round(price * self.rng.uniform(0.7, 1.3))
+            client.post("/feedback", json={"actuals": [{"request_id": request_id, "flat": 0, "price": actual}]})
+        elif roll < 0.55:
+            answer = client.post("/predict", json=self.rng.choice(self.flats))
+            if answer.status_code == 200:
+                self.priced.append((time.monotonic(), answer.json()["request_id"], answer.json()["price"]))
         elif roll < 0.65:
             client.post("/predict_batch", json={"flats": self.rng.sample(self.flats, self.rng.randint(2, 50))})
         elif roll < 0.75:

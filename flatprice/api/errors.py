@@ -32,13 +32,12 @@ class ErrorBody(BaseModel):
 # The description of every status an API route can answer, for /docs.json.
 ERROR_STATUSES = {
     400: "Invalid input: `detail` names each field at fault (`loc`) and the reason (`msg`)",
-    404: "No such route",
+    404: "No such route; POST /feedback: no flat priced under a request id and flat is kept (none of the call recorded)",
     405: "Method not allowed: the Allow header names the methods the route takes",
     408: "The request body did not arrive within the body deadline (FLAT_PRICE_BODY_TIMEOUT_S)",
     409: "POST /feedback: a real price was already recorded for a request id and flat (none of the call recorded)",
     413: "Request body over the size limit (FLAT_PRICE_MAX_BODY_BYTES), refused before it is read",
     415: "Content-Type is not application/json, or the body is encoded (Content-Encoding)",
-    422: "POST /feedback: no flat priced under a request id and flat is kept (none of the call recorded)",
     429: "Too many requests in flight in this worker (FLAT_PRICE_MAX_CONCURRENCY): retry after Retry-After seconds",
     431: "Request headers over the size limit (FLAT_PRICE_MAX_HEADER_BYTES)",
     500: "Unexpected server error (or a fault injected on purpose, header X-Injected-Fault)",

@@ -219,7 +219,7 @@ class Actual(BaseModel):
 
     model_config = ConfigDict(**_STRICT)
     request_id: str = Field(pattern=REQUEST_ID_PATTERN, description="request_id of the answer that priced the flat")
-    flat: int = Field(0, ge=0, lt=MAX_BATCH_ROWS, description="The flat's index in that request (0 for one flat)")
+    flat: int = Field(0, ge=0, le=MAX_BATCH_ROWS - 1, description="The flat's index in that request (0 for one flat)")
     price: int = Field(ge=100_000, le=100_000_000_000, description="The real price the flat sold for, whole rubles")
 
 

@@ -8,11 +8,14 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from ..schema import FEATURE_NAMES
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 MONITOR_NAME = "flat_price_inference"  # the bentoml.monitor name: the log's subdirectory
 ID_COLUMNS = ("timestamp", "request", "flat", "model")
@@ -31,6 +34,8 @@ def data_files(directory: str | Path) -> list[Path]:
 def read_flats(directory: str | Path, since: datetime | None = None) -> pd.DataFrame:
     """One row per flat: timestamp (server's local time), request, flat (index in the request),
     model, the 15 features, price, and challenger/challenger_price when one was shadowing."""
+    import pandas as pd  # here: the service imports this module for `log_directory`, pandas brings pyarrow
+
     columns: dict[str, list] = {name: [] for name in (*ID_COLUMNS, *FEATURE_NAMES, "price")}
     shadow: dict[str, list] = {"challenger": [], "challenger_price": []}
     for path in data_files(directory):
