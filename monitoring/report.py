@@ -25,7 +25,7 @@ import pandas as pd
 
 from flatprice.config import Settings
 from flatprice.observability.log_records import log_directory, read_flats
-from flatprice.reference import BINNED_FEATURES, IDENTIFIERS, PREDICTION, assign_bins, bin_labels
+from flatprice.reference import BINNED_FEATURES, IDENTIFIERS, PREDICTION, assign_bins, bin_labels, unseen_share
 from flatprice.schema import FEATURE_NAMES
 
 PRICE_BANDS = (0, 5e6, 10e6, 20e6, 50e6, np.inf)  # predicted price bands, rubles
@@ -118,7 +118,7 @@ def quality(flats: pd.DataFrame, model: ModelFiles) -> pd.DataFrame:
             "above training max": int((values > high).sum()),
         }
         if name in IDENTIFIERS and model.known is not None:
-            row["unseen in training"] = f"{np.mean(~np.isin(values.to_numpy(), model.known)):.1%}"
+            row["unseen in training"] = f"{unseen_share(model.known, values.to_numpy()):.1%}"
         rows.append(row)
     return pd.DataFrame(rows).fillna("")
 
