@@ -57,6 +57,7 @@ from flatprice.store import load_pipeline
 settings = Settings.load()  # exits with one line naming a bad FLAT_PRICE_* variable
 home = home_lock.bentoml_home()
 home_lock.claim(home)  # a second server on this home would wipe our metrics
+server.one_line_start_failures()  # e.g. a port in use: one line, not BentoML's traceback
 # Fail here, in `bentoml serve` itself, when the store has no usable model: a worker
 # that fails in __init__ is restarted forever and the message drowns in the log.
 champion, challenger = registry.served_models(settings)  # exits with one line saying what to run

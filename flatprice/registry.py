@@ -14,6 +14,7 @@ error names the BentoML version (docs/upgrading.md).
 from __future__ import annotations
 
 import os
+import sys
 from datetime import UTC, datetime
 from importlib.metadata import version
 
@@ -24,6 +25,7 @@ from .store import MODEL_NAME, TRAIN_COMMAND, ModelError, verified_files
 
 STAGE = "stage"
 PROMOTED_AT = "promoted_at"
+GATE = "gate"  # the promotion gate's verdict on a candidate: passed or refused (python -m train)
 PRODUCTION, CANDIDATE, ARCHIVED = "production", "candidate", "archived"
 STAGES = (PRODUCTION, CANDIDATE, ARCHIVED)
 LATEST = "latest"
@@ -86,9 +88,16 @@ def resolve(selector: str, name: str = MODEL_NAME, setting: str = "FLAT_PRICE_MO
             return staged[0]
         if selector == PRODUCTION and not any(stage_of(m) for m in models):
             return models[0]
+        remedy = (
+            f"promote one with `{MODELS_COMMAND} promote TAG`"
+            if selector == PRODUCTION
+            else f"a model trained while production exists becomes the candidate: `{TRAIN_COMMAND}`"
+            if selector == CANDIDATE
+            else "a production model becomes archived when another is promoted"
+        )
         raise ModelError(
             f"{_named(setting, selector)}: no {selector} model in the store (BENTOML_HOME={home}); "
-            f"promote one with `{MODELS_COMMAND} promote TAG`; {_available(name)}"
+            f"{remedy}; {_available(name)}"
         )
     if selector == LATEST:
         return models[0]
@@ -140,18 +149,26 @@ def set_stage(model: bentoml.Model, stage: str, **extra: str) -> bentoml.Model:
     return write_labels(model, {**model.info.labels, STAGE: stage, **extra})
 
 
-def promote(tag: str, name: str = MODEL_NAME) -> list[str]:
-    """Make `tag` the production model; the previous one is archived. Returns what changed."""
+def promote(tag: str, name: str = MODEL_NAME, force: bool = False) -> list[str]:
+    """Make `tag` the production model; the previous one is archived. Returns what changed.
+    A candidate the promotion gate refused is promoted only with `force`."""
     model = resolve(tag, name, setting="")
     current = production(model.tag.name)
     if current is not None and current.tag == model.tag:
         return [f"{model.tag} is already production"]
+    refused = model.info.labels.get(GATE) == "refused"
+    if refused and not force:
+        raise ModelError(
+            f"the promotion gate refused {model.tag} against {current.tag if current else 'production'} "
+            f"(see `{MODELS_COMMAND} list`); promote it anyway with `{MODELS_COMMAND} promote {model.tag} --force`"
+        )
     changes = []
     if current is not None:
         set_stage(current, ARCHIVED)
         changes.append(f"{current.tag}: production -> archived")
     now = datetime.now(UTC).isoformat(timespec="microseconds")  # orders promotions made in one second
-    changes.append(f"{model.tag}: {stage_of(model) or 'no stage'} -> production")
+    forced = " (the gate had refused it; --force)" if refused else ""
+    changes.append(f"{model.tag}: {stage_of(model) or 'no stage'} -> production{forced}")
     set_stage(model, PRODUCTION, **{PROMOTED_AT: now})
     return changes
 
@@ -177,6 +194,12 @@ def rollback(name: str = MODEL_NAME) -> list[str]:
     return [f"{current.tag}: production -> archived", f"{previous.tag}: archived -> production"]
 
 
+def _announce(line: str) -> None:
+    """Once per `bentoml serve`: its workers import the service too, with a worker index set."""
+    if bentoml.server_context.worker_index is None:
+        print(f"[flat-price] {line}", file=sys.stderr, flush=True)
+
+
 def served_models(settings) -> tuple[bentoml.Model, bentoml.Model | None]:
     """The champion (FLAT_PRICE_MODEL) and the challenger (FLAT_PRICE_CHALLENGER, or None), their files
     verified; or exit with one line saying what is wrong and what to run."""
@@ -184,11 +207,16 @@ def served_models(settings) -> tuple[bentoml.Model, bentoml.Model | None]:
         champion = resolve(settings.model)
         verified_files(champion, settings.model_sha256)
         if not settings.challenger:
+            _announce(f"serving {summary(champion)}, chosen by FLAT_PRICE_MODEL={settings.model}")
             return champion, None
         if settings.model_sha256:  # the pin vouches for one pickle; a challenger would be unpickled unchecked
             raise ModelError("FLAT_PRICE_CHALLENGER cannot be used while FLAT_PRICE_MODEL_SHA256 pins the served model")
         challenger = resolve(settings.challenger, setting="FLAT_PRICE_CHALLENGER")
         verified_files(challenger)
+        _announce(
+            f"serving {summary(champion)}, chosen by FLAT_PRICE_MODEL={settings.model}; "
+            f"challenger in the shadow: {summary(challenger)}"
+        )
         return champion, challenger
     except ModelError as error:
         raise SystemExit(f"cannot serve: {error}") from None

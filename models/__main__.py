@@ -14,7 +14,7 @@ from flatprice.store import MODEL_NAME, ModelError
 
 
 def rows(name: str) -> list[list[str]]:
-    table = [["tag", "stage", "trained at", "rows", "holdout R²", "MAE, ₽", "median APE"]]
+    table = [["tag", "stage", "trained at", "rows", "holdout R²", "MAE, ₽", "median APE", "gate"]]
     for model in registry.stored(name):
         meta = model.info.metadata
         metrics = meta.get("metrics", {})
@@ -27,6 +27,7 @@ def rows(name: str) -> list[list[str]]:
                 f"{metrics['r2']:.4f}" if metrics else "-",
                 f"{metrics['mae_rub']:,.0f}" if metrics else "-",
                 f"{metrics['median_ape']:.2%}" if metrics else "-",
+                model.info.labels.get(registry.GATE, "-"),
             ]
         )
     return table
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("list", help="every stored version: stage, when trained, rows, holdout metrics")
     promote = commands.add_parser("promote", help="make TAG production (the current production is archived)")
     promote.add_argument("tag", help="a tag (flat_price:VERSION), a version, or a stage such as candidate")
+    promote.add_argument("--force", action="store_true", help="promote a candidate the promotion gate refused")
     commands.add_parser("rollback", help="archive production and put back the model that was production before it")
     args = parser.parse_args(argv)
     try:
@@ -53,7 +55,11 @@ def main(argv: list[str] | None = None) -> int:
             table = rows(args.name)
             print(aligned(table) if len(table) > 1 else f"no {args.name} model in the store")
             return 0
-        changes = registry.promote(args.tag, args.name) if args.command == "promote" else registry.rollback(args.name)
+        changes = (
+            registry.promote(args.tag, args.name, args.force)
+            if args.command == "promote"
+            else registry.rollback(args.name)
+        )
     except ModelError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -505,3 +505,26 @@ def test_docs_body_messages_without_a_body_key():
         await send({"type": "http.response.body", "body": spec})
 
     assert answer(run(guard(sparse), scope("/docs.json", "GET", headers=())))[2]["paths"] == {}
+
+
+def test_refusal_log_lines_have_a_budget_and_say_how_many_were_left_out():
+    import logging
+
+    from flatprice.server.log_budget import REFUSAL, RefusalBudget
+
+    now = [0.0]
+    budget = RefusalBudget(lines=3, window_s=10, clock=lambda: now[0])
+
+    def record(refusal=True):
+        r = logging.LogRecord("flatprice.refused", logging.WARNING, __file__, 1, "POST /predict refused", (), None)
+        if refusal:
+            setattr(r, REFUSAL, True)
+        return r
+
+    assert [budget.filter(record()) for _ in range(10)] == [True] * 3 + [False] * 7
+    assert budget.filter(record(refusal=False))  # other records are never held back
+    now[0] = 10.0
+    first = record()
+    assert budget.filter(first) and first.msg.endswith("(and 7 more refused requests not logged before this one)")
+    second = record()
+    assert budget.filter(second) and second.msg == "POST /predict refused"

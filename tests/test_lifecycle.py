@@ -67,8 +67,16 @@ def test_an_unknown_model_names_the_setting_and_lists_what_is_stored(three_model
     for model in three_models:
         assert str(model.tag) in message
     assert "(production; R² " in message and "median APE" in message
-    with pytest.raises(ModelError, match="no archived model in the store.*python -m models promote"):
+    with pytest.raises(ModelError, match="no archived model in the store.*becomes archived when another is promoted"):
         registry.resolve("archived", NAME)
+
+
+def test_a_missing_candidate_advises_training_not_promotion(three_models, monkeypatch):
+    production = registry.resolve("production", NAME)
+    monkeypatch.setattr(registry, "stored", lambda name=NAME: [production])
+    with pytest.raises(ModelError) as refused:
+        registry.resolve("candidate", NAME)
+    assert "python -m train" in str(refused.value) and "promote" not in str(refused.value)
 
 
 def test_served_models_exit_with_one_line(three_models, monkeypatch):
@@ -83,6 +91,18 @@ def test_served_models_exit_with_one_line(three_models, monkeypatch):
     monkeypatch.setenv("FLAT_PRICE_MODEL_SHA256", "0" * 64)
     with pytest.raises(SystemExit, match="FLAT_PRICE_MODEL_SHA256"):
         registry.served_models(Settings())
+
+
+def test_a_candidate_the_gate_refused_is_promoted_only_with_force(three_models):
+    candidate = registry.resolve(str(three_models[1].tag), NAME)
+    labels = dict(candidate.info.labels)
+    registry.write_labels(candidate, {**labels, registry.GATE: "refused"})
+    try:
+        with pytest.raises(ModelError, match="the promotion gate refused .* --force"):
+            registry.promote(str(candidate.tag), NAME)
+        assert stages()[str(candidate.tag)] == registry.CANDIDATE
+    finally:
+        registry.write_labels(registry.resolve(str(candidate.tag), NAME), labels)
 
 
 def test_promote_archives_production_and_rollback_walks_back(three_models):

@@ -70,6 +70,13 @@ def test_gate_refuses_a_worse_model_and_promotes_a_better_one(store):
     assert "gate passed: median_ape" in better.stdout
     assert f"{a}: production -> archived" in better.stdout and f"{c}: candidate -> production" in better.stdout
     assert stages(home) == {c: "production", b: "candidate", a: "archived"}
+    # The refusal stays on B: promoting it asks for --force, and no stage changes.
+    refused = run(home, "-m", "models", "promote", "candidate")
+    assert refused.returncode == 1 and f"the promotion gate refused {b}" in refused.stderr, refused.stderr
+    assert f"promote {b} --force" in refused.stderr
+    assert stages(home) == {c: "production", b: "candidate", a: "archived"}
+    listing = run(home, "-m", "models", "list").stdout.splitlines()
+    assert listing[0].split()[-1] == "gate" and next(line for line in listing if line.startswith(b)).endswith("refused")
 
 
 def test_production_serves_and_a_challenger_prices_every_flat_in_the_shadow(store):

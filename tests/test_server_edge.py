@@ -190,9 +190,7 @@ def test_unequal_columns_name_every_odd_column(client):
 
 def test_a_broken_cross_field_rule_on_one_flat_says_which(client):
     detail = client.post("/predict", json=EXAMPLE_FLAT | {"floor": 9}).json()["detail"]
-    assert detail == [
-        {"type": "value_error", "loc": ["floors_total"], "msg": "Value error, floors_total must be at least floor"}
-    ]
+    assert detail == [{"type": "cross_field", "loc": ["floors_total"], "msg": "floors_total must be at least floor"}]
 
 
 def test_a_long_json_list_instead_of_a_flat_is_a_400(client):
@@ -204,3 +202,24 @@ def test_the_usual_column_length_is_the_most_common_not_the_longest(client):
     columns = {key: [value] * 3 for key, value in EXAMPLE_FLAT.items()} | {"rooms": [2] * 5}
     msg = client.post("/predict_columns", json=columns).json()["detail"][0]["msg"]
     assert msg == "every column must have one value per flat: rooms has 5 values, the others 3"
+
+
+@pytest.mark.parametrize("route", ["/predict_batch", "/predict_columns", "/explain_batch"])
+def test_one_flats_type_error_does_not_hide_anothers_cross_field_error(client, route):
+    broken, mistyped = EXAMPLE_FLAT | {"floor": 9}, EXAMPLE_FLAT | {"rooms": "2"}
+    if route == "/predict_columns":
+        body = {key: [mistyped[key], broken[key]] for key in FEATURE_NAMES}
+        cross = {"type": "cross_field", "loc": ["floors_total", 1], "msg": "floors_total must be at least floor"}
+    else:
+        body = {"flats": [mistyped, broken]}
+        cross = {
+            "type": "cross_field",
+            "loc": ["flats", 1, "floors_total"],
+            "msg": "floors_total must be at least floor",
+        }
+    answer = client.post(route, json=body)
+    assert answer.status_code == 400
+    error = answer.json()
+    assert error["total"] == 2 and cross in error["detail"], error
+    single = client.post("/predict", json=broken).json()["detail"][0]
+    assert (single["type"], single["msg"]) == (cross["type"], cross["msg"])

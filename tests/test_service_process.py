@@ -105,3 +105,40 @@ def test_train_command_if_missing_trains_once(session_dir):
     assert "already has flat_price:" in second.stdout and "saved" not in second.stdout
     bad = run("--data", str(home / "missing.csv"))
     assert bad.returncode == 2 and "does not exist" in bad.stderr
+
+
+def test_start_names_the_served_model_once_and_a_busy_port_is_one_line(small_model, session_dir):
+    import socket
+
+    from devtools.servers import private_home
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    home = private_home(session_dir / "serve-busy-port")
+    env = {**__import__("os").environ, "BENTOML_HOME": str(home), "FLAT_PRICE_WORKERS": "1"}
+    try:
+        refused = subprocess.run(
+            [sys.executable, "-m", "bentoml", "serve", "service:FlatPriceService", "--port", str(port)],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        taken.close()
+    assert refused.returncode != 0
+    assert "Traceback" not in refused.stderr, refused.stderr[-3000:]
+    assert [line for line in refused.stderr.splitlines() if line.startswith("cannot serve:")] == [
+        "cannot serve: the address is already in use (another server on this port?); stop it, "
+        "or choose another port: `make serve PORT=3001` or `bentoml serve --port 3001`"
+    ]
+    announced = [line for line in refused.stderr.splitlines() if line.startswith("[flat-price] serving ")]
+    assert len(announced) == 1 and f"serving {small_model.tag} (" in announced[0], refused.stderr[-3000:]
+
+
+def test_a_running_server_names_its_model_once_in_its_log(served, small_model):
+    announced = [line for line in served.log_text().splitlines() if line.startswith("[flat-price] serving ")]
+    assert len(announced) == 1 and "chosen by FLAT_PRICE_MODEL=production" in announced[0], announced

@@ -62,12 +62,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.if_missing:
+    if args.if_missing and registry.stored(args.model_name):
+        # Name the model the service will serve, not merely the newest one in the store.
         try:
-            print(f"model store already has {latest_model(args.model_name).tag}; not training")
-            return 0
-        except ModelError:
-            pass
+            served = registry.served() if args.model_name == MODEL_NAME else latest_model(args.model_name)
+        except ModelError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        print(f"model store has {registry.summary(served)}; not training")
+        return 0
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     try:
         with Progress(*columns) as progress:
@@ -103,10 +106,14 @@ def _gate(model, args: argparse.Namespace) -> int:
     for rows_name in (gate.HOLDOUT, gate.EVALUATION):
         if rows_name in comparison:
             print(gate.table(comparison[rows_name], str(model.tag), comparison["against"], rows_name))
-    if not args.promote_if_better:
-        print(f"{model.tag} is a candidate: promote it with `{registry.MODELS_COMMAND} promote {model.tag}`")
-        return 0
     passed, reason = gate.verdict(comparison, args.gate_metric, args.tolerance)
+    # The verdict stays on the model: `models promote` refuses a refused candidate without --force.
+    model = registry.write_labels(model, {**model.info.labels, registry.GATE: "passed" if passed else "refused"})
+    if not args.promote_if_better:
+        print(reason)
+        forced = "" if passed else " --force"
+        print(f"{model.tag} is a candidate: promote it with `{registry.MODELS_COMMAND} promote {model.tag}{forced}`")
+        return 0
     if not passed:
         print(f"{reason}; {model.tag} stays a candidate", file=sys.stderr)
         return 1

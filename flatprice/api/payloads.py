@@ -71,10 +71,74 @@ def _check_cross_fields(cls, value, info: ValidationInfo):
         if field == info.field_name:
             try:
                 if broken(data):
-                    raise ValueError(reason)
+                    raise PydanticCustomError("cross_field", reason)  # the same type and message as in a batch
             except KeyError:  # a field the rule needs was itself invalid: already reported
                 pass
     return value
+
+
+_RULE_FIELDS = {"floors_total": ("floor", "floors_total"), "total_area": ("living_area", "kitchen_area", "total_area")}
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value)
+
+
+def _raw_cross_field_errors(rows, invalid: set) -> list[InitErrorDetails]:
+    """Cross-field errors of raw rows [(loc_of(field), {field: value})] whose rule fields are each
+    valid on their own: when another flat fails validation, its neighbours' broken rules still count."""
+    errors: list[InitErrorDetails] = []
+    for loc_of, row in rows:
+        for field, reason, broken in CROSS_FIELD_RULES:
+            needed = _RULE_FIELDS[field]
+            if all(_is_number(row.get(name)) and loc_of(name) not in invalid for name in needed) and broken(row):
+                errors.append(
+                    {"type": PydanticCustomError("cross_field", reason), "loc": loc_of(field), "input": row[field]}
+                )
+    return errors
+
+
+def _every_problem(raw_rows):
+    """A wrap validator: on a validation error, the cross-field errors of the other flats are
+    added, so `total` counts every problem (the valid path checks them on the matrix instead)."""
+
+    def validate(cls, data, handler):
+        try:
+            return handler(data)
+        except ValidationError as error:
+            found = error.errors(include_url=False)
+            invalid = {tuple(e["loc"]) for e in found}
+            extra = _raw_cross_field_errors(raw_rows(data), invalid) if isinstance(data, dict) else []
+            if not extra:
+                raise
+            kept: list[InitErrorDetails] = [
+                {
+                    "type": PydanticCustomError(e["type"], e["msg"].replace("{", "{{").replace("}", "}}")),
+                    "loc": tuple(e["loc"]),
+                    "input": e.get("input"),
+                }
+                for e in found
+            ]
+            raise ValidationError.from_exception_data(cls.__name__, kept + extra) from None
+
+    return model_validator(mode="wrap")(validate)
+
+
+def _batch_rows(data: dict):
+    flats = data.get("flats")
+    if not isinstance(flats, list) or len(flats) > MAX_BATCH_ROWS:
+        return []
+    return [((lambda f, i=i: ("flats", i, f)), flat) for i, flat in enumerate(flats) if isinstance(flat, dict)]
+
+
+def _column_rows(data: dict):
+    columns = {name: data.get(name) for name in FEATURE_NAMES}
+    if not all(isinstance(c, list) for c in columns.values()):
+        return []
+    n = min(len(c) for c in columns.values())
+    if n > MAX_BATCH_ROWS:
+        return []
+    return [((lambda f, i=i: (f, i)), {name: columns[name][i] for name in FEATURE_NAMES}) for i in range(n)]
 
 
 FlatFields = create_model(
@@ -104,6 +168,7 @@ class FlatBatch(BaseModel):
     )
     flats: list[FlatFields] = Field(min_length=1, max_length=MAX_BATCH_ROWS, description=f"1 to {MAX_BATCH_ROWS} flats")
     few_unknown_keys = model_validator(mode="before")(_few_unknown_keys)
+    every_problem = _every_problem(_batch_rows)
 
 
 class FlatsToExplain(BaseModel):
@@ -114,6 +179,7 @@ class FlatsToExplain(BaseModel):
         min_length=1, max_length=MAX_EXPLAIN_ROWS, description=f"1 to {MAX_EXPLAIN_ROWS} flats"
     )
     few_unknown_keys = model_validator(mode="before")(_few_unknown_keys)
+    every_problem = _every_problem(_batch_rows)
 
 
 def _same_lengths(model):
@@ -142,6 +208,7 @@ FlatColumns = create_model(
     __validators__={
         "few_unknown_keys": model_validator(mode="before")(_few_unknown_keys),
         "same_lengths": model_validator(mode="after")(_same_lengths),
+        "every_problem": _every_problem(_column_rows),
     },
     **{f.name: (_column(f), ...) for f in FEATURES},
 )

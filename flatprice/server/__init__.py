@@ -19,14 +19,17 @@ Hooks touch private code and are version-checked: see `hooks` and docs/upgrading
 
 from __future__ import annotations
 
+import errno
+import sys
 from collections.abc import Callable
 
 from ..api.routes import API_ROUTES, GET_ROUTES
 from ..config import Settings
 from ..observability.inference_log import monitoring_options
+from . import log_budget
 from .admission import Admission
-from .guard import RequestGuard
-from .hooks import install_hooks
+from .guard import REFUSED_LOGGER, RequestGuard
+from .hooks import BENTOML_HTTP_LOGGER, install_hooks
 
 
 def service_options(settings: Settings, bentoml_home: str) -> dict:
@@ -58,4 +61,28 @@ def install(service, settings: Settings) -> Callable[[], None]:
         max_in_flight=settings.max_concurrency,
         refusal_delay_s=settings.refusal_delay_s,
     )
-    return install_hooks() if settings.server_hooks else (lambda: None)
+    undo_hooks = install_hooks() if settings.server_hooks else (lambda: None)
+    undo_budget = log_budget.install(REFUSED_LOGGER, BENTOML_HTTP_LOGGER)  # after the hook that marks refusals
+
+    def undo():
+        undo_budget()
+        undo_hooks()
+
+    return undo
+
+
+def one_line_start_failures() -> None:
+    """In `bentoml serve` itself: a port already in use ends the start with one line, not a traceback."""
+    previous = sys.excepthook
+
+    def hook(kind, error, traceback):
+        if isinstance(error, OSError) and error.errno == errno.EADDRINUSE:
+            print(
+                "cannot serve: the address is already in use (another server on this port?); stop it, "
+                "or choose another port: `make serve PORT=3001` or `bentoml serve --port 3001`",
+                file=sys.stderr,
+            )
+            return
+        previous(kind, error, traceback)
+
+    sys.excepthook = hook

@@ -25,8 +25,10 @@ from ..api.errors import MAX_REPORTED_ERRORS, clip, error_json, validation_json
 from ..api.routes import BODY_ROUTES, DOCS
 from ..observability import metrics
 from ..schema import FEATURE_NAMES
+from .log_budget import REFUSAL
 
-refused_logger = logging.getLogger("flatprice.refused")
+REFUSED_LOGGER = "flatprice.refused"
+refused_logger = logging.getLogger(REFUSED_LOGGER)
 _FEATURES = frozenset(FEATURE_NAMES)
 
 
@@ -244,7 +246,9 @@ class RequestGuard:
 
     async def _refuse(self, scope, send, status: int, reason: str, error_type: str):
         metrics.REJECTED_INPUTS.labels(field=metrics.BODY_FIELD).inc()
-        refused_logger.warning("%s %s refused with %s: %s", scope["method"], scope["path"], status, error_type)
+        refused_logger.warning(
+            "%s %s refused with %s: %s", scope["method"], scope["path"], status, error_type, extra={REFUSAL: True}
+        )
         await send_error(send, status, reason, error_type)
 
 

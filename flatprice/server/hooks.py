@@ -17,6 +17,7 @@ import numpy as np
 
 from ..api.errors import ERROR_STATUSES, MAX_REPORTED_ERRORS, ErrorBody
 from ..api.routes import endpoint_label
+from .log_budget import REFUSAL
 
 log = logging.getLogger("flatprice.hooks")
 BENTOML_HTTP_LOGGER = "bentoml._internal.server.http_app"
@@ -109,6 +110,7 @@ class ConciseClientErrors(logging.Filter):
         record.msg, record.args = "%s %s refused with %s: %s", (safe_field(method), safe_field(path), status, detail)
         record.exc_info, record.exc_text = None, None
         record.levelno, record.levelname = logging.WARNING, "WARNING"
+        setattr(record, REFUSAL, True)  # counted against the refusal log budget (log_budget.py)
         return True
 
 
