@@ -9,7 +9,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export BENTOML_DO_NOT_TRACK ?= True
 
 REPORT_VENV ?= .venv-report
-.PHONY: serve install install-dev model test test-fast system-deps build bench soak format mutation grafana-env report-env
+.PHONY: image serve install install-dev install-batch install-loadtest model test test-fast system-deps build bench soak format mutation grafana-env report-env
 
 serve: install model  ## install, train the default model if the store has none, serve on $(HOST):$(PORT)
 	$(PYTHON) -m bentoml serve service:FlatPriceService --host $(HOST) --port $(PORT)
@@ -18,19 +18,30 @@ $(PYTHON):
 	@if command -v uv >/dev/null 2>&1; then uv venv --quiet --python $(BASE_PYTHON) $(VENV); \
 	else $(BASE_PYTHON) -m venv $(VENV); fi
 
-# pip inside the venv (uv's venv has none; `uv pip` is used when uv is on the PATH).
+# pip inside the venv (uv's venv has none; `uv pip` is used when uv is on the PATH). Not quiet: its
+# "Collecting ..." lines are the progress of a first install.
 define pip_install
-	@if command -v uv >/dev/null 2>&1; then uv pip install --quiet --python $(PYTHON) $(1); \
-	else $(PYTHON) -m pip install --quiet --disable-pip-version-check $(1); fi
+	@if command -v uv >/dev/null 2>&1; then uv pip install --python $(PYTHON) $(1); \
+	else $(PYTHON) -m pip install --disable-pip-version-check --progress-bar off $(1); fi
 endef
 
-install: $(PYTHON)  ## serving and training the default model: .[train]
-	$(call pip_install,-e ".[train]")
+# Each extra is installed once and again only when the pins change (a stamp file in the venv).
+$(VENV)/.installed-%: pyproject.toml requirements.txt | $(PYTHON)
+	@echo "[make] installing .[$*] into $(VENV) ($(INSTALL_TIME_$*) here the first time)"
+	$(call pip_install,-e ".[$*]")
+	@touch $@
+INSTALL_TIME_train = about 2-3 minutes
+INSTALL_TIME_dev = about 3-4 minutes
+INSTALL_TIME_batch = about 1 minute
+INSTALL_TIME_loadtest = about 30 s
 
-install-dev: $(PYTHON)  ## tests and tools: .[dev]
-	$(call pip_install,-e ".[dev]")
+install: $(VENV)/.installed-train  ## serving and training the default model: .[train]
+install-dev: $(VENV)/.installed-dev  ## tests and tools: .[dev]
+install-batch: $(VENV)/.installed-batch  ## batch pricing on Spark: .[batch] (python -m batch)
+install-loadtest: $(VENV)/.installed-loadtest  ## the load test: .[loadtest] (.venv/bin/locust)
 
 model:
+	@echo "[make] a model in the store? (else train the default one: about 25 s here)"
 	$(PYTHON) -m train --if-missing
 
 system-deps:  ## Debian packages the slow tests use (apt-get; says what before it installs)
@@ -39,9 +50,10 @@ system-deps:  ## Debian packages the slow tests use (apt-get; says what before i
 # The report's own environment: Evidently pulls packages that change how a server runs (uvloop), so not in .venv.
 report-env: $(REPORT_VENV)/bin/python  ## python -m monitoring.report's environment (.venv-report)
 $(REPORT_VENV)/bin/python: monitoring/report-requirements.txt
-	@if command -v uv >/dev/null 2>&1; then uv venv --quiet --allow-existing --python $(BASE_PYTHON) $(REPORT_VENV) && \
-	uv pip install --quiet --python $@ -r $< && uv pip install --quiet --python $@ --no-deps -e .; \
-	else $(BASE_PYTHON) -m venv $(REPORT_VENV) && $@ -m pip install --quiet -r $< && $@ -m pip install --quiet --no-deps -e .; fi
+	@echo "[make] installing the report's environment into $(REPORT_VENV) (Evidently; about 1.5 minutes here)"
+	@if command -v uv >/dev/null 2>&1; then uv venv --allow-existing --python $(BASE_PYTHON) $(REPORT_VENV) && \
+	uv pip install --python $@ -r $< && uv pip install --quiet --python $@ --no-deps -e .; \
+	else $(BASE_PYTHON) -m venv $(REPORT_VENV) && $@ -m pip install --progress-bar off -r $< && $@ -m pip install --quiet --no-deps -e .; fi
 	@touch $@
 
 test: install-dev system-deps report-env  ## the whole suite (real bentoml serve, Prometheus, locust, Chromium)
@@ -50,8 +62,16 @@ test: install-dev system-deps report-env  ## the whole suite (real bentoml serve
 test-fast: install-dev  ## the tests that need no server and no Debian package (under a minute)
 	$(PYTHON) -m pytest -m "not slow"
 
-build: install model  ## a Bento (and, with a Docker engine, its image)
+build: install model  ## a Bento: the service and the model it serves
 	$(PYTHON) -m bentoml build
+
+IMAGE ?= flat_price:latest
+IMAGE_BACKEND ?= docker
+# The newest Bento, containerised. TMPDIR inside the repository: bentoml containerize refuses its own
+# temporary copy of the Dockerfile template when that lies outside the working directory (bentoml#5566).
+image: build  ## the Bento's container image ($(IMAGE), with Docker; IMAGE_BACKEND=podman works too)
+	@mkdir -p build/containerize
+	TMPDIR=$(CURDIR)/build/containerize $(PYTHON) -m bentoml containerize flat_price:latest --backend $(IMAGE_BACKEND) --image-tag $(IMAGE)
 
 bench: install-dev model system-deps  ## service vs the original design vs BentoML's ceiling (~7 min)
 	$(PYTHON) -m benchmarks.bench

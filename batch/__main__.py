@@ -12,7 +12,7 @@ import sys
 
 from flatprice.store import ModelError
 
-from .job import BatchError, run
+INSTALL = "make install-batch"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -33,6 +33,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     say = lambda line: print(f"[batch] {line}", file=sys.stderr, flush=True)  # noqa: E731
+    try:
+        from .job import BatchError, run
+    except ModuleNotFoundError as error:  # pyspark and pyarrow come with the batch extra, not with `make serve`
+        print(f"error: batch pricing needs {error.name}: install it with `{INSTALL}` (Java 17 too)", file=sys.stderr)
+        return 2
     try:
         result = run(args.input, args.output, args.model, args.master, args.partitions, args.table, args.overwrite, say)
     except (BatchError, ModelError) as error:

@@ -57,14 +57,47 @@ class Result:
 
 
 def session(master: str) -> SparkSession:
-    builder = SparkSession.builder.master(master).appName("flat-price-batch")
-    if master.startswith("local") and "PYSPARK_PYTHON" not in os.environ:
-        builder = builder.config("spark.pyspark.python", sys.executable)  # where catboost is installed
-    return (
-        builder.config("spark.sql.execution.arrow.maxRecordsPerBatch", "20000")
+    if master.startswith("local"):
+        # PySpark starts its Python workers with PYSPARK_PYTHON (else `python3` on the PATH, which may lack
+        # catboost); the `spark.pyspark.python` setting is not read for them. Local workers run this interpreter.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    spark = (
+        SparkSession.builder.master(master)
+        .appName("flat-price-batch")
+        .config("spark.sql.execution.arrow.maxRecordsPerBatch", "20000")
         .config("spark.ui.showConsoleProgress", "false")  # our own progress line instead (one per 5 s)
         .getOrCreate()
     )
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+WORKER_MODULES = ("numpy", "pyarrow", "joblib", "sklearn", "catboost")
+
+
+def check_workers(spark: SparkSession) -> str:
+    """The Python the workers run, once they have shown they can import what pricing needs; else one
+    BatchError line (not a failed job's Java traces, minutes later)."""
+
+    def probe(_):  # nested: pickled by value, so it runs even where this package cannot be imported
+        import importlib
+        import sys
+
+        for name in WORKER_MODULES:
+            try:
+                importlib.import_module(name)
+            except ImportError as error:
+                return [(sys.executable, f"{name}: {error}")]
+        return [(sys.executable, "")]
+
+    python, problem = spark.sparkContext.parallelize([0], 1).mapPartitions(probe).collect()[0]
+    if problem:
+        raise BatchError(
+            f"Spark's Python workers run {python}, which cannot import {problem}; run them with the Python "
+            f"that has the batch extra (PYSPARK_PYTHON={sys.executable}), or install it there: "
+            f"{python} -m pip install -e '.[batch]'"
+        )
+    return python
 
 
 def read(spark: SparkSession, source: str, table: str | None) -> DataFrame:
@@ -198,17 +231,20 @@ def run(
     if os.path.exists(output) and not overwrite:
         raise BatchError(f"{output} exists: remove it, or pass --overwrite")
     check_columns(input_columns(source, table))
-    spark = session(master)
+    say = progress or (lambda line: None)
     started = time.perf_counter()
+    say(f"starting Spark ({master}; about 10 s)")
+    spark = session(master)
     watcher = Progress(spark, progress) if progress else None
     try:
+        if watcher:
+            watcher.start()
+        say(f"Spark UI: {spark.sparkContext.uiWebUrl}; Python workers run {check_workers(spark)}")
         df = read(spark, source, table)
         df = partitioned(df, partitions)
         file_name, digest = ship_model(spark, stored, settings.model_sha256)
         ship_code(spark)
-        if progress:
-            progress(f"Spark UI: {spark.sparkContext.uiWebUrl}; pricing with {stored.tag}")
-            watcher.start()
+        say(f"pricing with {stored.tag}, then setting aside the rows that break an input rule")
         mode = "overwrite" if overwrite else "errorifexists"
         df.mapInArrow(_pricing(file_name, digest, str(stored.tag)), priced_schema(df)).write.mode(mode).parquet(output)
         rejected_path = os.path.join(output, REJECTED)
@@ -247,5 +283,5 @@ class Progress:
         while not self._stop.wait(self.every):
             stages = [self.tracker.getStageInfo(s) for s in self.tracker.getActiveStageIds()]
             parts = [f"stage {s.stageId}: {s.numCompletedTasks}/{s.numTasks} tasks" for s in stages if s]
-            if parts:
-                self.say(f"{time.perf_counter() - self.started:.0f} s: {'; '.join(parts)}")
+            # A line every few seconds even between stages (reading a footer, writing), so it never looks stuck.
+            self.say(f"{time.perf_counter() - self.started:.0f} s: {'; '.join(parts) or 'between Spark stages'}")

@@ -85,14 +85,9 @@ standins() {
 
 bento() {
   local started; started=$(date +%s)
-  say "bentoml build (the served model and the service)"
-  "$PYTHON" -m bentoml build --output tag >/tmp/flatprice-bento-tag 2>/dev/null || "$PYTHON" -m bentoml build
-  local tag
-  tag=$(sed -n 's/^__tag__:\(.*\)$/\1/p' /tmp/flatprice-bento-tag | tail -1)
-  tag=${tag:-flat_price:latest}
-  say "bentoml containerize $tag --backend podman -> $BENTO_IMAGE (a few minutes cold)"
+  say "make image IMAGE_BACKEND=podman: bentoml build, then bentoml containerize -> $BENTO_IMAGE (a few minutes cold)"
   # docker format keeps the template's HEALTHCHECK (OCI drops it).
-  BUILDAH_FORMAT=docker "$PYTHON" -m bentoml containerize "$tag" --backend podman --image-tag "$BENTO_IMAGE" >/tmp/flatprice-containerize.log 2>&1 ||
+  BUILDAH_FORMAT=docker make --no-print-directory image IMAGE_BACKEND=podman IMAGE="$BENTO_IMAGE" >/tmp/flatprice-containerize.log 2>&1 ||
     { tail -40 /tmp/flatprice-containerize.log >&2; exit 1; }
   say "$BENTO_IMAGE: built in $(elapsed "$started"), $(podman image inspect --format '{{.Size}}' "$BENTO_IMAGE" | awk '{printf "%.0f MB", $1/1e6}')"
 }
