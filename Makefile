@@ -9,7 +9,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export BENTOML_DO_NOT_TRACK ?= True
 
 REPORT_VENV ?= .venv-report
-.PHONY: image serve install install-dev install-batch install-loadtest model test test-fast system-deps build bench soak format mutation grafana-env report-env
+.PHONY: image images serve install install-dev install-batch install-loadtest model test test-fast system-deps build bench soak format mutation grafana-env report-env
 
 serve: install model  ## install, train the default model if the store has none, serve on $(HOST):$(PORT)
 	$(PYTHON) -m bentoml serve service:FlatPriceService --host $(HOST) --port $(PORT)
@@ -78,6 +78,9 @@ bench: install-dev model system-deps  ## service vs the original design vs Bento
 
 soak: install-dev model system-deps  ## 10 minutes at half capacity: memory, errors, p95 per minute
 	$(PYTHON) -m benchmarks.soak
+
+images: install-dev model  ## with podman, no registry: stand-ins for the compose file's images and the Bento image (scripts/images.sh)
+	scripts/images.sh
 
 grafana-env: monitoring/grafana.env  ## Grafana's admin credentials for the compose stack, generated once
 monitoring/grafana.env:

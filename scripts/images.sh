@@ -19,8 +19,10 @@ install_podman() {
   for pair in podman:podman runc:runc debootstrap:debootstrap; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
   done
+  # Compose service names resolve on a podman (CNI) network only with the dnsname plugin.
+  [ -e /usr/lib/cni/dnsname ] || missing+=(golang-github-containernetworking-plugin-dnsname)
   if [ ${#missing[@]} -gt 0 ]; then
-    say "installing Debian packages: ${missing[*]} (about 5 minutes)"
+    say "installing Debian packages for containers: ${missing[*]} (about 5 minutes)"
     $sudo_cmd apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi

@@ -75,6 +75,16 @@ def served(small_model, session_dir):
         yield server
 
 
+@pytest.fixture(scope="session")
+def image(small_model):
+    """The project's image of the session's store (its production model is the small model), built with
+    podman by scripts/images.sh (stand-ins cached between runs)."""
+    from devtools.containers import IMAGE, build_images
+
+    build_images()
+    return IMAGE
+
+
 SLOW_FIXTURES = {"served", "compose", "stack"}  # real servers, docker-compose, Prometheus
 
 

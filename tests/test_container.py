@@ -10,7 +10,7 @@ import httpx
 import pytest
 import yaml
 
-from devtools.containers import IMAGE, Container, build_images, image_config, podman
+from devtools.containers import Container, image_config, podman
 from devtools.servers import REPO
 from flatprice.schema import EXAMPLE_FLAT
 from tests.test_service_process import ORIGINAL_CURL
@@ -18,13 +18,6 @@ from tests.test_service_process import ORIGINAL_CURL
 pytestmark = [pytest.mark.slow, pytest.mark.container]
 
 DEPLOYMENT = REPO / "deploy/kubernetes/base/deployment.yaml"
-
-
-@pytest.fixture(scope="session")
-def image(small_model):
-    """The image of the session's store (its production model is the small model)."""
-    build_images()
-    return IMAGE
 
 
 @pytest.fixture(scope="module")
