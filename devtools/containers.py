@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 import uuid
 
 import httpx
+import yaml
 
 from .servers import REPO, free_port, wait_until
 
@@ -90,3 +92,75 @@ class Container:
 
     def __exit__(self, *exc):
         self.remove()
+
+
+COMPOSE_FILE = REPO / "monitoring/docker-compose.yaml"
+COMPOSE_SERVICES = ("flat-price", "haproxy", "prometheus", "alertmanager")  # all but Grafana (no image here)
+PORT_SETTINGS = ("FLAT_PRICE_PORT", "PROMETHEUS_PORT", "ALERTMANAGER_PORT")
+
+
+class ComposeStack:
+    """monitoring/docker-compose.yaml up with podman-compose on free loopback ports; a context manager.
+    The project network is made first, so that its gateway stands for Docker's host-gateway."""
+
+    def __init__(self, project: str, image: str = IMAGE):
+        self.project, self.image = project, image
+        self.network = f"{project}_default"
+        self.ports = {name: free_port() for name in PORT_SETTINGS}
+        self.urls = {name: f"http://127.0.0.1:{port}" for name, port in self.ports.items()}
+        self.env = {**os.environ, **{k: str(v) for k, v in self.ports.items()}, "FLAT_PRICE_IMAGE": image}
+        self.seconds_to_ready: float | None = None
+
+    def compose(self, *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
+        command = [str(REPO / ".venv/bin/podman-compose"), "-f", str(COMPOSE_FILE), "-p", self.project, *args]
+        done = subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=timeout)
+        if check and done.returncode != 0:
+            raise RuntimeError(f"podman-compose {' '.join(args)}: {done.stdout[-2000:]}{done.stderr[-3000:]}")
+        return done
+
+    def replicas(self) -> int:
+        return yaml.safe_load(COMPOSE_FILE.read_text())["services"]["flat-price"]["deploy"]["replicas"]
+
+    def targets_up(self) -> dict[str, list[str]]:
+        """Prometheus's `up == 1` targets by job."""
+        url = f"{self.urls['PROMETHEUS_PORT']}/api/v1/query"
+        answer = httpx.get(url, params={"query": "up == 1"}, timeout=5).json()
+        up: dict[str, list[str]] = {}
+        for sample in answer["data"]["result"]:
+            up.setdefault(sample["metric"]["job"], []).append(sample["metric"]["instance"])
+        return up
+
+    def _ready(self) -> bool:
+        try:
+            if httpx.get(f"{self.urls['FLAT_PRICE_PORT']}/readyz", timeout=2).status_code != 200:
+                return False
+            up = self.targets_up()
+        except (httpx.HTTPError, KeyError, ValueError):
+            return False
+        return len(up.get("flat-price", ())) == self.replicas() and "haproxy" in up
+
+    def create_network(self) -> None:
+        podman("network", "rm", "-f", self.network, check=False)
+        podman("network", "create", self.network)
+        self.env["FLAT_PRICE_HOST_GATEWAY"] = json.loads(podman("network", "inspect", self.network).stdout)[0][
+            "subnets"
+        ][0]["gateway"]
+
+    def up(self, timeout: float = 180) -> None:
+        started = time.monotonic()
+        self.compose("up", "-d", *COMPOSE_SERVICES)
+        wait_until(self._ready, timeout, 0.5, what="the proxy ready and Prometheus scraping every replica and it")
+        self.seconds_to_ready = time.monotonic() - started
+
+    def leftovers(self) -> list[str]:
+        label = f"label=io.podman.compose.project={self.project}"
+        names = podman("ps", "-a", "--filter", label, "--format", "{{.Names}}").stdout.split()
+        volumes = podman("volume", "ls", "--format", "{{.Name}}").stdout.split()
+        return names + [v for v in volumes if v.startswith(f"{self.project}_")]
+
+    def down(self) -> list[str]:
+        """`down -v`, then what it left of the project's containers and volumes (the network is ours)."""
+        self.compose("down", "-v", check=False)
+        left = self.leftovers()
+        podman("network", "rm", "-f", self.network, check=False)  # podman-compose 1.6 leaves networks
+        return left

@@ -71,6 +71,20 @@ def test_alerts_are_named_labelled_annotated_and_each_tested():
         assert True in outcomes and False in outcomes, f"{name}: needs a silent and a firing case"
 
 
+def test_every_alert_links_its_own_runbook_section():
+    text = (REPO / "Monitoring.md").read_text()
+    headings = re.findall(r"^#{2,4} (.+)$", text, re.M)
+    anchors = [re.sub(r"[^a-z0-9 _-]", "", h.lower()).replace(" ", "-") for h in headings]
+    urls = [rule["annotations"]["runbook_url"] for rule in alert_rules()]
+    assert len(set(urls)) == len(urls)
+    for rule, url in zip(alert_rules(), urls, strict=True):
+        page, anchor = url.split("#")
+        assert page == "Monitoring.md" and anchor == rule["alert"].lower()
+        assert anchors.count(anchor) == 1, f"{rule['alert']}: no single heading for #{anchor}"
+        section = text.split(f"#### {rule['alert']}\n", 1)[1].split("\n\n", 1)[0]
+        assert len(section) > 80, f"{rule['alert']}: its runbook section says too little"
+
+
 def test_alerts_name_exactly_the_api_routes_and_the_psi_threshold():
     """Facts once: every alert's endpoint matcher is the routes constant, every PSI line the code's."""
     from flatprice.api.routes import API_ROUTES
