@@ -85,6 +85,20 @@ def image(small_model):
     return IMAGE
 
 
+@pytest.fixture(autouse=True)
+def fresh_refusal_log_budget():
+    """Each test starts with the refusal log's budget unspent (in-process tests refuse thousands)."""
+    import logging
+
+    from flatprice.server.guard import REFUSED_LOGGER
+    from flatprice.server.hooks import BENTOML_HTTP_LOGGER
+    from flatprice.server.log_budget import RefusalBudget
+
+    for name in (REFUSED_LOGGER, BENTOML_HTTP_LOGGER):
+        for budget in [f for f in logging.getLogger(name).filters if isinstance(f, RefusalBudget)]:
+            budget.written, budget.left_out = 0, 0
+
+
 SLOW_FIXTURES = {"served", "compose", "stack"}  # real servers, docker-compose, Prometheus
 
 

@@ -133,6 +133,14 @@ def test_web_ui_loads_and_drives_a_test(served, tmp_path):
 def test_swagger_ui_renders_the_api(served):
     dom = rendered_dom(f"{served.url}/")
     assert "/predict_batch" in dom and "/random" in dom
+    # The API's title shows, no schema is named after BentoML's IO descriptors, GET /random is documented.
+    assert "Flat price service" in dom and "IODescriptor" not in dom
+    page = httpx.get(f"{served.url}/")
+    assert "googletagmanager" not in page.text and '<script src="http' not in page.text
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    spec = httpx.get(f"{served.url}/docs.json").json()
+    assert set(spec["paths"]["/random"]) == {"get", "post"}
+    assert not [name for name in spec["components"]["schemas"] if name.endswith("IODescriptor")]
 
 
 def test_drift_scenario_moves_the_drift_score(served):

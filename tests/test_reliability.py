@@ -261,3 +261,24 @@ def test_a_bad_setting_stops_the_start_with_one_line_naming_the_variable(small_m
     lines = (run.stdout + run.stderr).strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("invalid setting: FLAT_PRICE_MAX_CONCURRENCY: "), lines
     assert lines[0].endswith("(accepts an integer from 1 to 10000)")
+
+
+def test_a_flood_of_bad_requests_logs_a_bounded_number_of_lines(small_model, session_dir):
+    from flatprice.server.log_budget import LINES_PER_WINDOW
+
+    with BentoServer(session_dir / "serve-flood", env={"FLAT_PRICE_WORKERS": "1"}) as server:
+        before = server.log_text().count("\n")
+        with httpx.Client() as http:
+            started = time.monotonic()
+            for _ in range(300):
+                assert http.post(f"{server.url}/predict", json={"rooms": "x"}).status_code == 400
+            seconds = time.monotonic() - started
+        flood = request_lines(server, before)
+
+        def summary():  # the first line of a later second says how many were left out
+            httpx.post(f"{server.url}/predict", json={"rooms": "x"})
+            lines = request_lines(server, before)
+            return [line for line in lines if "more refused requests not logged before this one" in line]
+
+        assert wait_until(summary, timeout=10, interval=0.3, what="a line counting those left out")
+    assert len(flood) <= LINES_PER_WINDOW * (int(seconds) + 2) < 300, (len(flood), seconds)

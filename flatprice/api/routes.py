@@ -19,10 +19,11 @@ BODY_ROUTES: tuple[str, ...] = (PREDICT, PREDICT_BATCH, PREDICT_COLUMNS, EXPLAIN
 GET_ROUTES: tuple[str, ...] = (RANDOM,)  # API routes that also answer GET, as the original service did
 
 DOCS = "/docs.json"
+SWAGGER_UI = "/"
 METRICS = "/metrics"
 HEALTH_ROUTES: tuple[str, ...] = ("/livez", "/healthz", "/readyz")
 # BentoML's own routes; its Swagger UI's files live under these prefixes.
-FRAMEWORK_ROUTES: tuple[str, ...] = ("/", DOCS, "/schema.json", METRICS, *HEALTH_ROUTES)
+FRAMEWORK_ROUTES: tuple[str, ...] = (SWAGGER_UI, DOCS, "/schema.json", METRICS, *HEALTH_ROUTES)
 STATIC_PREFIXES: tuple[str, ...] = ("/static_content/", "/assets/")
 UNKNOWN_ENDPOINT = "/__unknown__"  # the metrics label of every path that is no route
 

@@ -11,7 +11,8 @@ In the order a request meets them:
   first 20 errors and the total; no pydantic URLs or class names) and its fields counted;
 - request and response body sizes are recorded per route;
 - 404 and 405 answer in the error shape too (405 names the allowed methods).
-/docs.json is built by BentoML once and then answered from a copy.
+/docs.json is built by BentoML once and then answered from a copy; `/` is the Swagger UI page of
+`docs_page.py` (no third-party scripts).
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ import logging
 
 from ..api import API_INFO
 from ..api.errors import MAX_REPORTED_ERRORS, clip, error_json, validation_json
-from ..api.routes import BODY_ROUTES, DOCS
+from ..api.routes import BODY_ROUTES, DOCS, GET_ROUTES, SWAGGER_UI
 from ..observability import metrics
 from ..schema import FEATURE_NAMES
+from .docs_page import document_get_routes, page_messages, plain_schema_names
 from .log_budget import REFUSAL
 
 REFUSED_LOGGER = "flatprice.refused"
@@ -100,6 +102,8 @@ def truthful_docs(body: bytes) -> bytes:
     than the framework (whose badges name its version)."""
     spec = json.loads(body)
     spec["info"] = API_INFO
+    plain_schema_names(spec)
+    document_get_routes(spec, GET_ROUTES)
     for tag in spec.get("tags", []):
         tag.pop("description", None)
     for path in BODY_ROUTES:
@@ -126,6 +130,10 @@ class RequestGuard:
         path = scope["path"]
         if path == DOCS and scope["method"] == "GET":
             return await self._docs(scope, receive, send)
+        if path == SWAGGER_UI and scope["method"] == "GET":  # our page, not BentoML's (docs_page.py)
+            for message in page_messages():
+                await send(message)
+            return None
         if path not in self.api_routes:
             return await self.app(scope, receive, json_not_found(send, path))
         if sum(len(k) + len(v) for k, v in scope["headers"]) > self.max_header_bytes:

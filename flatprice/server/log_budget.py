@@ -12,8 +12,8 @@ import threading
 import time
 
 REFUSAL = "flatprice_refusal"
-LINES_PER_WINDOW = 20
-WINDOW_S = 10.0
+LINES_PER_WINDOW = 10
+WINDOW_S = 1.0
 
 
 class RefusalBudget(logging.Filter):
