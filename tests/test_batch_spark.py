@@ -114,3 +114,30 @@ def test_row_order_and_partitioning_change_no_price_and_a_csv_input_works(priced
     assert rejected.loc[listing, "reject_error"] == "float_type"
     assert listing in first.index and listing not in second.index
     assert (second.sort_index() == first.reindex(second.index).sort_index()).all() and len(second) >= 29_990
+
+
+def test_workers_without_the_batch_extra_stop_the_job_at_once_in_one_line(listings, small_model, tmp_path):
+    folder, _ = listings
+    python = "/usr/bin/python3"  # Debian's own: no catboost, as a worker on a PATH without the venv had
+    env = {**os.environ, "PYSPARK_PYTHON": python}
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "batch",
+            str(folder / "listings.parquet"),
+            str(tmp_path / "out"),
+            "--master",
+            "local[1]",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 2
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and f"Spark's Python workers run {python}, which cannot import" in errors[0], run.stderr
+    assert "Traceback" not in run.stderr and "at org.apache" not in run.stderr
+    assert not (tmp_path / "out").exists()

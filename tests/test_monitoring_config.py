@@ -237,6 +237,14 @@ def test_the_compose_proxy_config_is_valid_with_dns_discovery():
     assert check.returncode == 0, check.stdout + check.stderr
 
 
+def test_the_shipped_proxy_config_checks_from_the_repository_with_no_environment():
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith(("FLAT_PRICE_", "HAPROXY_"))}
+    check = subprocess.run(
+        ["haproxy", "-c", "-f", "deploy/haproxy/haproxy.cfg"], cwd=REPO, capture_output=True, text=True, env=env
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
 def test_compose_services_pinned_restarting_and_healthchecked(compose):
     services = compose["services"]
     assert set(services) == {"flat-price", "haproxy", "prometheus", "alertmanager", "grafana", "node-exporter"}

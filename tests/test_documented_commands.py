@@ -1,0 +1,228 @@
+"""Every command block of the runbook docs, run as a user types it: in a fresh copy of the repository,
+on a PATH without any venv, with only what the docs install (uv on the PATH, as many users have it:
+the Makefile then installs with uv, which the suite needs for time; pip is what CI's `make test` uses).
+
+`COMMANDS` classifies every command line of the docs' bash blocks: run as written (with the placeholder
+arguments named), or not run here and why. A docs change that adds a command fails the first test until
+the command is classified."""
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+
+from devtools.servers import REPO, wait_until
+from flatprice.schema import FEATURE_NAMES
+from flatprice.synthetic import generate_flats
+
+pytestmark = pytest.mark.slow
+
+DOCS = ("README.md", "docs/batch.md", "docs/models.md", "deploy/README.md", "Monitoring.md")
+NO_DOCKER = "needs a Docker engine (none here): the image and the unchanged compose file run under podman in tests/test_container.py and tests/test_compose.py"
+NO_CLUSTER = "needs a Kubernetes cluster and a registry: the manifests are validated offline in tests/test_deploy.py"
+SAME = "the same command as an earlier line, run there"
+# Command line (as in the docs, comment removed) -> "run", or the reason it is not run here.
+COMMANDS = {
+    "make serve": "run",
+    "make test": "this suite is what it runs (CI runs it on a fresh machine)",
+    "curl -X POST http://127.0.0.1:3000/predict": "run",
+    ".venv/bin/python -m train": "run",
+    ".venv/bin/python -m train --data flats.parquet": "run",
+    ".venv/bin/python -m train --promote-if-better": "run",
+    ".venv/bin/python -m models list": "run",
+    ".venv/bin/python -m models promote flat_price:VERSION": "run",
+    "make install-batch": "run",
+    ".venv/bin/python -m batch listings.parquet priced/ [--model TAG] [--master spark://host:7077] [--partitions N]": "run",
+    "make install-loadtest": "run",
+    ".venv/bin/locust -f loadtest/locustfile.py --web-host 127.0.0.1": "run",
+    ".venv/bin/locust -f loadtest/locustfile.py --config loadtest/locust.conf": "run",
+    "make image": NO_DOCKER,
+    "make grafana-env": "run",
+    "docker compose -f monitoring/docker-compose.yaml up -d": NO_DOCKER,
+    "docker compose -f monitoring/docker-compose.yaml --profile host-metrics up -d": NO_DOCKER,
+    ".venv/bin/python -m batch INPUT OUTPUT [--model TAG] [--master URL] [--partitions N] [--table T] [--overwrite]": SAME,
+    ".venv/bin/python -m batch s3a://bucket/listings/ s3a://bucket/priced/2026-11-28/ --master spark://spark-master:7077": "needs S3 and a Spark cluster",
+    ".venv/bin/python -m models rollback": "run",
+    "make image IMAGE=registry.example.com/ml/flat_price:1.0.0": NO_DOCKER,
+    "docker push registry.example.com/ml/flat_price:1.0.0": NO_CLUSTER,
+    "kubectl apply -k deploy/kubernetes/overlays/example": NO_CLUSTER,
+    "kubectl -n flat-price rollout status deployment/flat-price": NO_CLUSTER,
+    "kubectl -n flat-price scale deployment/flat-price --replicas=5": NO_CLUSTER,
+    "make report-env": "run",
+    ".venv-report/bin/python -m monitoring.report --since 24h [--actuals deals.csv] [--out report.html]": "run",
+}
+
+
+def documented_commands() -> list[str]:
+    lines = []
+    for doc in DOCS:
+        for block in re.findall(r"```bash\n(.*?)```", (REPO / doc).read_text(), re.S):
+            for line in block.splitlines():
+                line = re.sub(r"\s+#.*$", "", line).strip()
+                if line and not line.startswith("#") and not line.startswith(('"', "}")):
+                    lines.append(line.split(" -H ")[0] if line.startswith("curl ") else line)
+    return lines
+
+
+def test_every_documented_command_is_classified():
+    lines = documented_commands()
+    assert set(lines) == set(COMMANDS), set(lines) ^ set(COMMANDS)
+
+
+class User:
+    """A fresh copy of the repository (its tracked files as they are now) and a user's environment."""
+
+    def __init__(self, root: Path):
+        self.repo = root / "flat-price"
+        files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+        for name in files.decode().split("\0"):
+            if name and (REPO / name).exists():
+                (self.repo / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(REPO / name, self.repo / name)
+        tools = root / "tools"  # uv alone, as a user who has it
+        tools.mkdir()
+        uv = shutil.which("uv", path=str(REPO / ".venv/bin")) or shutil.which("uv")
+        if uv:
+            (tools / "uv").symlink_to(uv)
+        path = [p for p in os.environ["PATH"].split(os.pathsep) if ".venv" not in p and "/venv" not in p]
+        self.env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+        self.env.update(PATH=os.pathsep.join([str(tools), *path]), BENTOML_HOME=str(root / "bentoml"))
+        self.env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        self.env.pop("FLATPRICE_TEST_DIR", None)
+
+    def run(self, command: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+        done = subprocess.run(
+            command, shell=True, cwd=self.repo, env={**self.env, **(env or {})}, capture_output=True, text=True,
+            timeout=timeout,
+        )  # fmt: skip
+        print(f"$ {command}  -> exit {done.returncode}")
+        return done
+
+    def start(self, command: str, log: str) -> subprocess.Popen:
+        out = open(self.repo / log, "wb")
+        return subprocess.Popen(
+            command,
+            shell=True,
+            cwd=self.repo,
+            env=self.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def ok(done: subprocess.CompletedProcess, *expected: str) -> str:
+    text = done.stdout + done.stderr
+    assert done.returncode == 0, text[-3000:]
+    for part in expected:
+        assert part in text, (part, text[-3000:])
+    return text
+
+
+@pytest.fixture(scope="module")
+def user(tmp_path_factory):
+    with httpx.Client() as http:
+        try:
+            http.get("http://127.0.0.1:3000/livez", timeout=1)
+            pytest.fail("127.0.0.1:3000 is taken: the README's commands serve there")
+        except httpx.ConnectError:
+            pass
+    user = User(tmp_path_factory.mktemp("user"))
+    server = user.start("make serve", "serve.log")
+    try:
+        wait_until(lambda: _ready(server, user), timeout=900, interval=1, what="make serve ready on 127.0.0.1:3000")
+        yield user
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(60)
+
+
+def _ready(server, user) -> bool:
+    if server.poll() is not None:
+        raise RuntimeError((user.repo / "serve.log").read_text()[-3000:])
+    try:
+        return httpx.get("http://127.0.0.1:3000/readyz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def readme_block(start: str) -> str:
+    text = (REPO / "README.md").read_text()
+    return next(b for b in re.findall(r"```bash\n(.*?)```", text, re.S) if b.startswith(start))
+
+
+def test_make_serve_installs_trains_and_names_what_it_serves(user):
+    log = (user.repo / "serve.log").read_text()
+    assert "[make] installing .[train]" in log and "a model in the store?" in log
+    assert len(re.findall(r"^\[flat-price\] serving flat_price:\S+ \(production;", log, re.M)) == 1, log[-3000:]
+
+
+def test_the_readme_curl_answers_as_documented(user):
+    done = user.run(readme_block("curl "))
+    ok(done)
+    answer = httpx.Response(200, content=done.stdout).json()
+    documented = readme_block("curl ").rsplit("# ", 1)[1]
+    assert set(answer) == set(httpx.Response(200, content=documented).json()) | {"request_id"}
+    assert answer["price"] == answer["score"] > 0
+
+
+def test_training_and_the_lifecycle_commands(user):
+    ok(user.run(".venv/bin/python -m train"), "as candidate")
+    flats = generate_flats(3000, seed=5)
+    flats.to_parquet(user.repo / "flats.parquet")
+    ok(user.run(".venv/bin/python -m train --data flats.parquet"), "as candidate")
+    gated = user.run(".venv/bin/python -m train --promote-if-better")
+    assert gated.returncode in (0, 1) and ("gate passed" in gated.stdout or "gate refused" in gated.stderr)
+    listing = ok(user.run(".venv/bin/python -m models list"), "gate")
+    candidate = next(line.split()[0] for line in listing.splitlines() if " candidate " in line)
+    promoted = user.run(f".venv/bin/python -m models promote {candidate}")
+    if promoted.returncode != 0:  # the gate refused it: the message says how to insist
+        assert f"promote {candidate} --force" in promoted.stderr
+        promoted = user.run(f".venv/bin/python -m models promote {candidate} --force")
+    ok(promoted, f"{candidate}: candidate -> production")
+    ok(user.run(".venv/bin/python -m models rollback"), f"{candidate}: production -> archived")
+
+
+def test_batch_pricing_after_its_install(user):
+    missing = user.run(".venv/bin/python -m batch listings.parquet priced/")
+    if missing.returncode != 0:  # not installed yet: the error names the install
+        assert "make install-batch" in missing.stderr and "Traceback" not in missing.stderr
+    ok(user.run("make install-batch"))
+    generate_flats(500, seed=6)[list(FEATURE_NAMES)].to_parquet(user.repo / "listings.parquet")
+    ok(user.run(".venv/bin/python -m batch listings.parquet priced/", timeout=900), "priced 500 rows")
+
+
+def test_the_load_test_after_its_install(user):
+    ok(user.run("make install-loadtest"))
+    ui = user.start(".venv/bin/locust -f loadtest/locustfile.py --web-host 127.0.0.1", "locust-ui.log")
+    try:
+        wait_until(lambda: _answers("http://127.0.0.1:8089/"), timeout=60, what="locust's web UI")
+    finally:
+        os.killpg(ui.pid, signal.SIGTERM)
+        ui.wait(30)
+    # As written, but 15 s instead of the conf's 60 (locust: the environment overrides the config file).
+    headless = user.run(
+        ".venv/bin/locust -f loadtest/locustfile.py --config loadtest/locust.conf", env={"LOCUST_RUN_TIME": "15s"}
+    )
+    ok(headless, "Aggregated")
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_grafana_env_and_the_report(user):
+    ok(user.run("make grafana-env"))
+    env = (user.repo / "monitoring/grafana.env").read_text()
+    assert "change-me" not in env and oct((user.repo / "monitoring/grafana.env").stat().st_mode)[-3:] == "600"
+    ok(user.run("make report-env", timeout=900))
+    ok(user.run(".venv-report/bin/python -m monitoring.report --since 24h", timeout=600))
+    assert (user.repo / "report.html").stat().st_size > 10_000
