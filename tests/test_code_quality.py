@@ -41,3 +41,12 @@ def test_every_tool_module_imports():
     code = "import importlib, sys\nfor m in sys.argv[1:]:\n    importlib.import_module(m)"
     run = subprocess.run([sys.executable, "-c", code, *modules], cwd=REPO, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]
+
+
+def test_the_makefiles_uv_is_the_dev_extras_uv():
+    import re
+
+    from devtools.servers import REPO
+
+    makefile = re.search(r"^UV_VERSION = (\S+)$", (REPO / "Makefile").read_text(), re.M).group(1)
+    assert f'"uv=={makefile}"' in (REPO / "pyproject.toml").read_text()
