@@ -44,7 +44,7 @@ from flatprice.faults import FaultInjection
 from flatprice.observability.accuracy import record_feedback
 from flatprice.observability.drift import DriftPublisher
 from flatprice.observability.inference_log import InferenceLog
-from flatprice.observability.ledger import Ledger
+from flatprice.observability.ledger import LedgerUnavailable, open_ledger
 from flatprice.observability.log_records import log_directory
 from flatprice.observability.metrics import NAMESPACE
 from flatprice.observability.monitor import PredictionMonitor, publish_static
@@ -83,11 +83,7 @@ class FlatPriceService:
         reference = loaded.metadata["reference"]
         shadow = self._shadow()
         log = InferenceLog(settings, str(self.tag), shadow.tag if shadow is not None else None)
-        self.ledger = (
-            Ledger(log_directory(settings.inference_log_dir, home), settings.feedback_max_flats)
-            if log.enabled
-            else None
-        )
+        self.ledger = open_ledger(settings, log_directory(settings.inference_log_dir, home)) if log.enabled else None
         self.monitor = PredictionMonitor(
             DriftPublisher(self.tag, reference, loaded.known),
             reference,
@@ -198,7 +194,11 @@ class FlatPriceService:
         if self.ledger is None:
             problem = ("inference_log_off", ("body",), "the inference log is off (FLAT_PRICE_INFERENCE_LOG_SAMPLE=0)")
             return _refusal(404, "no priced flats are kept", [problem], len(actuals))
-        outcome = record_feedback(self.ledger, [(a.request_id, a.flat, a.price) for a in actuals])
+        try:
+            outcome = record_feedback(self.ledger, [(a.request_id, a.flat, a.price) for a in actuals])
+        except LedgerUnavailable as error:  # nothing recorded: the client sends the same call again
+            problem = ("ledger_unavailable", ("body",), f"the feedback ledger cannot be reached: {error}"[:200])
+            return _refusal(503, "feedback ledger unavailable: nothing recorded, send again", [problem], 1)
         if not outcome.refused:
             return FeedbackReceipt(accepted=len(outcome.settled))
         problems = sorted(

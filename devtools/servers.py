@@ -232,7 +232,8 @@ def prometheus(
     config["scrape_configs"] = [job for job in config["scrape_configs"] if targets[job["job_name"]]]
     for job in config["scrape_configs"]:
         job.pop("dns_sd_configs", None)
-        job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
+        target = targets[job["job_name"]]  # one host:port, or a list (replicas)
+        job["static_configs"] = [{"targets": target if isinstance(target, list) else [target]}]
     if alertmanager_target:
         config["alerting"]["alertmanagers"] = [{"static_configs": [{"targets": [alertmanager_target]}]}]
     else:
@@ -329,28 +330,46 @@ def start_together(servers: list[BentoServer], stack: contextlib.ExitStack) -> l
     return [server.wait_ready() for server in servers]
 
 
+class PostgresServer:
+    """A throwaway PostgreSQL (Debian's package) on a free loopback port, which tests can stop and start
+    again (same data). As root it runs as the `postgres` user, since initdb refuses root."""
+
+    def __init__(self):
+        initdbs = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+        if not initdbs:
+            raise RuntimeError("PostgreSQL is not installed: run scripts/install-system-deps.sh")
+        self.bindir = initdbs[-1].parent
+        self.as_owner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        self.workdir = Path(tempfile.mkdtemp(prefix="flatprice-pg-"))
+        if self.as_owner:
+            shutil.chown(self.workdir, "postgres")
+        self.data, self.port = self.workdir / "data", free_port()
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"  # psycopg 3, FLAT_PRICE_LEDGER_URL
+        self.sqlalchemy_url = f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/postgres"
+        self._pg(self.bindir / "initdb", "-D", self.data, "-A", "trust", "-U", "postgres")
+
+    def _pg(self, *args):
+        subprocess.run([*self.as_owner, *args], check=True, capture_output=True, timeout=120)
+
+    def start(self) -> PostgresServer:
+        options = f"-p {self.port} -k {self.workdir} -c listen_addresses=127.0.0.1"
+        self._pg(self.bindir / "pg_ctl", "-D", self.data, "-o", options, "-l", self.workdir / "log", "-w", "start")
+        return self
+
+    def stop(self) -> None:
+        self._pg(self.bindir / "pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop")
+
+    def remove(self) -> None:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def postgres():
-    """A throwaway PostgreSQL (Debian's package) on a free loopback port; yields its SQLAlchemy URL.
-    As root it runs as the `postgres` user, since initdb refuses root."""
-    initdbs = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    if not initdbs:
-        raise RuntimeError("PostgreSQL is not installed: run scripts/install-system-deps.sh")
-    bindir = initdbs[-1].parent
-    as_owner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    workdir = Path(tempfile.mkdtemp(prefix="flatprice-pg-"))
-    if as_owner:
-        shutil.chown(workdir, "postgres")
-    data, port = workdir / "data", free_port()
-    options = f"-p {port} -k {workdir} -c listen_addresses=127.0.0.1"
-
-    def pg(*args):
-        subprocess.run([*as_owner, *args], check=True, capture_output=True, timeout=120)
-
-    pg(bindir / "initdb", "-D", data, "-A", "trust", "-U", "postgres")
-    pg(bindir / "pg_ctl", "-D", data, "-o", options, "-l", workdir / "log", "-w", "start")  # -w: until it accepts
+    """A throwaway PostgreSQL; yields its SQLAlchemy URL (psycopg2, as the SQL loader uses)."""
+    server = PostgresServer().start()
     try:
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
+        yield server.sqlalchemy_url
     finally:
-        pg(bindir / "pg_ctl", "-D", data, "-m", "fast", "-w", "stop")
-        shutil.rmtree(workdir, ignore_errors=True)
+        server.remove()

@@ -79,6 +79,21 @@ class Settings(BaseSettings):
         pattern=r"^(https?://\S+)?$",
         description="If set, the inference log goes to this OTLP/HTTP endpoint, not to files",
     )
+    ledger_url: str = Field(
+        "",
+        max_length=2000,
+        pattern=r"^(postgres(ql)?://\S+)?$",
+        description="PostgreSQL URL of the feedback ledger all replicas share (empty: SQLite, one server)",
+    )
+    ledger_keep_days: int = Field(
+        180, ge=1, le=3650, description="The shared ledger keeps priced flats and real prices this long"
+    )
+    ledger_buffer_flats: int = Field(
+        200_000,
+        ge=1000,
+        le=10_000_000,
+        description="Priced flats a worker buffers while the shared ledger is down (then drops, counted)",
+    )
     feedback_max_flats: int = Field(
         2_000_000, ge=1000, le=1_000_000_000, description="The newest priced flats POST /feedback can match"
     )

@@ -70,7 +70,7 @@ def test_probes_ports_and_paths_match_the_service(base):
     assert container["startupProbe"]["httpGet"]["path"] in routes.HEALTH_ROUTES
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e.get("value") for e in container["env"]}
     assert Settings(workers=int(env["FLAT_PRICE_WORKERS"])).workers == 1
     for service in (one(base, "Service", "flat-price"), one(base, "Service", "flat-price-replicas")):
         assert service["spec"]["ports"][0]["targetPort"] == "http"
@@ -113,7 +113,35 @@ def test_only_monitoring_and_the_ingress_reach_the_pods(base):
     policy = one(base, "NetworkPolicy")
     sources = policy["spec"]["ingress"][0]["from"]
     names = {s["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for s in sources}
-    assert names == {"monitoring", "ingress"} and policy["spec"]["policyTypes"] == ["Ingress"]
+    assert names == {"monitoring", "ingress"} and policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    egress = {(p["port"], p["protocol"]) for rule in policy["spec"]["egress"] for p in rule["ports"]}
+    assert egress == {(53, "UDP"), (53, "TCP"), (5432, "TCP"), (4318, "TCP")}  # DNS, the shared ledger, OTLP
+
+
+def test_the_shared_ledger_comes_from_a_secret(base):
+    env = {e["name"]: e for e in one(base, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]}
+    secret = env["FLAT_PRICE_LEDGER_URL"]["valueFrom"]["secretKeyRef"]
+    assert secret == {"name": "flat-price-ledger", "key": "url", "optional": True}
+
+
+def quantity_bytes(quantity: str) -> int:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
+    return int(quantity[:-2]) * units[quantity[-2:]]
+
+
+def test_the_inference_log_cap_fits_the_volume_it_is_written_to(base):
+    from flatprice.config import Settings
+
+    pod = one(base, "Deployment")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    home = env["BENTOML_HOME"]
+    mount = next(m for m in container["volumeMounts"] if home.startswith(m["mountPath"]))
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    cap_mb = int(env.get("FLAT_PRICE_INFERENCE_LOG_MAX_MB") or Settings().inference_log_max_mb)
+    # The log (under BENTOML_HOME) plus up to one record per worker over its cap, the metrics files (~40 MiB
+    # with drift's series), the home lock and a SQLite ledger's pages must fit: keep 64 MiB free.
+    assert cap_mb * 2**20 + 64 * 2**20 <= quantity_bytes(volume["emptyDir"]["sizeLimit"])
 
 
 def test_the_example_overlay_sets_namespace_image_and_replicas(example):

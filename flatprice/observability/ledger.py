@@ -40,6 +40,10 @@ _SCHEMA = (
 )
 
 
+class LedgerUnavailable(RuntimeError):
+    """The ledger cannot be reached or written: a feedback call records nothing and may be sent again."""
+
+
 @dataclass
 class Settlement:
     """What a feedback call did: the settled flats, or why it was refused (entry indices)."""
@@ -87,6 +91,12 @@ class Ledger:
 
     def settle(self, actuals: list[tuple[str, int, int]]) -> Settlement:
         """Record (request_id, flat, actual price) for every entry, or for none if any is unknown or settled."""
+        try:
+            return self._settle(actuals)
+        except sqlite3.Error as error:  # a full disk, a stuck lock: nothing recorded
+            raise LedgerUnavailable(f"{type(error).__name__}: {error}") from None
+
+    def _settle(self, actuals: list[tuple[str, int, int]]) -> Settlement:
         outcome = Settlement()
         seen = Counter((request_id, flat) for request_id, flat, _ in actuals)
         db = self._connect()
@@ -124,3 +134,12 @@ class Ledger:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+def open_ledger(settings, directory: Path):
+    """The shared PostgreSQL ledger when FLAT_PRICE_LEDGER_URL is set (replicas), else SQLite (one server)."""
+    if settings.ledger_url:
+        from .ledger_pg import PostgresLedger  # psycopg only where a shared ledger is used
+
+        return PostgresLedger(settings.ledger_url, settings.ledger_keep_days, settings.ledger_buffer_flats)
+    return Ledger(directory, settings.feedback_max_flats)

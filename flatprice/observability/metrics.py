@@ -73,6 +73,7 @@ MODES = {  # multiprocess mode per gauge: how several workers' values combine
     "model_info": "livemax",  # every live worker sets 1 for the same tag
     "start_time": "min",  # earliest worker start = when the service started
     "memory": "livesum",  # total resident memory of the live workers
+    "buffered": "livesum",  # what the live workers hold, in all
 }
 
 PREDICTED_PRICE = Histogram(
@@ -194,6 +195,23 @@ INFERENCE_LOG_FAILURES = Counter(
     f"{NAMESPACE}_inference_log_failures",
     "Requests whose inference-log record or ledger rows could not be written (full disk...) and were dropped",
 )
+LEDGER_WRITTEN = Counter(
+    f"{NAMESPACE}_ledger_written_flats",
+    "Priced flats written to the shared feedback ledger (FLAT_PRICE_LEDGER_URL)",
+)
+LEDGER_DROPPED = Counter(
+    f"{NAMESPACE}_ledger_dropped_flats",
+    "Priced flats the shared ledger's buffer could not keep while the database was down or slow: POST /feedback cannot match them",
+)
+LEDGER_WRITE_FAILURES = Counter(
+    f"{NAMESPACE}_ledger_write_failures",
+    "Failed writes to the shared feedback ledger (each retried from the buffer)",
+)
+LEDGER_BUFFERED = Gauge(
+    f"{NAMESPACE}_ledger_buffered_flats",
+    "Priced flats waiting to be written to the shared feedback ledger (summed over workers)",
+    multiprocess_mode=MODES["buffered"],
+)
 FEEDBACK_ACTUALS = Counter(
     f"{NAMESPACE}_feedback_actuals",
     "Real prices sent to POST /feedback: accepted, or refused as unknown or repeated (request id, flat)",
@@ -236,6 +254,10 @@ EXPOSED = {
         INJECTED_FAULTS,
         INFERENCE_LOG_RECORDS,
         INFERENCE_LOG_FAILURES,
+        LEDGER_WRITTEN,
+        LEDGER_DROPPED,
+        LEDGER_WRITE_FAILURES,
+        LEDGER_BUFFERED,
         FEEDBACK_ACTUALS,
         FEEDBACK_APE,
         HOLDOUT_MEDIAN_APE,

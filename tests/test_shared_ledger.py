@@ -1,0 +1,193 @@
+"""The shared feedback ledger in a real PostgreSQL (Debian's): in process, two ledgers standing for two
+replicas; then through HAProxy in front of two real replicas, with Prometheus scraping both."""
+
+import math
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+
+from devtools.servers import BentoServer, PostgresServer, haproxy, prometheus, start_together, wait_until
+from flatprice.observability import metrics
+from flatprice.observability.ledger import LedgerUnavailable
+from flatprice.observability.ledger_pg import PostgresLedger
+from flatprice.schema import FEATURE_NAMES
+from flatprice.synthetic import generate_flats
+
+pytestmark = pytest.mark.slow  # a real PostgreSQL
+
+
+@pytest.fixture(scope="module")
+def database():
+    server = PostgresServer().start()
+    yield server
+    server.remove()
+
+
+def ids(prefix: str, n: int) -> list[str]:
+    return [f"{prefix}{i:028d}" for i in range(n)]
+
+
+def known(ledger: PostgresLedger, request_id: str) -> bool:
+    """True once `request_id` is in the database (its flat 0 is then not unknown)."""
+    import psycopg
+
+    with psycopg.connect(ledger.url) as db:
+        return db.execute("SELECT 1 FROM flat_price_priced WHERE request_id = %s", (request_id,)).fetchone() is not None
+
+
+def test_any_replica_settles_what_another_priced_once_and_refuses_the_rest(database):
+    a, b = PostgresLedger(database.url, keep_days=30), PostgresLedger(database.url, keep_days=30)
+    try:
+        requests = ids("aa", 3)
+        a.add("m:1", requests, [np.array([10_000_000]), np.array([5_000_000, 6_000_000]), np.array([7_000_000])])
+        wait_until(lambda: known(b, requests[2]), timeout=10, what="a's flats in the database")
+        settled = b.settle([(requests[1], 1, 6_600_000), (requests[0], 0, 9_000_000)])
+        assert not settled.refused and settled.settled == [
+            ("m:1", 6_000_000, 6_600_000),
+            ("m:1", 10_000_000, 9_000_000),
+        ]
+        assert a.settle([(requests[1], 1, 1)]).repeated == [0]  # through the other replica: already recorded
+        assert a.settle([(requests[2], 1, 1)]).unknown == [0]  # no such flat
+        refused = a.settle([(requests[2], 0, 1), (requests[2], 0, 2)])  # the same flat twice in one call
+        assert refused.repeated == [0, 1] and not refused.settled
+        assert not a.settle([(requests[2], 0, 7_100_000)]).refused  # nothing of the refused call was kept
+    finally:
+        a.close()
+        b.close()
+
+
+def test_two_replicas_settling_the_same_flat_at_once_record_it_once(database):
+    a, b = PostgresLedger(database.url, keep_days=30), PostgresLedger(database.url, keep_days=30)
+    try:
+        requests = ids("bb", 40)
+        a.add("m:1", requests, [np.array([8_000_000])] * len(requests))
+        wait_until(lambda: known(a, requests[-1]), timeout=10, what="the flats in the database")
+        for request_id in requests:
+            barrier = threading.Barrier(2)
+
+            def send(ledger, barrier=barrier, request_id=request_id):
+                barrier.wait()
+                return ledger.settle([(request_id, 0, 9_000_000)])
+
+            with ThreadPoolExecutor(2) as pool:
+                outcomes = list(pool.map(send, (a, b)))
+            assert sorted(bool(o.settled) for o in outcomes) == [False, True]
+            assert sorted(len(o.repeated) for o in outcomes) == [0, 1]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_database_down_costs_no_write_within_the_buffer_and_counts_what_overflows(database):
+    ledger = PostgresLedger(database.url, keep_days=30, buffer_flats=1000, interval=0.1)
+    dropped = metrics.LEDGER_DROPPED._value.get()
+    try:
+        database.stop()
+        try:
+            started = time.perf_counter()
+            for i in range(12):  # 12 x 100 flats: 1,000 fit, 200 do not
+                ledger.add("m:1", [f"cc{i:030d}"], [np.full(100, 1_000_000)])
+            assert time.perf_counter() - started < 0.05  # the caller never waits for the database
+            with pytest.raises(LedgerUnavailable):
+                ledger.settle([("cc" + "0" * 30, 0, 1)])
+        finally:
+            database.start()
+        wait_until(lambda: known(ledger, f"cc{9:030d}"), timeout=20, what="the buffered flats written")
+        assert metrics.LEDGER_DROPPED._value.get() - dropped == 200
+        assert not known(ledger, f"cc{11:030d}")
+    finally:
+        ledger.close()
+
+
+def test_old_rows_are_deleted(database):
+    import psycopg
+
+    ledger = PostgresLedger(database.url, keep_days=1)
+    try:
+        ledger.add("m:1", ["dd" + "0" * 30], [np.array([1])])
+        wait_until(lambda: known(ledger, "dd" + "0" * 30), timeout=10, what="written")
+        with psycopg.connect(database.url) as db:
+            db.execute("UPDATE flat_price_priced SET priced_at = now() - interval '2 days' WHERE request_id LIKE 'dd%'")
+        ledger._prune()
+        assert not known(ledger, "dd" + "0" * 30)
+    finally:
+        ledger.close()
+
+
+# -- through the real processes -------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def behind_proxy(small_model, database, tmp_path_factory):
+    import contextlib
+
+    work = tmp_path_factory.mktemp("shared-ledger")
+    env = {"FLAT_PRICE_WORKERS": "1", "FLAT_PRICE_LEDGER_URL": database.url, "FLAT_PRICE_LEDGER_BUFFER_FLATS": "5000"}
+    with contextlib.ExitStack() as stack:
+        replicas = start_together([BentoServer(work / f"replica-{i}", env=env) for i in range(2)], stack)
+        proxy = stack.enter_context(haproxy(work, [f"127.0.0.1:{r.port}" for r in replicas]))
+        prom_process, prom_url = prometheus(
+            work / "prometheus", [f"127.0.0.1:{r.port}" for r in replicas], None, interval="1s"
+        )
+        stack.enter_context(prom_process)
+        yield replicas, proxy, prom_url
+
+
+def test_every_real_price_sent_through_the_proxy_is_matched_and_counted_once(behind_proxy):
+    replicas, proxy, prom_url = behind_proxy
+    flats = generate_flats(1000, seed=31)[list(FEATURE_NAMES)]
+    records = [
+        {k: (int(v) if isinstance(v, (int, np.integer)) else float(v)) for k, v in r.items()}
+        for r in flats.to_dict("records")
+    ]
+    priced = []
+    with httpx.Client(timeout=10) as http:
+        for flat in records:
+            answer = http.post(f"{proxy.url}/predict", json=flat).json()
+            priced.append((answer["request_id"], answer["price"]))
+    actuals = [(request_id, 0, round(price * 1.1)) for request_id, price in priced]
+    with httpx.Client(timeout=10) as http:
+
+        def last_known():  # the newest flat: written to the database within about a second
+            last = {"actuals": [{"request_id": actuals[-1][0], "flat": 0, "price": actuals[-1][2]}]}
+            return http.post(f"{proxy.url}/feedback", json=last).status_code == 200
+
+        wait_until(last_known, timeout=10, interval=0.2, what="the newest flat in the shared ledger")
+        statuses = []
+        for start in range(50, len(actuals) - 1, 100):  # the first 50 are sent twice at once, below
+            batch = actuals[start : min(start + 100, len(actuals) - 1)]
+            body = {"actuals": [{"request_id": r, "flat": 0, "price": p} for r, _, p in batch]}
+            statuses.append(http.post(f"{proxy.url}/feedback", json=body).status_code)
+    assert statuses == [200] * len(statuses)
+    # Each of 50 real prices sent twice at once through the proxy (so to both replicas, least connections):
+    # for each flat exactly one 200 and one 409.
+    body = lambda r, p: {"actuals": [{"request_id": r, "flat": 0, "price": p}]}  # noqa: E731
+    answers = []
+    for flat in actuals[:50]:
+        barrier = threading.Barrier(2)
+
+        def send(flat=flat, barrier=barrier):
+            barrier.wait()
+            return httpx.post(f"{proxy.url}/feedback", json=body(flat[0], flat[2]), timeout=10).status_code
+
+        with ThreadPoolExecutor(2) as pool:
+            answers.append(sorted(pool.map(lambda _: send(), range(2))))
+    assert answers == [[200, 409]] * 50
+    # Prometheus, scraping both replicas, counts each real price once with its error.
+    expected = sorted(abs(price / real - 1) for (_, price), (_, _, real) in zip(priced, actuals, strict=True))
+
+    def accepted():
+        query = 'sum(flat_price_feedback_actuals_total{outcome="accepted"})'
+        result = httpx.get(f"{prom_url}/api/v1/query", params={"query": query}, timeout=5).json()["data"]["result"]
+        return result and float(result[0]["value"][1]) == len(actuals)
+
+    wait_until(accepted, timeout=20, what="1,000 accepted real prices on Prometheus")
+    query = "sum(flat_price_feedback_absolute_percentage_error_sum)"
+    total = float(
+        httpx.get(f"{prom_url}/api/v1/query", params={"query": query}, timeout=5).json()["data"]["result"][0]["value"][
+            1
+        ]
+    )
+    assert math.isclose(total, sum(expected), rel_tol=1e-9)
