@@ -9,7 +9,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export BENTOML_DO_NOT_TRACK ?= True
 
 REPORT_VENV ?= .venv-report
-.PHONY: image images serve install install-dev install-batch install-loadtest model test test-fast system-deps build bench soak format mutation grafana-env report-env
+.PHONY: image images serve install install-dev install-batch install-loadtest model test test-fast system-deps build bench soak format mutation compose-env grafana-env ledger-env report-env
 
 serve: install model  ## install, train the default model if the store has none, serve on $(HOST):$(PORT)
 	$(PYTHON) -m bentoml serve service:FlatPriceService --host $(HOST) --port $(PORT)
@@ -84,6 +84,14 @@ soak: install-dev model system-deps  ## 10 minutes at half capacity: memory, err
 
 images: install-dev model  ## with podman, no registry: stand-ins for the compose file's images and the Bento image (scripts/images.sh)
 	scripts/images.sh
+
+compose-env: grafana-env ledger-env  ## the compose stack's generated credentials (Grafana, the ledger's PostgreSQL), once
+
+ledger-env: monitoring/ledger.env  ## the shared feedback ledger's credentials for the compose stack, generated once
+monitoring/ledger.env:
+	@password=$$($(BASE_PYTHON) -c 'import secrets; print(secrets.token_urlsafe(24))'); \
+	sed "s/change-me/$$password/g" monitoring/ledger.env.example > $@
+	chmod 600 $@
 
 grafana-env: monitoring/grafana.env  ## Grafana's admin credentials for the compose stack, generated once
 monitoring/grafana.env:

@@ -95,7 +95,7 @@ class Container:
 
 
 COMPOSE_FILE = REPO / "monitoring/docker-compose.yaml"
-COMPOSE_SERVICES = ("flat-price", "haproxy", "prometheus", "alertmanager")  # all but Grafana (no image here)
+COMPOSE_SERVICES = ("ledger-db", "flat-price", "haproxy", "prometheus", "alertmanager")  # all but Grafana (no image here)
 PORT_SETTINGS = ("FLAT_PRICE_PORT", "PROMETHEUS_PORT", "ALERTMANAGER_PORT")
 
 
@@ -147,6 +147,8 @@ class ComposeStack:
         ][0]["gateway"]
 
     def up(self, timeout: float = 180) -> None:
+        if not (COMPOSE_FILE.parent / "ledger.env").exists():  # as a user would: generated once
+            subprocess.run(["make", "--no-print-directory", "ledger-env"], cwd=REPO, check=True, capture_output=True)
         started = time.monotonic()
         self.compose("up", "-d", *COMPOSE_SERVICES)
         wait_until(self._ready, timeout, 0.5, what="the proxy ready and Prometheus scraping every replica and it")

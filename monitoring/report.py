@@ -160,7 +160,25 @@ def _band_name(interval) -> str:
     return f"{interval.left / 1e6:g}M-{high}" if high else f">= {interval.left / 1e6:g}M"
 
 
-def read_actuals(path: Path) -> pd.DataFrame:
+def actuals_name(source: str) -> str:
+    """How the page names the source: a file's name, or the ledger's database without its credentials."""
+    if "://" in source:
+        return "the shared ledger (" + source.split("@")[-1].split("?")[0] + ")"
+    return Path(source).name
+
+
+def read_actuals(source: str) -> pd.DataFrame:
+    """Real prices from a CSV file, or from the shared ledger (its PostgreSQL URL: FLAT_PRICE_LEDGER_URL)."""
+    if source.startswith(("postgresql://", "postgres://")):
+        import psycopg
+
+        try:
+            with psycopg.connect(source, connect_timeout=5) as db:
+                rows = db.execute("SELECT request_id, flat, actual FROM flat_price_settled").fetchall()
+        except psycopg.Error as error:
+            raise SystemExit(f"cannot report: the shared ledger: {str(error).splitlines()[0]}") from None
+        return pd.DataFrame(rows, columns=["request_id", "flat", "price"])
+    path = Path(source)
     actuals = pd.read_csv(path)
     missing = {"request_id", "price"} - set(actuals.columns)
     if missing:
@@ -200,7 +218,7 @@ def _sparkline(table: pd.DataFrame) -> str:
     )
 
 
-def build(log_dir: Path, home: Path, start: datetime, actuals: Path | None, tag: str | None) -> tuple[str, dict]:
+def build(log_dir: Path, home: Path, start: datetime, actuals: str | None, tag: str | None) -> tuple[str, dict]:
     """The report's HTML and its figures (for tests and scripts)."""
     flats = read_flats(log_dir, since=start)
     if flats.empty:
@@ -233,7 +251,7 @@ def build(log_dir: Path, home: Path, start: datetime, actuals: Path | None, tag:
         figures["accuracy"] = {name: table.reset_index().to_dict("records") for name, table in tables.items()}
         figures["unmatched"] = unmatched
         sections.append(
-            f"<h2>Accuracy against real prices</h2><p>Real prices from {html.escape(actuals.name)} joined to the "
+            f"<h2>Accuracy against real prices</h2><p>Real prices from {html.escape(actuals_name(actuals))} joined to the "
             f"logged predictions by request_id and flat; {unmatched:,} real prices matched no logged flat.</p>"
         )
         sections += [f"<h3>{html.escape(name)}</h3>{_table(table)}" for name, table in tables.items()]
@@ -252,7 +270,10 @@ def build(log_dir: Path, home: Path, start: datetime, actuals: Path | None, tag:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m monitoring.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("--since", type=parse_since, default="24h", help="24h, 30m, 7d or a local time (default 24h)")
-    parser.add_argument("--actuals", type=Path, help="CSV of real prices: request_id, flat (default 0), price")
+    parser.add_argument(
+        "--actuals",
+        help="real prices: a CSV (request_id, flat (default 0), price) or the shared ledger's PostgreSQL URL",
+    )
     parser.add_argument("--out", type=Path, default=Path("report.html"), help="HTML file to write (report.html)")
     parser.add_argument("--model", help="model tag to judge (default: the one that priced most flats)")
     parser.add_argument("--log-dir", type=Path, help="the inference log (default: the service's setting)")

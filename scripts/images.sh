@@ -38,8 +38,8 @@ install_podman() {
 
 # build NAME CONTAINERFILE: podman build unless an image NAME with the same inputs' digest exists.
 build() {
-  local name=$1 file=$2 digest
-  digest=$( (cat "$file"; podman image inspect --format '{{.Id}}' localhost/debian-base:bookworm) | sha256sum | cut -c1-16)
+  local name=$1 file=$2 extra=${3:-} digest
+  digest=$( (cat "$file" $extra; podman image inspect --format '{{.Id}}' localhost/debian-base:bookworm) | sha256sum | cut -c1-16)
   if [ "$(podman image inspect --format '{{ index .Labels "flatprice.inputs" }}' "$name" 2>/dev/null)" = "$digest" ]; then
     say "$name: cached"
     return
@@ -83,6 +83,7 @@ standins() {
   build docker.io/library/haproxy:2.6.12 "$HERE/haproxy.Containerfile"
   build docker.io/prom/prometheus:v2.53.2 "$HERE/prometheus.Containerfile"
   build docker.io/prom/alertmanager:v0.28.1 "$HERE/alertmanager.Containerfile"
+  build docker.io/library/postgres:15.20 "$HERE/postgres.Containerfile" "$HERE/postgres-entrypoint.sh"
 }
 
 bento() {

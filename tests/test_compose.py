@@ -117,3 +117,20 @@ def test_a_replica_killed_under_load_fails_no_request_beyond_those_it_held(stack
     held = 2  # FLAT_PRICE_REPLICA_MAXCONN's default: requests one replica holds at a time
     print(f"replica killed under load: {len(statuses)} requests, {len(failed)} failed: {failed}")
     assert len(statuses) > 100 and len(failed) <= held, failed
+
+
+def test_real_prices_sent_through_the_published_port_match_any_replicas_flats(stack):
+    url = stack.urls["FLAT_PRICE_PORT"]
+    with httpx.Client(timeout=10) as http:
+        priced = [http.post(f"{url}/predict", json=EXAMPLE_FLAT).json() for _ in range(20)]
+        feedback = {"actuals": [{"request_id": p["request_id"], "flat": 0, "price": 9_000_000} for p in priced]}
+
+        def accepted():  # the replicas write the ledger (ledger-db) within about a second
+            answer = http.post(f"{url}/feedback", json=feedback)
+            assert answer.status_code in (200, 404), answer.text
+            return answer.status_code == 200
+
+        wait_until(accepted, timeout=15, interval=0.5, what="20 real prices matched through the proxy")
+        assert http.post(f"{url}/feedback", json=feedback).status_code == 409
+    served_by = {p["request_id"] for p in priced}
+    assert len(served_by) == 20

@@ -42,7 +42,7 @@ COMMANDS = {
     ".venv/bin/locust -f loadtest/locustfile.py --web-host 127.0.0.1": "run",
     ".venv/bin/locust -f loadtest/locustfile.py --config loadtest/locust.conf": "run",
     "make image": NO_DOCKER,
-    "make grafana-env": "run",
+    "make compose-env": "run",
     "docker compose -f monitoring/docker-compose.yaml up -d": NO_DOCKER,
     "docker compose -f monitoring/docker-compose.yaml --profile host-metrics up -d": NO_DOCKER,
     ".venv/bin/python -m batch INPUT OUTPUT [--model TAG] [--master URL] [--partitions N] [--table T] [--overwrite]": SAME,
@@ -219,10 +219,13 @@ def _answers(url: str) -> bool:
         return False
 
 
-def test_grafana_env_and_the_report(user):
-    ok(user.run("make grafana-env"))
-    env = (user.repo / "monitoring/grafana.env").read_text()
-    assert "change-me" not in env and oct((user.repo / "monitoring/grafana.env").stat().st_mode)[-3:] == "600"
+def test_compose_env_and_the_report(user):
+    ok(user.run("make compose-env"))
+    for name in ("grafana.env", "ledger.env"):
+        env = (user.repo / "monitoring" / name).read_text()
+        assert "change-me" not in env and oct((user.repo / "monitoring" / name).stat().st_mode)[-3:] == "600"
+    ledger = dict(line.split("=", 1) for line in env.splitlines() if "=" in line and not line.startswith("#"))
+    assert f":{ledger['POSTGRES_PASSWORD']}@ledger-db:" in ledger["FLAT_PRICE_LEDGER_URL"]
     ok(user.run("make report-env", timeout=900))
     ok(user.run(".venv-report/bin/python -m monitoring.report --since 24h", timeout=600))
     assert (user.repo / "report.html").stat().st_size > 10_000

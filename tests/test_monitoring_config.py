@@ -173,9 +173,10 @@ def test_the_rules_compute_the_python_psi_and_chi_squared(tmp_path):
 def resolved_compose(workdir, *options):
     """The compose file as `docker-compose config` resolves it (with the example env file)."""
     copy = workdir / "monitoring"
-    shutil.copytree(MONITORING, copy, ignore=shutil.ignore_patterns("grafana.env", "__pycache__"))
+    shutil.copytree(MONITORING, copy, ignore=shutil.ignore_patterns("grafana.env", "ledger.env", "__pycache__"))
     shutil.copytree(REPO / "deploy" / "haproxy", workdir / "deploy" / "haproxy")
     shutil.copy(copy / "grafana.env.example", copy / "grafana.env")
+    shutil.copy(copy / "ledger.env.example", copy / "ledger.env")
     return yaml.safe_load(run("docker-compose", "-f", str(copy / "docker-compose.yaml"), *options, "config"))
 
 
@@ -247,12 +248,20 @@ def test_the_shipped_proxy_config_checks_from_the_repository_with_no_environment
 
 def test_compose_services_pinned_restarting_and_healthchecked(compose):
     services = compose["services"]
-    assert set(services) == {"flat-price", "haproxy", "prometheus", "alertmanager", "grafana", "node-exporter"}
+    assert set(services) == {
+        "flat-price",
+        "ledger-db",
+        "haproxy",
+        "prometheus",
+        "alertmanager",
+        "grafana",
+        "node-exporter",
+    }
     assert services["flat-price"]["image"] == "flat_price:latest"  # the tag README's containerize gives it
     for name, service in services.items():
         assert service["restart"] == "unless-stopped", name
         if name != "flat-price":
-            assert re.search(r":v?\d+\.\d+\.\d+$", service["image"]), f"{name} image not pinned: {service['image']}"
+            assert re.search(r":v?\d+\.\d+(\.\d+)?$", service["image"]), f"{name} image not pinned: {service['image']}"
     check = " ".join(services["flat-price"]["healthcheck"]["test"])
     assert "/readyz" in check
 

@@ -129,7 +129,11 @@ def behind_proxy(small_model, database, tmp_path_factory):
         replicas = start_together([BentoServer(work / f"replica-{i}", env=env) for i in range(2)], stack)
         proxy = stack.enter_context(haproxy(work, [f"127.0.0.1:{r.port}" for r in replicas]))
         prom_process, prom_url = prometheus(
-            work / "prometheus", [f"127.0.0.1:{r.port}" for r in replicas], None, interval="1s"
+            work / "prometheus",
+            [f"127.0.0.1:{r.port}" for r in replicas],
+            None,
+            interval="1s",
+            alerts_for={"FlatPriceLedgerDropping": "0s"},
         )
         stack.enter_context(prom_process)
         yield replicas, proxy, prom_url
@@ -191,3 +195,96 @@ def test_every_real_price_sent_through_the_proxy_is_matched_and_counted_once(beh
         ]
     )
     assert math.isclose(total, sum(expected), rel_tol=1e-9)
+
+
+def prom_value(prom_url: str, query: str) -> float:
+    result = httpx.get(f"{prom_url}/api/v1/query", params={"query": query}, timeout=5).json()["data"]["result"]
+    return float(result[0]["value"][1]) if result else 0.0
+
+
+def test_a_database_outage_under_load_fails_no_pricing_and_loses_no_buffered_flat(behind_proxy, database):
+    replicas, proxy, prom_url = behind_proxy
+    flats = generate_flats(400, seed=41)[list(FEATURE_NAMES)]
+    records = [
+        {k: (int(v) if isinstance(v, (int, np.integer)) else float(v)) for k, v in r.items()}
+        for r in flats.to_dict("records")
+    ]
+    priced: list[tuple[str, int]] = []
+    statuses: list[int] = []
+
+    def price(flat):
+        answer = httpx.post(f"{proxy.url}/predict", json=flat, timeout=10)
+        statuses.append(answer.status_code)
+        if answer.status_code == 200:
+            priced.append((answer.json()["request_id"], answer.json()["price"]))
+
+    for flat in records[:200]:  # before the outage
+        price(flat)
+    database.stop()
+    try:
+        with ThreadPoolExecutor(4) as pool:  # during it: singles, then 12,000 flats in batches (buffers overflow)
+            list(pool.map(price, records[200:]))
+            batches = list(
+                pool.map(
+                    lambda _: httpx.post(f"{proxy.url}/predict_batch", json={"flats": records[:200] * 5}, timeout=30),
+                    range(12),
+                )
+            )
+        refused = httpx.post(
+            f"{proxy.url}/feedback", json={"actuals": [{"request_id": priced[0][0], "flat": 0, "price": 9_000_000}]}
+        )
+        assert refused.status_code == 503 and refused.json()["detail"][0]["type"] == "ledger_unavailable"
+    finally:
+        database.start()
+    assert statuses == [200] * 400 and [b.status_code for b in batches] == [200] * 12
+    wait_until(lambda: prom_value(prom_url, "sum(flat_price_ledger_dropped_flats_total)") >= 2000, 20, 0.5, "drops")
+    wait_until(
+        lambda: prom_value(prom_url, 'count(ALERTS{alertname="FlatPriceLedgerDropping"})') > 0, 20, 0.5, "the alert"
+    )
+    wait_until(
+        lambda: prom_value(prom_url, "sum(flat_price_ledger_buffered_flats)") == 0, 30, 0.5, "the buffers written"
+    )
+    # Every flat priced before and during the outage (the singles came before the buffers filled) is matched.
+    body = {"actuals": [{"request_id": r, "flat": 0, "price": round(p * 0.9)} for r, p in priced]}
+    answers = [
+        httpx.post(f"{proxy.url}/feedback", json={"actuals": body["actuals"][i : i + 100]}, timeout=10)
+        for i in range(0, len(priced), 100)
+    ]
+    assert [a.status_code for a in answers] == [200] * 4, [a.text[:300] for a in answers if a.status_code != 200]
+
+
+def test_the_report_reads_real_prices_from_the_shared_ledger(behind_proxy, database, tmp_path):
+    import json
+    import os
+    import subprocess
+
+    import psycopg
+
+    from devtools.servers import REPO
+    from flatprice.observability.log_records import read_flats
+
+    report_python = REPO / ".venv-report" / "bin" / "python"
+    if not report_python.exists():
+        pytest.fail("the report environment is missing: run `make report-env`")
+    replicas, _, _ = behind_proxy
+    log_dir = replicas[0].home / "inference-log"  # one replica's log: the flats it priced
+    logged = read_flats(log_dir)
+    with psycopg.connect(database.url) as db:
+        settled = {(r, f) for r, f in db.execute("SELECT request_id, flat FROM flat_price_settled").fetchall()}
+    matched = sum((r, f) in settled for r, f in zip(logged["request"], logged["flat"], strict=True))
+    assert matched > 0
+    figures = tmp_path / "figures.json"
+    run = subprocess.run(
+        [report_python, "-m", "monitoring.report", "--since", "7d", "--log-dir", log_dir]
+        + ["--actuals", database.url, "--out", tmp_path / "report.html", "--figures", figures],
+        cwd=REPO,
+        env={**os.environ, "BENTOML_HOME": str(replicas[0].home)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(figures.read_text())
+    (overall,) = result["accuracy"]["all"]
+    assert overall["flats"] == matched and result["unmatched"] == len(settled) - matched
+    assert "the shared ledger (127.0.0.1:" in (tmp_path / "report.html").read_text()

@@ -67,14 +67,20 @@ class PostgresLedger:
 
     # -- the monitor thread ------------------------------------------------------------------
     def add(self, model_tag: str, request_ids: list[str], prices: list[np.ndarray]) -> None:
-        flats = sum(len(p) for p in prices)
+        """Buffer the requests in order while they fit; the rest are dropped and counted."""
         with self._lock:
-            if self._buffered + flats > self.buffer_flats:
-                metrics.LEDGER_DROPPED.inc(flats)
-                return
-            self._buffer.append((model_tag, request_ids, [p.tolist() for p in prices], flats))
-            self._buffered += flats
-            metrics.LEDGER_BUFFERED.set(self._buffered)
+            room = self.buffer_flats - self._buffered
+            kept = 0
+            while kept < len(prices) and len(prices[kept]) <= room:
+                room -= len(prices[kept])
+                kept += 1
+            if kept:
+                flats = sum(len(p) for p in prices[:kept])
+                self._buffer.append((model_tag, request_ids[:kept], [p.tolist() for p in prices[:kept]], flats))
+                self._buffered += flats
+                metrics.LEDGER_BUFFERED.set(self._buffered)
+            if kept < len(prices):
+                metrics.LEDGER_DROPPED.inc(sum(len(p) for p in prices[kept:]))
 
     # -- the writer thread -------------------------------------------------------------------
     def _run(self) -> None:
