@@ -63,8 +63,8 @@ def observe_cost() -> dict:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tmp
         from prometheus_client import Histogram
 
+        from flatprice.compat import bulk_observe, plain_observe
         from flatprice.observability.metrics import PRICE_BUCKETS
-        from flatprice.server.hooks import bulk_observe, plain_observe
 
         histogram = Histogram("bench_price", "prices", buckets=PRICE_BUCKETS)
         values = np.random.default_rng(0).lognormal(16, 0.6, 1000)

@@ -17,12 +17,12 @@ import timeit
 os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="metrics-cost-"))
 
 
+from flatprice import compat as hooks  # noqa: E402
 from flatprice.features import as_feature_matrix  # noqa: E402
 from flatprice.observability import metrics  # noqa: E402
 from flatprice.observability.drift import DriftPublisher  # noqa: E402
 from flatprice.observability.monitor import PredictionMonitor  # noqa: E402
 from flatprice.reference import build_reference, known_values  # noqa: E402
-from flatprice.server import hooks  # noqa: E402
 from flatprice.synthetic import generate_flats  # noqa: E402
 
 

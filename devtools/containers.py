@@ -95,7 +95,13 @@ class Container:
 
 
 COMPOSE_FILE = REPO / "monitoring/docker-compose.yaml"
-COMPOSE_SERVICES = ("ledger-db", "flat-price", "haproxy", "prometheus", "alertmanager")  # all but Grafana (no image here)
+COMPOSE_SERVICES = (
+    "ledger-db",
+    "flat-price",
+    "haproxy",
+    "prometheus",
+    "alertmanager",
+)  # all but Grafana (no image here)
 PORT_SETTINGS = ("FLAT_PRICE_PORT", "PROMETHEUS_PORT", "ALERTMANAGER_PORT")
 
 

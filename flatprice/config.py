@@ -7,7 +7,9 @@ from the fields here (`python -m flatprice.config`) and tested equal.
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -137,6 +139,12 @@ def markdown_table() -> str:
         shown = f"`{shown}`" if shown != "" else "(empty)"
         rows.append(f"| `{PREFIX}{name.upper()}` | {shown} | {field.description} |")
     return "\n".join(rows)
+
+
+def bentoml_home() -> Path:
+    """The BentoML home (model store, metrics directory, inference log): BENTOML_HOME, else ~/bentoml,
+    as BentoML itself decides. Read here only."""
+    return Path(os.environ.get("BENTOML_HOME") or Path.home() / "bentoml").expanduser()
 
 
 if __name__ == "__main__":

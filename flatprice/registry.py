@@ -5,22 +5,19 @@ default; at most one), `candidate` (trained, not yet promoted) or `archived` (se
 `promoted_at` records when a model last became production, so `rollback` can walk back.
 `python -m models` is the command-line face of this module.
 
-BentoML has no public call that changes a stored model's labels, so `write_labels` rewrites
-the `labels` mapping of the model's `model.yaml` and reads it back through the public
-`bentoml.models.get`; if BentoML does not see the change, the file is restored and the
-error names the BentoML version (docs/upgrading.md).
+BentoML has no public call that changes a stored model's labels: `compat.write_labels` rewrites
+the model's `model.yaml` and checks that BentoML reads the change back (docs/upgrading.md).
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from datetime import UTC, datetime
-from importlib.metadata import version
 
 import bentoml
-import yaml
 
+from .compat import write_labels  # BentoML has no public call that changes a stored model's labels
+from .config import bentoml_home
 from .store import MODEL_NAME, TRAIN_COMMAND, ModelError, verified_files
 
 STAGE = "stage"
@@ -76,7 +73,7 @@ def resolve(selector: str, name: str = MODEL_NAME, setting: str = "FLAT_PRICE_MO
     """The model a setting names: a stage (`production`, `candidate`, `archived`: its newest
     model), `latest`, a version, or a full tag. A store whose models have no stage yet (trained
     before stages existed) serves its latest model as production."""
-    home = os.environ.get("BENTOML_HOME", "~/bentoml")
+    home = bentoml_home()
     models = stored(name)
     if not models and ":" not in selector:
         raise ModelError(
@@ -121,28 +118,6 @@ def served() -> bentoml.Model:
     from .config import Settings
 
     return resolve(Settings.load().model)
-
-
-def write_labels(model: bentoml.Model, labels: dict[str, str]) -> bentoml.Model:
-    """Replace a stored model's labels; returns the model as BentoML now reads it."""
-    path = os.path.join(model.path, "model.yaml")
-    with open(path, encoding="utf-8") as f:
-        original = f.read()
-    info = yaml.safe_load(original)
-    if info.get("name") != model.tag.name or info.get("version") != model.tag.version:
-        raise ModelError(f"{path} does not describe {model.tag}; not changing its labels")
-    info["labels"] = dict(labels)
-    with open(path, "w", encoding="utf-8") as f:
-        yaml.safe_dump(info, f, sort_keys=False, allow_unicode=True)
-    reread = bentoml.models.get(model.tag)
-    if reread.info.labels != labels:
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(original)
-        raise ModelError(
-            f"bentoml {version('bentoml')} does not read the labels written to {path}; "
-            "the stage was not changed (docs/upgrading.md, model stages)"
-        )
-    return reread
 
 
 def set_stage(model: bentoml.Model, stage: str, **extra: str) -> bentoml.Model:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import sys
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -20,6 +19,7 @@ import bentoml
 import joblib
 import numpy as np
 
+from .config import bentoml_home
 from .schema import FEATURE_NAMES
 
 MODEL_NAME = "flat_price"
@@ -148,7 +148,7 @@ def latest_model(name: str = MODEL_NAME) -> bentoml.Model:
     try:
         return bentoml.models.get(f"{name}:latest")
     except bentoml.exceptions.NotFound:
-        home = os.environ.get("BENTOML_HOME", "~/bentoml")
+        home = bentoml_home()
         raise ModelError(
             f"no model {name!r} in the BentoML model store (BENTOML_HOME={home}); train one with `{TRAIN_COMMAND}`"
         ) from None

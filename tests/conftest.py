@@ -90,8 +90,8 @@ def fresh_refusal_log_budget():
     """Each test starts with the refusal log's budget unspent (in-process tests refuse thousands)."""
     import logging
 
+    from flatprice.compat import BENTOML_HTTP_LOGGER
     from flatprice.server.guard import REFUSED_LOGGER
-    from flatprice.server.hooks import BENTOML_HTTP_LOGGER
     from flatprice.server.log_budget import RefusalBudget
 
     for name in (REFUSED_LOGGER, BENTOML_HTTP_LOGGER):

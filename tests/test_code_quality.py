@@ -50,3 +50,28 @@ def test_the_makefiles_uv_is_the_dev_extras_uv():
 
     makefile = re.search(r"^UV_VERSION = (\S+)$", (REPO / "Makefile").read_text(), re.M).group(1)
     assert f'"uv=={makefile}"' in (REPO / "pyproject.toml").read_text()
+
+
+def test_the_layers_import_downwards_only():
+    """compat (private touches) is the ground floor; observability never imports the server edge."""
+    import ast
+
+    from devtools.servers import REPO
+
+    def imports(path) -> set[str]:
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = "." * node.level + (node.module or "")
+                found |= {f"{base}.{alias.name}" if node.module is None else base for alias in node.names}
+            elif isinstance(node, ast.Import):
+                found |= {alias.name for alias in node.names}
+        return found
+
+    def ours(modules: set[str]) -> set[str]:
+        return {m.lstrip(".").removeprefix("flatprice.") for m in modules if m.startswith((".", "flatprice"))}
+
+    compat = ours(imports(REPO / "flatprice/compat.py"))
+    assert not [m for m in compat if m.split(".")[0] in ("server", "observability")], compat
+    for path in (REPO / "flatprice/observability").glob("*.py"):
+        assert not [m for m in ours(imports(path)) if m.split(".")[0] == "server"], path

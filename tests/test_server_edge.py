@@ -6,9 +6,9 @@ import logging
 import pytest
 from starlette.testclient import TestClient
 
+from flatprice import compat as hooks
 from flatprice.api.routes import API_ROUTES, ENDPOINT_LABELS, UNKNOWN_ENDPOINT, endpoint_label
 from flatprice.schema import EXAMPLE_FLAT, FEATURE_NAMES, FEATURES
-from flatprice.server import hooks
 from flatprice.server.guard import RequestGuard
 
 
@@ -223,3 +223,8 @@ def test_one_flats_type_error_does_not_hide_anothers_cross_field_error(client, r
     assert error["total"] == 2 and cross in error["detail"], error
     single = client.post("/predict", json=broken).json()["detail"][0]
     assert (single["type"], single["msg"]) == (cross["type"], cross["msg"])
+
+
+def test_a_get_on_a_get_route_ignores_what_it_says_about_a_body(client):
+    answer = client.get("/random", headers={"Content-Type": "multipart/form-data"})
+    assert answer.status_code == 200 and answer.json()["price"] > 0

@@ -19,10 +19,10 @@ import time
 
 import numpy as np
 
+from .. import compat  # bulk observe: a version-checked private touch point (flatprice/compat.py)
 from ..pricing import whole_rubles
 from ..reference import sample_rows
 from ..schema import FEATURE_NAMES
-from ..server import hooks  # bulk observe: the one private touch point, version-checked
 from . import metrics
 from .drift import DriftPublisher
 from .inference_log import InferenceLog
@@ -91,8 +91,8 @@ class PredictionMonitor:
         features = np.concatenate([f for f, _, _ in calls])
         predictions = np.concatenate([p for _, p, _ in calls])
         sizes = [len(p) for _, p, _ in calls]
-        hooks.observe_many(metrics.PREDICTED_PRICE, predictions)
-        hooks.observe_many(metrics.BATCH_ROWS, np.array(sizes, dtype=np.float64))
+        compat.observe_many(metrics.PREDICTED_PRICE, predictions)
+        compat.observe_many(metrics.BATCH_ROWS, np.array(sizes, dtype=np.float64))
         outside = ((features < self.low) | (features > self.high)).sum(axis=0)
         for i in np.flatnonzero(outside):
             metrics.OUT_OF_RANGE.labels(feature=FEATURE_NAMES[i]).inc(int(outside[i]))

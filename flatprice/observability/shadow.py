@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..server import hooks
+from .. import compat
 from . import metrics
 from .drift import DriftPublisher
 
@@ -38,8 +38,8 @@ class Shadow:
             if self.failures == 1:
                 logger.warning("challenger failed to price %d flats: %s", len(features), type(error).__name__)
             return None
-        hooks.observe_many(metrics.CHALLENGER_PRICE, prices)
-        hooks.observe_many(metrics.CHALLENGER_DIFFERENCE, prices / champion_prices - 1)
+        compat.observe_many(metrics.CHALLENGER_PRICE, prices)
+        compat.observe_many(metrics.CHALLENGER_DIFFERENCE, prices / champion_prices - 1)
         self.drift.observe(features[sampled], prices[sampled])
         return prices
 

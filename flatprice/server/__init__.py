@@ -24,12 +24,12 @@ import sys
 from collections.abc import Callable
 
 from ..api.routes import API_ROUTES, GET_ROUTES
+from ..compat import BENTOML_HTTP_LOGGER, install_hooks
 from ..config import Settings
 from ..observability.inference_log import monitoring_options
 from . import log_budget
 from .admission import Admission
 from .guard import REFUSED_LOGGER, RequestGuard
-from .hooks import BENTOML_HTTP_LOGGER, install_hooks
 
 
 def service_options(settings: Settings, bentoml_home: str) -> dict:

@@ -32,6 +32,7 @@ from .log_budget import REFUSAL
 REFUSED_LOGGER = "flatprice.refused"
 refused_logger = logging.getLogger(REFUSED_LOGGER)
 _FEATURES = frozenset(FEATURE_NAMES)
+_BODY_HEADERS = frozenset((b"content-type", b"content-length", b"content-encoding", b"transfer-encoding"))
 
 
 class ClientGone(Exception):
@@ -141,8 +142,10 @@ class RequestGuard:
                 scope, send, 431, f"request headers over {self.max_header_bytes} bytes", "headers_too_large"
             )
         if scope["method"] == "GET" and path in self.get_routes:
-            scope = dict(scope, method="POST")
-            length = 0
+            # A GET has no body: whatever it declares about one (a multipart Content-Type...) is dropped.
+            headers = [(k, v) for k, v in scope["headers"] if k.lower() not in _BODY_HEADERS]
+            scope = dict(scope, method="POST", headers=headers)
+            receive, length = _replay(b"", receive), 0
         elif scope["method"] == "POST":
             headers = dict(scope["headers"])
             declared = headers.get(b"content-length")

@@ -15,12 +15,13 @@ import os
 import sys
 from pathlib import Path
 
+from .. import config
+
 LOCK_NAME = "prometheus_multiproc_dir.lock"
 _held: list[int] = []  # the lock lives as long as this process
 
 
-def bentoml_home() -> Path:
-    return Path(os.environ.get("BENTOML_HOME") or Path.home() / "bentoml").expanduser()
+bentoml_home = config.bentoml_home  # read in one place
 
 
 def is_serve_command(argv: list[str]) -> bool:

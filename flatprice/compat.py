@@ -1,4 +1,5 @@
-"""The only code that touches private parts of BentoML and prometheus_client.
+"""The only code that touches private parts of BentoML and prometheus_client (the ground floor: it
+imports neither `server` nor `observability`, which both use it).
 
 Each hook names the library versions it was written for. `install_hooks` installs the
 ones whose versions match and, for any other, logs one warning naming the hook and the
@@ -9,18 +10,21 @@ hook returns its undo. Why each is kept, what it buys and its tests: docs/upgrad
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
+from importlib.metadata import version
 
 import numpy as np
 
-from ..api.errors import ERROR_STATUSES, MAX_REPORTED_ERRORS, ErrorBody
-from ..api.routes import endpoint_label
-from .log_budget import REFUSAL
+from .api.errors import ERROR_STATUSES, MAX_REPORTED_ERRORS, ErrorBody
+from .api.routes import endpoint_label
+from .store import ModelError
 
 log = logging.getLogger("flatprice.hooks")
 BENTOML_HTTP_LOGGER = "bentoml._internal.server.http_app"
+REFUSAL = "flatprice_refusal"  # a log record's mark: a refused request (server/log_budget.py budgets them)
 
 
 @dataclass(frozen=True)
@@ -212,3 +216,33 @@ def install_hooks(hooks=HOOKS) -> Callable[[], None]:
         undos.clear()
 
     return undo_all
+
+
+# 5. A stored model's labels (the registry's stages) ---------------------------------------
+class LabelsNotWritten(ModelError):
+    """BentoML does not read back the labels written to a model.yaml (its format changed)."""
+
+
+def write_labels(model, labels: dict[str, str]):
+    """Replace a stored model's labels; returns the model as BentoML now reads it."""
+    import bentoml
+    import yaml
+
+    path = os.path.join(model.path, "model.yaml")
+    with open(path, encoding="utf-8") as f:
+        original = f.read()
+    info = yaml.safe_load(original)
+    if info.get("name") != model.tag.name or info.get("version") != model.tag.version:
+        raise LabelsNotWritten(f"{path} does not describe {model.tag}; not changing its labels")
+    info["labels"] = dict(labels)
+    with open(path, "w", encoding="utf-8") as f:
+        yaml.safe_dump(info, f, sort_keys=False, allow_unicode=True)
+    reread = bentoml.models.get(model.tag)
+    if reread.info.labels != labels:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(original)
+        raise LabelsNotWritten(
+            f"bentoml {version('bentoml')} does not read the labels written to {path}; "
+            "the stage was not changed (docs/upgrading.md, model stages)"
+        )
+    return reread
