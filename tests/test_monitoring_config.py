@@ -354,6 +354,12 @@ def test_grafana_provisioning_matches_the_dashboard_and_the_mounts(compose):
             assert panel["description"] and panel["targets"]
 
 
+def test_committed_alert_rules_equal_the_generator_output():
+    from monitoring import alerts
+
+    assert (PROMETHEUS / "alerts.yml").read_text() == alerts.render(), "run: python -m monitoring.alerts"
+
+
 def test_committed_dashboard_equals_the_generator_output():
     assert dashboard.OUTPUT.read_text() == dashboard.render(), (
         "run `python -m monitoring.dashboard` and commit the result"

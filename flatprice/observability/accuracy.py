@@ -7,8 +7,11 @@ tested equal to the rules.
 
 from __future__ import annotations
 
+from starlette.responses import Response
+
+from ..api.errors import refusal_json
 from . import metrics
-from .ledger import Ledger, Settlement
+from .ledger import Ledger, LedgerUnavailable, Settlement
 
 WINDOW = "1d"  # real prices arrive in batches (deals closed per day): a day's median is stable
 MARGIN = 0.25  # alert when the median APE exceeds the holdout's by more than 25% (relative)
@@ -27,3 +30,29 @@ def record_feedback(ledger: Ledger, actuals: list[tuple[str, int, int]]) -> Sett
     for tag, price, actual in outcome.settled:  # at most 1,000 per call
         metrics.FEEDBACK_APE.labels(model_tag=tag).observe(abs(price / actual - 1))
     return outcome
+
+
+def feedback_answer(ledger, actuals: list[tuple[str, int, int]], receipt):
+    """POST /feedback's answer: `receipt(accepted)` when every real price was recorded, else the error
+    shape: 404 (unknown flats, or no ledger), 409 (already recorded), 503 (the ledger cannot be reached)."""
+    if ledger is None:
+        problem = ("inference_log_off", ("body",), "the inference log is off (FLAT_PRICE_INFERENCE_LOG_SAMPLE=0)")
+        return _refusal(404, "no priced flats are kept", [problem], len(actuals))
+    try:
+        outcome = record_feedback(ledger, actuals)
+    except LedgerUnavailable as error:  # nothing recorded: the client sends the same call again
+        problem = ("ledger_unavailable", ("body",), f"the feedback ledger cannot be reached: {error}"[:200])
+        return _refusal(503, "feedback ledger unavailable: nothing recorded, send again", [problem], 1)
+    if not outcome.refused:
+        return receipt(len(outcome.settled))
+    problems = sorted(
+        [(i, "unknown_request_id", "no flat priced under this request_id and flat is kept") for i in outcome.unknown]
+        + [(i, "repeated_request_id", "a real price was already recorded for it") for i in outcome.repeated]
+    )
+    status, reason = (404, "unknown request ids") if outcome.unknown else (409, "real prices already recorded")
+    details = [(kind, ("actuals", i, "request_id"), msg) for i, kind, msg in problems]
+    return _refusal(status, f"{reason}: nothing recorded", details, len(problems))
+
+
+def _refusal(status: int, reason: str, problems: list, total: int) -> Response:
+    return Response(refusal_json(reason, problems, total), status_code=status, media_type="application/json")

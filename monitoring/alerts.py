@@ -1,0 +1,238 @@
+"""The Prometheus alert and recording rules, generated from the code's constants like the dashboard:
+
+    python -m monitoring.alerts        # writes monitoring/prometheus/alerts.yml (tested equal to this)
+
+Routes, the latency line, drift's window and thresholds, accuracy's window and margin, and each alert's
+runbook link (its own section of Monitoring.md) are written once, here or in the modules they belong to.
+`promtool test rules` runs monitoring/prometheus/alerts_test.yml against the output.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from flatprice.observability import accuracy
+from flatprice.reference import DRIFT_ALPHA, DRIFT_MIN_ROWS, DRIFT_WINDOW, PSI_NO_DRIFT, SHARE_FLOOR, UNSEEN_MARGIN
+from monitoring.dashboard import API, LATENCY_P95_S, N
+
+OUTPUT = Path(__file__).parent / "prometheus" / "alerts.yml"
+RUNBOOK = "Monitoring.md#{anchor}"  # each alert's section: "#### <AlertName>"
+W = DRIFT_WINDOW
+W_MINUTES = int(W.removesuffix("m"))
+AW = accuracy.WINDOW
+REQUESTS = f"{N}_request_total"
+
+
+def ratio(status_matcher: str) -> str:
+    """The share of API requests with the given status matcher, over 5 minutes."""
+    return f"sum(rate({REQUESTS}{{{API}, {status_matcher}}}[5m]))\n  / sum(rate({REQUESTS}{{{API}}}[5m]))"
+
+
+def alert(name: str, expr: str, for_: str, severity: str, summary: str, description: str, **extra) -> dict:
+    annotations = {"runbook_url": RUNBOOK.format(anchor=name.lower()), "summary": summary, **extra}
+    annotations["description"] = description
+    return {"alert": name, "expr": expr, "for": for_, "labels": {"severity": severity}, "annotations": annotations}
+
+
+def service_rules() -> list[dict]:
+    return [
+        alert(
+            "FlatPriceServiceDown",
+            'up{job="flat-price"} == 0 or absent(up{job="flat-price"})',
+            "1m",
+            "critical",
+            "Flat-price service is down",
+            "Prometheus cannot scrape {{ if $labels.instance }}{{ $labels.instance }}{{ else }}any replica{{ end }} (job {{ $labels.job }}) for over 1 minute.",
+        ),
+        alert(
+            "FlatPriceHighServerErrorRatio",
+            ratio('http_response_code=~"5.."') + " > 0.05",
+            "5m",
+            "critical",
+            "Flat-price service answers with 5xx errors",
+            "{{ $value | humanizePercentage }} of API requests failed with a 5xx status over 5 minutes (threshold 5%).",
+        ),
+        alert(
+            "FlatPriceHighValidationErrorRatio",
+            ratio('http_response_code=~"4..", http_response_code!="429"') + " > 0.2",
+            "10m",
+            "warning",
+            "Many requests to the flat-price service are refused",
+            "{{ $value | humanizePercentage }} of API requests got a 4xx over 5 minutes (threshold 20%): a client sends bad input; see rejected inputs by field.",
+        ),
+        alert(
+            "FlatPriceOverloaded",
+            ratio('http_response_code="429"') + " > 0.05",
+            "5m",
+            "warning",
+            "The flat-price service refuses requests for lack of capacity",
+            "{{ $value | humanizePercentage }} of API requests got 429 over 5 minutes (threshold 5%): add replicas, or raise FLAT_PRICE_MAX_CONCURRENCY if the latency allows.",
+        ),
+        alert(
+            "FlatPriceHighLatencyP95",
+            f"histogram_quantile(0.95, sum by (le) (rate({N}_request_duration_seconds_bucket{{{API}}}[5m]))) > {LATENCY_P95_S}",
+            "5m",
+            "warning",
+            "Flat-price service is slow",
+            f"p95 latency of API requests is {{{{ $value | humanizeDuration }}}} over 5 minutes (threshold {LATENCY_P95_S * 1000:g}ms).",
+        ),
+        alert(
+            "FlatPriceNoPredictions",
+            f"sum(rate({REQUESTS}{{{API}}}[5m])) > 0\n  and sum(rate({N}_predicted_price_rubles_count[5m])) == 0",
+            "5m",
+            "critical",
+            "Requests arrive but no predictions are made",
+            "The API receives requests but no price has been predicted for 5 minutes: every request fails or is refused.",
+        ),
+        alert(
+            "FlatPriceLedgerDropping",
+            f"sum(increase({N}_ledger_dropped_flats_total[10m])) > 0",
+            "1m",
+            "warning",
+            "Priced flats are dropped before they reach the shared feedback ledger",
+            "{{ $value | humanize }} priced flats were dropped in 10 minutes: the ledger's database was down or slow for longer than the replicas' buffers last. Real prices for them will be refused as unknown.",
+        ),
+    ]
+
+
+def model_rules() -> list[dict]:
+    return [
+        alert(
+            "FlatPriceOutOfRangeInputs",
+            f"sum by (feature) (rate({N}_out_of_range_values_total[10m]))\n"
+            f"  / on () group_left () sum(rate({N}_predicted_price_rubles_count[10m])) > 0.05",
+            "15m",
+            "warning",
+            "Many {{ $labels.feature }} values outside the training range",
+            "{{ $value | humanizePercentage }} of priced flats have {{ $labels.feature }} outside the training data's min/max over 10 minutes (threshold 5%): the model extrapolates.",
+        )
+    ]
+
+
+def drift_rules() -> list[dict]:
+    """Drift (flatprice/reference.py, Monitoring.md "Drift"): every worker's and replica's counts summed per
+    model over the window; each subject judged by PSI (the effect) and Pearson's chi-squared (significance,
+    Bonferroni over the subjects), an identifier by its share of never-seen values."""
+    rows, share, ref = f"{N}:drift_rows:{W}", f"{N}:drift_share:{W}", f"{N}:drift_reference_share"
+    detected = f"{N}:drift_detected:{W}"
+    enough = f"and on (model_tag) ({rows} >= {DRIFT_MIN_ROWS})"
+    in_window = f'{detected}{{model_tag=%q}}" $labels.model_tag | query | sortByLabel "subject"'
+    return [
+        {"record": rows, "expr": f"sum by (model_tag) (increase({N}_drift_sampled_rows_total[{W}]))"},
+        {
+            "record": share,
+            "expr": f"sum by (model_tag, subject, bin) (increase({N}_drift_bin_rows_total[{W}]))\n"
+            f"  / on (model_tag) group_left () {rows}",
+        },
+        {"record": ref, "expr": f"max by (model_tag, subject, bin) ({N}_drift_reference_share)"},
+        {
+            "record": f"{N}:drift_psi:{W}",
+            "expr": f"sum by (model_tag, subject) (\n  (clamp_min({share}, {SHARE_FLOOR:g}) - {ref})\n"
+            f"    * ln(clamp_min({share}, {SHARE_FLOOR:g}) / {ref})\n)",
+        },
+        {
+            "record": f"{N}:drift_chi2:{W}",
+            "expr": f"sum by (model_tag, subject) (({share} - {ref}) ^ 2 / {ref})\n"
+            f"  * on (model_tag) group_left () {rows}",
+        },
+        {
+            "record": f"{N}:drift_unseen_share:{W}",
+            "expr": f"sum by (model_tag, subject) (increase({N}_drift_unseen_rows_total[{W}]))\n"
+            f"  / on (model_tag) group_left () {rows}",
+        },
+        {
+            "record": detected,
+            "labels": {"statistic": "psi"},
+            "expr": f"{N}:drift_psi:{W} >= {PSI_NO_DRIFT}\n"
+            f"  and on (model_tag, subject) ({N}:drift_chi2:{W} > on (model_tag, subject) max by (model_tag, subject) ({N}_drift_chi2_critical))\n"
+            f"  {enough}",
+        },
+        {
+            "record": detected,
+            "labels": {"statistic": "unseen_share"},
+            "expr": f"{N}:drift_unseen_share:{W} > on (model_tag, subject) (max by (model_tag, subject) ({N}_drift_reference_unseen_share) + {UNSEEN_MARGIN})\n"
+            f"  {enough}",
+        },
+        # The served model's drifted subjects (0 when none, absent without traffic); a challenger's never alert.
+        {
+            "record": f"{N}:drift_subjects:{W}",
+            "expr": f"(count by (model_tag) ({detected}) or 0 * {rows})\n  and on (model_tag) ({N}_model_info == 1)",
+        },
+        alert(
+            "FlatPriceDrift",
+            f"{N}:drift_subjects:{W} > 0",
+            "5m",
+            "warning",
+            "Inputs or prices drift from the training data of {{ $labels.model_tag }}",
+            f'{{{{ $value }}}} subject(s) drifted over the last {W_MINUTES} minutes ({{{{ with printf "{rows}{{model_tag=%q}}" $labels.model_tag | query }}}}{{{{ . | first | value | printf "%.0f" }}}}{{{{ end }}}} flats counted): '
+            f'{{{{ range printf "{in_window} }}}}{{{{ .Labels.subject }}}} ({{{{ .Labels.statistic }}}} {{{{ .Value | printf "%.2f" }}}}) {{{{ end }}}}'
+            f"- an alert needs PSI >= {PSI_NO_DRIFT} with chi-squared significant at {DRIFT_ALPHA:.0%} over all subjects, "
+            f"or an identifier unseen share {UNSEEN_MARGIN} above the holdout.",
+            subjects=f'{{{{ range printf "{in_window} }}}}{{{{ .Labels.subject }}}} {{{{ end }}}}',
+        ),
+    ]
+
+
+def accuracy_rules() -> list[dict]:
+    """Real prices (accuracy.py): the last window's median APE per model against its holdout median APE."""
+    actuals, median = f"{N}:feedback_actuals:{AW}", f"{N}:feedback_median_ape:{AW}"
+    hours = {"1h": "1 hour"}.get(accuracy.FOR, accuracy.FOR)
+    return [
+        {
+            "record": actuals,
+            "expr": f"sum by (model_tag) (increase({N}_feedback_absolute_percentage_error_count[{AW}]))",
+        },
+        {
+            "record": median,
+            "expr": f"histogram_quantile(0.5,\n  sum by (model_tag, le) (increase({N}_feedback_absolute_percentage_error_bucket[{AW}])))\n"
+            f"  and on (model_tag) {actuals} > 0",
+        },
+        alert(
+            "FlatPriceAccuracyDegraded",
+            f"{median}\n  > on (model_tag) {1 + accuracy.MARGIN:g} * max by (model_tag) ({N}_model_holdout_median_ape)\n"
+            f"and on (model_tag) {actuals} >= {accuracy.MIN_ACTUALS}",
+            accuracy.FOR,
+            "warning",
+            "{{ $labels.model_tag }} prices sold flats worse than on its holdout",
+            "Median absolute percentage error of {{ $labels.model_tag }} over the real prices of the last day is "
+            f"{{{{ $value | humanizePercentage }}}}, more than {1 + accuracy.MARGIN:g} x its holdout median APE, for {hours}.",
+        ),
+    ]
+
+
+def build() -> dict:
+    return {
+        "groups": [
+            {"name": "flat-price-service", "rules": service_rules()},
+            {"name": "flat-price-model", "rules": model_rules()},
+            {"name": "flat-price-drift", "rules": drift_rules()},
+            {"name": "flat-price-accuracy", "rules": accuracy_rules()},
+        ]
+    }
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+def _text(dumper, value: str):  # multi-line expressions as literal blocks, as a person writes them
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|" if "\n" in value else None)
+
+
+_Dumper.add_representer(str, _text)
+
+
+def render() -> str:
+    header = "# Generated by `python -m monitoring.alerts` from the code's constants: do not edit (tests check it).\n"
+    return header + yaml.dump(build(), Dumper=_Dumper, sort_keys=False, width=1000, allow_unicode=True)
+
+
+def main() -> None:
+    OUTPUT.write_text(render())
+    print(f"wrote {OUTPUT}")
+
+
+if __name__ == "__main__":
+    main()
