@@ -88,7 +88,8 @@ class PostgresLedger:
             self._write()
 
     def _connect(self) -> psycopg.Connection:
-        db = psycopg.connect(self.url, connect_timeout=CONNECT_TIMEOUT_S, autocommit=False)
+        # UTF8 on our side whatever the database's encoding (SQL_ASCII would hand back bytes).
+        db = psycopg.connect(self.url, connect_timeout=CONNECT_TIMEOUT_S, autocommit=False, client_encoding="UTF8")
         if not self._schema_ready:
             with db.transaction():
                 db.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
