@@ -28,6 +28,8 @@ from .log_records import MONITOR_NAME, log_directory
 
 LOG_CONFIG = Path(__file__).with_name("inference_log.yaml")
 FILES_PER_WORKER = 10  # the data file and 9 rotated ones
+BYTES_PER_FLAT = 110  # a flat in a record (15 features, price, its share of the request's id): measured
+RECORDS_PER_FILE = 4  # a record holds at most a quarter of a file's flats: the overshoot stays small
 WARN_EVERY_S = 60.0
 # Columns BentoML's default monitor adds from the request context; the log is written in a
 # background thread, where they are always empty ("None", "0"), so the formatter leaves them out.
@@ -94,6 +96,7 @@ class RecordFormatter(logging.Formatter):
 class InferenceLog:
     def __init__(self, settings: Settings, model_tag: str, challenger_tag: str | None = None):
         BoundedFileHandler.max_bytes = bytes_per_file(settings)
+        self.max_flats_per_record = max(1, bytes_per_file(settings) // (RECORDS_PER_FILE * BYTES_PER_FLAT))
         self.sample = settings.inference_log_sample
         self.model_tag = model_tag
         self.challenger_tag = challenger_tag
@@ -110,9 +113,22 @@ class InferenceLog:
         return np.flatnonzero(self.rng.random(requests) < self.sample)
 
     def write(self, request_ids: list[str], sizes: list[int], features: np.ndarray, prices: np.ndarray, shadow=None):
-        """One record for the requests of one flush: their ids, how many flats each priced, and the
-        flats' features and answered prices (whole rubles) as sequences, in request order. One
-        record per flush, not per request: a record costs ~0.3 ms of this thread whatever its size."""
+        """The requests of one flush as few records as fit: each record holds whole requests and at most
+        `max_flats_per_record` flats (unless one request alone has more), so that a file overshoots its
+        size by a small record, never by a whole busy flush."""
+        ends = np.cumsum(sizes)
+        first, start = 0, 0
+        while first < len(sizes):
+            last = int(np.searchsorted(ends, start + self.max_flats_per_record, side="right"))
+            last = max(last, first + 1)  # a request larger than the limit is a record of its own
+            end = int(ends[last - 1])
+            part = None if shadow is None else shadow[start:end]
+            self._record(request_ids[first:last], sizes[first:last], features[start:end], prices[start:end], part)
+            first, start = last, end
+
+    def _record(self, request_ids, sizes, features: np.ndarray, prices: np.ndarray, shadow) -> None:
+        """One record: request ids, how many flats each priced, and the flats' features and answered prices
+        (whole rubles) as sequences, in request order. A record costs ~0.3 ms of this thread whatever its size."""
         import bentoml  # only where a record is written: readers of the log need no BentoML
 
         with bentoml.monitor(MONITOR_NAME) as record:
