@@ -100,7 +100,7 @@ class FlatPriceService:
         """Real prices of flats priced earlier (request_id and the flat's index): their errors go to /metrics.
         All are recorded, or none: a call with an unknown (404) or already recorded (409) flat changes nothing."""
         entries = [(a.request_id, a.flat, a.price) for a in actuals]
-        return feedback_answer(self.runtime.ledger, entries, lambda accepted: io.FeedbackReceipt(accepted=accepted))
+        return feedback_answer(self.runtime.ledger, entries)
 
 
 # The server edge (guard, admission) and the version-checked hooks; the undo is for tests.

@@ -41,8 +41,7 @@ class Runtime:
         loaded = load_pipeline(model_ref, settings.model_sha256)
         price = pricer(loaded.pipeline)
         # Checked, not just loaded: the original's example flat must get a positive price.
-        example = np.array([[EXAMPLE_FLAT[name] for name in FEATURE_NAMES]], dtype=np.float64)
-        if not price(example)[0] > 0:
+        if not price(row_of(EXAMPLE_FLAT))[0] > 0:
             raise RuntimeError(f"model {loaded.tag} gives a non-positive price for the example flat")
         explainer = PriceExplainer(loaded.pipeline.named_steps["features"], loaded.pipeline[-1])  # ~0.5 s
         shadow = _shadow(challenger_ref)

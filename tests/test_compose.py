@@ -132,5 +132,3 @@ def test_real_prices_sent_through_the_published_port_match_any_replicas_flats(st
 
         wait_until(accepted, timeout=15, interval=0.5, what="20 real prices matched through the proxy")
         assert http.post(f"{url}/feedback", json=feedback).status_code == 409
-    served_by = {p["request_id"] for p in priced}
-    assert len(served_by) == 20

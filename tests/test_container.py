@@ -11,8 +11,10 @@ import pytest
 import yaml
 
 from devtools.containers import Container, image_config, podman
-from devtools.servers import REPO
+from devtools.servers import REPO, wait_until
+from flatprice.observability.metrics import NAMESPACE
 from flatprice.schema import EXAMPLE_FLAT
+from tests.metrics_scrape import sample_value, scrape
 from tests.test_service_process import ORIGINAL_CURL
 
 pytestmark = [pytest.mark.slow, pytest.mark.container]
@@ -56,20 +58,25 @@ def test_its_healthcheck_is_in_the_image_and_passes_once_ready(container, image)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+def random_in_progress(url: str) -> float:
+    families = scrape(url)
+    return sample_value(families, f"{NAMESPACE}_request_in_progress", endpoint="/random")
+
+
 def test_sigterm_drains_requests_in_flight_and_exits_within_the_grace_period(image):
     grace = deployment_container()[0]["terminationGracePeriodSeconds"]
     # /random waits U(0, 2 s) first (fault injection), so requests are in flight when SIGTERM comes.
     with Container(image, env={"FLAT_PRICE_FAULT_MAX_DELAY_S": "2", "FLAT_PRICE_WORKERS": "1"}) as running:
         with ThreadPoolExecutor(8) as pool:
             answers = [pool.submit(httpx.get, f"{running.url}/random", timeout=30) for _ in range(8)]
-            time.sleep(0.3)  # let the requests reach the worker (they then wait inside the handler)
+            in_flight = wait_until(lambda: random_in_progress(running.url), 20, 0.05, "/random requests in flight")
             started = time.monotonic()
             podman("kill", "--signal", "TERM", running.name)
             statuses = [future.result().status_code for future in answers]
         podman("wait", running.name, timeout=grace + 10)
         stopped_in = time.monotonic() - started
         code = running.exit_code()
-    assert statuses == [200] * 8
+    assert in_flight >= 1 and statuses == [200] * 8
     assert stopped_in < grace and code == 0, (stopped_in, code)
 
 

@@ -1,6 +1,6 @@
 """Every command block of the runbook docs, run as a user types it: in a fresh copy of the repository,
-on a PATH without any venv, with only what the docs install (uv on the PATH, as many users have it:
-the Makefile then installs with uv, which the suite needs for time; pip is what CI's `make test` uses).
+on a PATH without any venv or tool the suite installed, with only what the docs install (the Makefile
+bootstraps its own pinned uv into the copy's venv with the venv's pip).
 
 `COMMANDS` classifies every command line of the docs' bash blocks: run as written (with the placeholder
 arguments named), or not run here and why. A docs change that adds a command fails the first test until
@@ -84,14 +84,9 @@ class User:
             if name and (REPO / name).exists():
                 (self.repo / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(REPO / name, self.repo / name)
-        tools = root / "tools"  # uv alone, as a user who has it
-        tools.mkdir()
-        uv = shutil.which("uv", path=str(REPO / ".venv/bin")) or shutil.which("uv")
-        if uv:
-            (tools / "uv").symlink_to(uv)
         path = [p for p in os.environ["PATH"].split(os.pathsep) if ".venv" not in p and "/venv" not in p]
         self.env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
-        self.env.update(PATH=os.pathsep.join([str(tools), *path]), BENTOML_HOME=str(root / "bentoml"))
+        self.env.update(PATH=os.pathsep.join(path), BENTOML_HOME=str(root / "bentoml"))
         self.env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         self.env.pop("FLATPRICE_TEST_DIR", None)
 

@@ -77,9 +77,6 @@ def _check_cross_fields(cls, value, info: ValidationInfo):
     return value
 
 
-_RULE_FIELDS = {"floors_total": ("floor", "floors_total"), "total_area": ("living_area", "kitchen_area", "total_area")}
-
-
 def _is_number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value)
 
@@ -89,12 +86,19 @@ def _raw_cross_field_errors(rows, invalid: set) -> list[InitErrorDetails]:
     valid on their own: when another flat fails validation, its neighbours' broken rules still count."""
     errors: list[InitErrorDetails] = []
     for loc_of, row in rows:
+        valid = {name: value for name, value in row.items() if _is_number(value) and loc_of(name) not in invalid}
         for field, reason, broken in CROSS_FIELD_RULES:
-            needed = _RULE_FIELDS[field]
-            if all(_is_number(row.get(name)) and loc_of(name) not in invalid for name in needed) and broken(row):
-                errors.append(
-                    {"type": PydanticCustomError("cross_field", reason), "loc": loc_of(field), "input": row[field]}
-                )
+            try:
+                if broken(valid):
+                    errors.append(
+                        {
+                            "type": PydanticCustomError("cross_field", reason),
+                            "loc": loc_of(field),
+                            "input": valid[field],
+                        }
+                    )
+            except KeyError:  # a field the rule needs was itself invalid: already reported (as for one flat)
+                pass
     return errors
 
 

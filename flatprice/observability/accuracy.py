@@ -7,9 +7,12 @@ tested equal to the rules.
 
 from __future__ import annotations
 
+import logging
+
 from starlette.responses import Response
 
 from ..api.errors import refusal_json
+from ..api.payloads import FeedbackReceipt
 from . import metrics
 from .ledger import Ledger, LedgerUnavailable, Settlement
 
@@ -17,6 +20,8 @@ WINDOW = "1d"  # real prices arrive in batches (deals closed per day): a day's m
 MARGIN = 0.25  # alert when the median APE exceeds the holdout's by more than 25% (relative)
 MIN_ACTUALS = 50  # fewer real prices in the window say nothing about the median
 FOR = "1h"
+
+logger = logging.getLogger(__name__)
 
 
 def record_feedback(ledger: Ledger, actuals: list[tuple[str, int, int]]) -> Settlement:
@@ -32,8 +37,8 @@ def record_feedback(ledger: Ledger, actuals: list[tuple[str, int, int]]) -> Sett
     return outcome
 
 
-def feedback_answer(ledger, actuals: list[tuple[str, int, int]], receipt):
-    """POST /feedback's answer: `receipt(accepted)` when every real price was recorded, else the error
+def feedback_answer(ledger, actuals: list[tuple[str, int, int]]) -> FeedbackReceipt | Response:
+    """POST /feedback's answer: the receipt when every real price was recorded, else the error
     shape: 404 (unknown flats, or no ledger), 409 (already recorded), 503 (the ledger cannot be reached)."""
     if ledger is None:
         problem = ("inference_log_off", ("body",), "the inference log is off (FLAT_PRICE_INFERENCE_LOG_SAMPLE=0)")
@@ -41,10 +46,11 @@ def feedback_answer(ledger, actuals: list[tuple[str, int, int]], receipt):
     try:
         outcome = record_feedback(ledger, actuals)
     except LedgerUnavailable as error:  # nothing recorded: the client sends the same call again
-        problem = ("ledger_unavailable", ("body",), f"the feedback ledger cannot be reached: {error}"[:200])
+        logger.warning("feedback refused with 503: %s", error)  # the database's words stay in our log
+        problem = ("ledger_unavailable", ("body",), "the feedback ledger cannot be reached or written")
         return _refusal(503, "feedback ledger unavailable: nothing recorded, send again", [problem], 1)
     if not outcome.refused:
-        return receipt(len(outcome.settled))
+        return FeedbackReceipt(accepted=len(outcome.settled))
     problems = sorted(
         [(i, "unknown_request_id", "no flat priced under this request_id and flat is kept") for i in outcome.unknown]
         + [(i, "repeated_request_id", "a real price was already recorded for it") for i in outcome.repeated]

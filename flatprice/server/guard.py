@@ -24,10 +24,10 @@ import logging
 from ..api import API_INFO
 from ..api.errors import MAX_REPORTED_ERRORS, clip, error_json, validation_json
 from ..api.routes import BODY_ROUTES, DOCS, GET_ROUTES, SWAGGER_UI
+from ..compat import REFUSAL
 from ..observability import metrics
 from ..schema import FEATURE_NAMES
 from .docs_page import document_get_routes, page_messages, plain_schema_names
-from .log_budget import REFUSAL
 
 REFUSED_LOGGER = "flatprice.refused"
 refused_logger = logging.getLogger(REFUSED_LOGGER)

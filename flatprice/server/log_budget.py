@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 
-from ..compat import REFUSAL  # noqa: F401 (the mark, for the guard)
+from ..compat import REFUSAL
 
 LINES_PER_WINDOW = 10
 WINDOW_S = 1.0
