@@ -162,7 +162,7 @@ def behind_proxy(small_model, database, tmp_path_factory):
         yield replicas, proxy, prom_url
 
 
-def test_every_real_price_sent_through_the_proxy_is_matched_and_counted_once(behind_proxy):
+def test_every_real_price_sent_through_the_proxy_is_matched_and_counted_once(behind_proxy, database):
     replicas, proxy, prom_url = behind_proxy
     flats = generate_flats(1000, seed=31)[list(FEATURE_NAMES)]
     records = [
@@ -177,11 +177,17 @@ def test_every_real_price_sent_through_the_proxy_is_matched_and_counted_once(beh
     actuals = [(request_id, 0, round(price * 1.1)) for request_id, price in priced]
     with httpx.Client(timeout=10) as http:
 
-        def last_known():  # the newest flat: written to the database within about a second
-            last = {"actuals": [{"request_id": actuals[-1][0], "flat": 0, "price": actuals[-1][2]}]}
-            return http.post(f"{proxy.url}/feedback", json=last).status_code == 200
+        def all_written():  # each replica writes what it priced within about a second
+            import psycopg
 
-        wait_until(last_known, timeout=10, interval=0.2, what="the newest flat in the shared ledger")
+            with psycopg.connect(database.url) as db:
+                ids = [r for r, _, _ in actuals]
+                found = db.execute("SELECT count(*) FROM flat_price_priced WHERE request_id = ANY(%s)", (ids,))
+                return found.fetchone()[0] == len(ids)
+
+        wait_until(all_written, timeout=10, interval=0.2, what="every priced flat in the shared ledger")
+        last = {"actuals": [{"request_id": actuals[-1][0], "flat": 0, "price": actuals[-1][2]}]}
+        assert http.post(f"{proxy.url}/feedback", json=last).status_code == 200
         statuses = []
         for start in range(50, len(actuals) - 1, 100):  # the first 50 are sent twice at once, below
             batch = actuals[start : min(start + 100, len(actuals) - 1)]
