@@ -10,6 +10,7 @@ costs a third of a 1,000-flat request.
 
 from __future__ import annotations
 
+import math
 from operator import attrgetter
 from typing import Annotated
 
@@ -78,7 +79,10 @@ def _check_cross_fields(cls, value, info: ValidationInfo):
 
 
 def _is_number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value)
+    """A JSON number a rule can compare: any int (however large: numpy cannot take those), a finite float."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
 
 
 def _raw_cross_field_errors(rows, invalid: set) -> list[InitErrorDetails]:
