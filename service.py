@@ -39,6 +39,7 @@ class FlatPriceService:
     def __init__(self) -> None:
         self.runtime = Runtime.load(settings, self.model_ref, self.challenger_ref, home)
         self.tag = self.runtime.tag
+        server.lean.serve_with(self.runtime)  # a valid /predict is answered before BentoML's handler
 
     def __is_ready__(self) -> bool:
         return hasattr(self, "runtime")

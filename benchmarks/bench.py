@@ -98,6 +98,35 @@ def predict(flat: Flat):
     return {"score": float(pipeline.predict(frame)[0])}
 '''
 
+FAST_PATH_APP = '''
+"""The fast path: Starlette, the JSON body -> one numpy row -> the Pipeline's steps, no checks, no metrics."""
+import os
+
+import joblib
+import numpy as np
+import orjson
+from starlette.applications import Starlette
+from starlette.responses import Response
+from starlette.routing import Route
+
+pipeline = joblib.load(os.environ["PIPELINE_PATH"])
+features, regressor = pipeline.named_steps["features"], pipeline[-1]
+NAMES = os.environ["FEATURE_NAMES"].split(",")
+
+
+async def predict(request):
+    flat = orjson.loads(await request.body())
+    price = regressor.predict(features.transform(np.array([[flat[n] for n in NAMES]], dtype=np.float64)), thread_count=1)
+    return Response(orjson.dumps({"price": round(float(price[0]))}), media_type="application/json")
+
+
+async def health(request):
+    return Response(b"ok")
+
+
+app = Starlette(routes=[Route("/predict", predict, methods=["POST"]), Route("/health", health)])
+'''
+
 CEILING_SERVICE = '''
 """BentoML with the service's settings and no model: a constant answer."""
 import bentoml
@@ -205,27 +234,31 @@ def wrk(url: str, script: Path, connections: int, seconds: int, root_pid: int) -
 
 
 class FastAPIYardstick(Process):
-    def __init__(self, workdir: Path, pipeline_path: Path):
-        (workdir / "original_app.py").write_text(FASTAPI_APP)
+    """The original design (2 workers), or with `fast_path` the fast path (1 worker)."""
+
+    def __init__(self, workdir: Path, pipeline_path: Path, fast_path: bool = False):
+        name = "fast_path_app" if fast_path else "original_app"
+        (workdir / f"{name}.py").write_text(FAST_PATH_APP if fast_path else FASTAPI_APP)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [
             sys.executable,
             "-m",
             "uvicorn",
-            "original_app:app",
+            f"{name}:app",
             "--workers",
-            "2",
+            "1" if fast_path else "2",
             "--host",
             "127.0.0.1",
             "--port",
             str(self.port),
         ]
-        super().__init__(cmd, f"{self.url}/health", workdir / "original.log", cwd=workdir)
-        self.env = {**os.environ, "PIPELINE_PATH": str(pipeline_path)}
+        super().__init__(cmd, f"{self.url}/health", workdir / f"{name}.log", cwd=workdir)
+        self.env = {**os.environ, "PIPELINE_PATH": str(pipeline_path), "FEATURE_NAMES": ",".join(FEATURE_NAMES)}
 
     def __enter__(self):
         os.environ["PIPELINE_PATH"] = self.env["PIPELINE_PATH"]
+        os.environ["FEATURE_NAMES"] = self.env["FEATURE_NAMES"]
         return super().__enter__()
 
 
@@ -258,7 +291,7 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--connections", default="1,8,32,64")
-    parser.add_argument("--targets", default="service,original,ceiling", help="servers to measure, in order")
+    parser.add_argument("--targets", default="service,original,fastpath,ceiling", help="servers to measure, in order")
     parser.add_argument("--out", default=str(RESULTS / "bench.json"))
     args = parser.parse_args()
     connections = [int(c) for c in args.connections.split(",")]
@@ -293,6 +326,7 @@ def main() -> None:
         # The default settings: an ordinary client (up to 64 connections) must never get 429.
         "service": lambda: BentoServer(work / "home-service", target="service:FlatPriceService", cwd=REPO),
         "original": lambda: FastAPIYardstick(work, work / "pipeline.joblib"),
+        "fastpath": lambda: FastAPIYardstick(work, work / "pipeline.joblib", fast_path=True),
         "ceiling": lambda: BentoServer(work / "home-ceiling", target="ceiling:Ceiling", cwd=work / "ceiling_app"),
     }
     chosen = args.targets.split(",")
@@ -314,7 +348,10 @@ def main() -> None:
                         f"round {round_ + 1} {name:8s} c={c:<3d} {result['rps']:8.0f} req/s  p50 {result['p50_ms']:6.2f} ms  p90 {result['p90_ms']:6.2f}  p99 {result['p99_ms']:7.2f}  CPU {result['cpu_ms_per_request']:.2f} ms/req  worker split {result['worker_split']}  non-2xx {result['non_2xx']}",
                         flush=True,
                     )
-                results["rss_mib"].setdefault(name, []).append([round(rss_mib(p)) for p in worker_pids(root)])
+                # Every process of the server (BentoML's arbiter and monitor too), then its workers.
+                total = round(sum(rss_mib(p) for p in process_tree(root)))
+                workers = [round(rss_mib(p)) for p in worker_pids(root)]
+                results["rss_mib"].setdefault(name, []).append({"total": total, "workers": workers})
                 if name == "service":
                     for route, script in (("/predict_batch", rows_body), ("/predict_columns", columns_body)):
                         batch = wrk(f"{server.url}{route}", script, 8, args.duration, root)

@@ -20,13 +20,13 @@ PREFIX = "FLAT_PRICE_"
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=PREFIX, frozen=True, extra="ignore")
 
-    workers: int = Field(2, ge=1, le=64, description="Worker processes serving requests (one per core is typical)")
+    workers: int = Field(2, ge=1, le=64, description="Worker processes (one per core is typical)")
     timeout_s: float = Field(10.0, gt=0, le=600, description="A request unanswered after this long gets 504")
     max_concurrency: int = Field(
         64, ge=1, le=10_000, description="API requests in flight per worker before new ones get 429"
     )
     refusal_delay_s: float = Field(
-        0.05, ge=0, le=1, description="A 429 is sent after this delay, so a client retrying at once is paced"
+        0.05, ge=0, le=1, description="A 429 waits this long, pacing a client that retries at once"
     )
     body_timeout_s: float = Field(
         5.0, gt=0, le=60, description="A request body not fully arrived after this long gets 408"
@@ -40,7 +40,10 @@ class Settings(BaseSettings):
     access_log: bool = Field(False, description="One log line per request (costs ~10% of a request's CPU)")
     tracing_excluded_urls: str = Field(".*", description="Routes not traced by OpenTelemetry (regex; all by default)")
     server_hooks: bool = Field(
-        True, description="Install the version-checked BentoML hooks (docs/upgrading.md); 0 = public behaviour only"
+        True, description="The version-checked BentoML hooks (docs/upgrading.md); 0 = public behaviour only"
+    )
+    lean_predict: bool = Field(
+        True, description="A valid /predict skips BentoML's request handling (docs/decisions/0011)"
     )
     model: str = Field(
         "production",
@@ -51,12 +54,12 @@ class Settings(BaseSettings):
     challenger: str = Field(
         "",
         max_length=200,
-        description="If set, a model (named as above) pricing every flat in the shadow, for metrics only",
+        description="A model (named as above) pricing every flat in the shadow, for metrics only",
     )
     model_sha256: str = Field(
         "",
         pattern=r"^([0-9a-f]{64})?$",
-        description="If set, the only pipeline.joblib digest served (trust anchor outside the model store)",
+        description="The only pipeline.joblib digest served (trust anchor outside the store)",
     )
     drift_rows_per_request: int = Field(
         10,
@@ -79,7 +82,7 @@ class Settings(BaseSettings):
         "",
         max_length=1000,
         pattern=r"^(https?://\S+)?$",
-        description="If set, the inference log goes to this OTLP/HTTP endpoint, not to files",
+        description="The inference log goes to this OTLP/HTTP endpoint, not to files",
     )
     ledger_url: str = Field(
         "",
@@ -94,7 +97,7 @@ class Settings(BaseSettings):
         200_000,
         ge=1000,
         le=10_000_000,
-        description="Priced flats a worker buffers while the shared ledger is down (then drops, counted)",
+        description="Priced flats a worker buffers while the shared ledger is down",
     )
     feedback_max_flats: int = Field(
         2_000_000, ge=1000, le=1_000_000_000, description="The newest priced flats POST /feedback can match"

@@ -4,6 +4,7 @@ monitor (drift, the challenger's shadow, the inference log and the feedback ledg
 
 from __future__ import annotations
 
+import functools
 import gc
 import uuid
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from .store import load_pipeline
 class Runtime:
     tag: str
     price: object  # rows (n, 15) -> prices: the Pipeline's steps, CatBoost on one thread (pricing.py)
-    explainer: PriceExplainer
+    pipeline: object
     training_sample: np.ndarray
     faults: FaultInjection
     monitor: PredictionMonitor
@@ -43,7 +44,6 @@ class Runtime:
         # Checked, not just loaded: the original's example flat must get a positive price.
         if not price(row_of(EXAMPLE_FLAT))[0] > 0:
             raise RuntimeError(f"model {loaded.tag} gives a non-positive price for the example flat")
-        explainer = PriceExplainer(loaded.pipeline.named_steps["features"], loaded.pipeline[-1])  # ~0.5 s
         shadow = _shadow(challenger_ref)
         log = InferenceLog(settings, str(loaded.tag), shadow.tag if shadow is not None else None)
         ledger = open_ledger(settings, log_directory(settings.inference_log_dir, home)) if log.enabled else None
@@ -64,13 +64,20 @@ class Runtime:
         gc.set_threshold(700, 10, 1000)
         faults = FaultInjection(settings.fault_error_rate, settings.fault_max_delay_s)
         sample = loaded.training_sample
-        return cls(loaded.tag, price, explainer, sample, faults, monitor, ledger, np.random.default_rng())
+        return cls(loaded.tag, price, loaded.pipeline, sample, faults, monitor, ledger, np.random.default_rng())
 
-    def priced(self, rows: np.ndarray, ctx) -> tuple[np.ndarray, str]:
-        """Prices and the answer's request id (also its header), by which the inference log
-        and POST /feedback know these flats."""
+    @functools.cached_property
+    def explainer(self) -> PriceExplainer:
+        """Built at the first explanation (~0.5 s): its tables hold ~40 MB per worker that a
+        worker never asked to explain does not need (docs/performance.md, "Memory")."""
+        return PriceExplainer(self.pipeline.named_steps["features"], self.pipeline[-1])
+
+    def priced(self, rows: np.ndarray, ctx=None) -> tuple[np.ndarray, str]:
+        """Prices and the answer's request id (also its header, given BentoML's `ctx`), by which
+        the inference log and POST /feedback know these flats."""
         request_id = uuid.uuid4().hex
-        ctx.response.headers[REQUEST_ID_HEADER] = request_id
+        if ctx is not None:
+            ctx.response.headers[REQUEST_ID_HEADER] = request_id
         prices = self.price(rows)
         self.monitor.record(rows, prices, request_id)
         return prices, request_id

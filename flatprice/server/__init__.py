@@ -30,6 +30,7 @@ from ..observability.inference_log import monitoring_options
 from . import log_budget
 from .admission import Admission
 from .guard import REFUSED_LOGGER, RequestGuard
+from .lean import LeanPredict
 
 
 def service_options(settings: Settings, bentoml_home: str) -> dict:
@@ -61,6 +62,8 @@ def install(service, settings: Settings) -> Callable[[], None]:
         max_in_flight=settings.max_concurrency,
         refusal_delay_s=settings.refusal_delay_s,
     )
+    if settings.lean_predict:
+        service.add_asgi_middleware(LeanPredict)
     undo_hooks = install_hooks() if settings.server_hooks else (lambda: None)
     undo_budget = log_budget.install(REFUSED_LOGGER, BENTOML_HTTP_LOGGER)  # after the hook that marks refusals
 

@@ -1,0 +1,74 @@
+"""`LeanPredict`: a valid POST /predict answered without BentoML's per-request machinery (ASGI middleware).
+
+One valid flat is the service's most frequent request, and BentoML's handling of it (a
+Request object, the IO descriptor and serde, the context, background tasks, a Response
+object) cost as much CPU as the model (docs/decisions/0011). This middleware, the
+innermost, validates the body the guard has already read with the same pydantic model
+BentoML uses, prices it through the same runtime and answers the same bytes.
+
+Everything else goes on to BentoML's handler unchanged: an invalid flat (errors keep one
+code path: its 400 shape, log line and counts), a worker whose runtime is not loaded yet,
+and every request when FLAT_PRICE_LEAN_PREDICT=0. BentoML's request metrics and timeout,
+the guard and admission all still wrap it.
+"""
+
+from __future__ import annotations
+
+import orjson
+from pydantic import ValidationError
+
+from ..api import payloads as io
+from ..api.routes import PREDICT
+from ..runtime import Runtime, row_of
+
+_runtime: Runtime | None = None  # this worker's, once the service's __init__ has loaded it
+
+
+def serve_with(runtime: Runtime) -> None:
+    """Called by the service's `__init__` (one runtime per worker process)."""
+    global _runtime
+    _runtime = runtime
+
+
+def prediction_json(price: int, model: str, request_id: str) -> bytes:
+    """The body BentoML writes for an `io.Prediction` (tested byte for byte)."""
+    return orjson.dumps({"price": price, "score": price, "model": model, "request_id": request_id})
+
+
+class LeanPredict:
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        runtime = _runtime
+        if runtime is None or scope["type"] != "http" or scope["path"] != PREDICT or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        message = await receive()  # the whole body in one message: the guard read it and replays it
+        body = message.get("body", b"")
+        try:
+            flat = io.Flat.model_validate_json(body)
+        except ValidationError:
+            return await self.app(scope, _again(message, receive), send)
+        prices, request_id = runtime.priced(row_of(flat.__dict__))
+        answer = prediction_json(io.rubles(prices)[0], runtime.tag, request_id)
+        headers = [
+            (b"content-length", str(len(answer)).encode()),
+            (b"content-type", b"application/json"),
+            (io.REQUEST_ID_HEADER.lower().encode(), request_id.encode()),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": answer})
+
+
+def _again(first: dict, receive):
+    """`receive` that gives `first` once more, then the server's messages."""
+    given = False
+
+    async def replay():
+        nonlocal given
+        if not given:
+            given = True
+            return first
+        return await receive()
+
+    return replay
