@@ -87,10 +87,11 @@ images: install-dev model  ## with podman, no registry: stand-ins for the compos
 
 compose-env: grafana-env ledger-env  ## the compose stack's generated credentials (Grafana, the ledger's PostgreSQL), once
 
-ledger-env: monitoring/ledger.env  ## the shared feedback ledger's credentials for the compose stack, generated once
+ledger-env: monitoring/ledger.env  ## the feedback ledger's credentials and /feedback's token for compose, generated once
 monitoring/ledger.env:
 	@password=$$($(BASE_PYTHON) -c 'import secrets; print(secrets.token_urlsafe(24))'); \
-	sed "s/change-me/$$password/g" monitoring/ledger.env.example > $@
+	token=$$($(BASE_PYTHON) -c 'import secrets; print(secrets.token_urlsafe(24))'); \
+	sed "s/change-me-token/$$token/; s/change-me/$$password/g" monitoring/ledger.env.example > $@
 	chmod 600 $@
 
 grafana-env: monitoring/grafana.env  ## Grafana's admin credentials for the compose stack, generated once

@@ -3,7 +3,8 @@
 - deploy/kubernetes/base/prometheusrule.yaml: the rules of monitoring/prometheus/alerts.yml;
 - deploy/kubernetes/base/grafana-dashboard.yaml: monitoring/grafana/dashboards/flat-price.json as a
   ConfigMap for Grafana's dashboard sidecar;
-- deploy/haproxy/errors/503.http: the proxy's shedding answer, in the service's error shape.
+- deploy/haproxy/errors/*.http: the proxy's own answers (503 shed, 404 not a public path, 413 body
+  refused), in the service's error shape.
 A test checks the committed files equal what this writes.
 """
 
@@ -14,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from flatprice.api.errors import error_json
+from flatprice.config import Settings
 
 DEPLOY = Path(__file__).parent
 REPO = DEPLOY.parent
@@ -44,10 +46,25 @@ def dashboard_config_map() -> str:
     return HEADER.format(source=DASHBOARD.relative_to(REPO)) + yaml.safe_dump(config_map, sort_keys=False, width=120)
 
 
-def shed_answer() -> bytes:
-    body = error_json(SHED_REASON, "overloaded")
+MAX_BODY_BYTES = Settings.model_fields["max_body_bytes"].default  # haproxy.cfg's limit too (tested)
+PROXY_ANSWERS = {  # status: (reason line, error type, message, loc, extra headers)
+    503: ("Service Unavailable", "overloaded", SHED_REASON, "body", "Retry-After: 1\r\n"),
+    404: ("Not Found", "not_found", "no public route at this path", "path", ""),
+    413: (
+        "Payload Too Large",
+        "body_too_large",
+        f"request body over {MAX_BODY_BYTES} bytes, or chunked: send it whole, with a Content-Length",
+        "body",
+        "",
+    ),
+}
+
+
+def proxy_answer(status: int) -> bytes:
+    reason, error_type, message, loc, extra = PROXY_ANSWERS[status]
+    body = error_json(message, error_type, (loc,))
     head = (
-        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n{extra}"
         f"Cache-Control: no-store\r\nContent-Length: {len(body)}\r\n\r\n"  # keep-alive: a client may retry on it
     )
     return head.encode() + body
@@ -57,7 +74,7 @@ def outputs() -> dict[Path, bytes]:
     return {
         DEPLOY / "kubernetes" / "base" / "prometheusrule.yaml": prometheus_rule().encode(),
         DEPLOY / "kubernetes" / "base" / "grafana-dashboard.yaml": dashboard_config_map().encode(),
-        DEPLOY / "haproxy" / "errors" / "503.http": shed_answer(),
+        **{DEPLOY / "haproxy" / "errors" / f"{status}.http": proxy_answer(status) for status in PROXY_ANSWERS},
     }
 
 

@@ -303,7 +303,7 @@ class Proxy:
 def haproxy(workdir: Path, targets: list[str], env: dict[str, str] | None = None):
     """Debian's HAProxy with the committed config (deploy/haproxy/haproxy.cfg) in front of
     `targets` (host:port), on free loopback ports; yields its URLs once a replica is up.
-    `env` sets the config's own variables (FLAT_PRICE_REPLICA_MAXCONN, FLAT_PRICE_SHED_QUEUE)."""
+    `env` sets the config's own variables (FLAT_PRICE_REPLICA_MAXCONN, FLAT_PRICE_QUEUE_BUDGET_MS, ...)."""
     config = (REPO / "deploy" / "haproxy" / "haproxy.cfg").read_text()
     admin = workdir / "haproxy.sock"
     servers = "\n".join(f"    server replica{i} {target}" for i, target in enumerate(targets))

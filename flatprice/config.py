@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PREFIX = "FLAT_PRICE_"
@@ -102,6 +102,10 @@ class Settings(BaseSettings):
     feedback_max_flats: int = Field(
         2_000_000, ge=1000, le=1_000_000_000, description="The newest priced flats POST /feedback can match"
     )
+    # A secret: SecretStr keeps it out of reprs and logs.
+    feedback_token: SecretStr = Field(
+        SecretStr(""), description="If set, POST /feedback needs `Authorization: Bearer <this>` (else 401)"
+    )
     fault_error_rate: float = Field(0.0, ge=0, le=1, description="Share of /random requests answered 500 on purpose")
     fault_max_delay_s: float = Field(0.0, ge=0, le=5, description="Each /random request first sleeps U(0, this) s")
 
@@ -137,7 +141,7 @@ def markdown_table() -> str:
     """The README's configuration table."""
     rows = ["| variable | default | meaning |", "|---|---|---|"]
     for name, field in Settings.model_fields.items():
-        default = field.default
+        default = field.default.get_secret_value() if isinstance(field.default, SecretStr) else field.default
         shown = {True: "1", False: "0"}.get(default, default) if isinstance(default, bool) else default
         shown = f"`{shown}`" if shown != "" else "(empty)"
         rows.append(f"| `{PREFIX}{name.upper()}` | {shown} | {field.description} |")

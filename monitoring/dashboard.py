@@ -23,7 +23,7 @@ DATASOURCE = {"type": "prometheus", "uid": "prometheus"}
 API = f'endpoint=~"{"|".join(API_ROUTES)}"'  # the API routes, from the one definition
 N = NAMESPACE
 LATENCY_P95_S = 0.25  # the API's p95 line: the latency panel's red and FlatPriceHighLatencyP95 (monitoring/alerts.py)
-PROXY = 'proxy="replicas"'  # HAProxy's backend of the replicas (deploy/haproxy/haproxy.cfg)
+PROXY = 'proxy=~"replicas|bulk"'  # HAProxy's backends of the replicas (deploy/haproxy/haproxy.cfg)
 SERVED = f"({N}_model_info == 1)"  # drift series of the served model, not the challenger's
 W_MIN = int(DRIFT_WINDOW.removesuffix("m"))
 ENOUGH = (

@@ -114,6 +114,10 @@ def test_only_monitoring_and_the_ingress_reach_the_pods(base):
     sources = policy["spec"]["ingress"][0]["from"]
     names = {s["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for s in sources}
     assert names == {"monitoring", "ingress"} and policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    monitoring = next(s for s in sources if "monitoring" in s["namespaceSelector"]["matchLabels"].values())
+    assert monitoring["podSelector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "prometheus"
+    }  # not the whole namespace
     egress = {(p["port"], p["protocol"]) for rule in policy["spec"]["egress"] for p in rule["ports"]}
     assert egress == {(53, "UDP"), (53, "TCP"), (5432, "TCP"), (4318, "TCP")}  # DNS, the shared ledger, OTLP
 
@@ -122,6 +126,29 @@ def test_the_shared_ledger_comes_from_a_secret(base):
     env = {e["name"]: e for e in one(base, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]}
     secret = env["FLAT_PRICE_LEDGER_URL"]["valueFrom"]["secretKeyRef"]
     assert secret == {"name": "flat-price-ledger", "key": "url", "optional": True}
+
+
+def test_real_prices_need_the_token_of_a_required_secret(base):
+    env = {e["name"]: e for e in one(base, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]}
+    secret = env["FLAT_PRICE_FEEDBACK_TOKEN"]["valueFrom"]["secretKeyRef"]
+    assert secret == {"name": "flat-price-feedback", "key": "token"}  # not optional: no pod without it
+
+
+def proxy_public_paths() -> set[str]:
+    config = (REPO / "deploy" / "haproxy" / "haproxy.cfg").read_text()
+    (line,) = [line for line in config.splitlines() if line.strip().startswith("acl public_path ")]
+    return set(line.split("-m str", 1)[1].split())
+
+
+def test_the_proxy_routes_exactly_the_public_api():
+    public = {*routes.API_ROUTES, routes.SWAGGER_UI, routes.DOCS, *routes.HEALTH_ROUTES}
+    assert proxy_public_paths() == public and routes.METRICS not in proxy_public_paths()
+
+
+def test_the_proxy_refuses_bodies_over_the_services_limit():
+    config = (REPO / "deploy" / "haproxy" / "haproxy.cfg").read_text()
+    limit = Settings.model_fields["max_body_bytes"].default
+    assert f"req.hdr_val(content-length) gt {limit} }}" in config
 
 
 def quantity_bytes(quantity: str) -> int:

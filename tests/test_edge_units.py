@@ -528,3 +528,27 @@ def test_refusal_log_lines_have_a_budget_and_say_how_many_were_left_out():
     assert budget.filter(first) and first.msg.endswith("(and 7 more refused requests not logged before this one)")
     second = record()
     assert budget.filter(second) and second.msg == "POST /predict refused"
+
+
+@pytest.mark.parametrize(
+    "authorization, passes",
+    [(None, False), ("Bearer wrong", False), ("Bearer s3cret-token", True), ("bearer s3cret-token", False)],
+)
+def test_with_a_feedback_token_only_its_holder_sends_real_prices(authorization, passes):
+    app = Downstream()
+    headers = (("content-type", "application/json"),) + ((("authorization", authorization),) if authorization else ())
+    sent = run(guard(app, feedback_token="s3cret-token"), scope("/feedback", headers=headers))
+    if passes:
+        assert answer(sent)[0] == 200 and len(app.calls) == 1
+        return
+    status, response_headers, body = answer(sent)
+    assert (status, body["detail"][0]["type"]) == (401, "unauthorized") and app.calls == []
+    assert response_headers[b"www-authenticate"] == b"Bearer"
+    assert "s3cret" not in json.dumps(body)
+
+
+def test_without_a_feedback_token_feedback_and_other_routes_need_none():
+    app = Downstream()
+    assert answer(run(guard(app), scope("/feedback")))[0] == 200
+    assert answer(run(guard(app, feedback_token="t"), scope("/predict")))[0] == 200
+    assert len(app.calls) == 2

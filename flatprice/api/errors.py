@@ -32,6 +32,7 @@ class ErrorBody(BaseModel):
 # The description of every status an API route can answer, for /docs.json.
 ERROR_STATUSES = {
     400: "Invalid input: `detail` names each field at fault (`loc`) and the reason (`msg`)",
+    401: "POST /feedback without the bearer token FLAT_PRICE_FEEDBACK_TOKEN asks for (header WWW-Authenticate)",
     404: "No such route; POST /feedback: no flat priced under a request id and flat is kept (none of the call recorded)",
     405: "Method not allowed: the Allow header names the methods the route takes",
     408: "The request body did not arrive within the body deadline (FLAT_PRICE_BODY_TIMEOUT_S)",

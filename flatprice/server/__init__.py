@@ -55,6 +55,7 @@ def install(service, settings: Settings) -> Callable[[], None]:
         max_body_bytes=settings.max_body_bytes,
         max_header_bytes=settings.max_header_bytes,
         body_timeout_s=settings.body_timeout_s,
+        feedback_token=settings.feedback_token.get_secret_value(),
     )
     service.add_asgi_middleware(
         Admission,

@@ -2,6 +2,7 @@
 
 In the order a request meets them:
 - headers over `max_header_bytes` in all get 431;
+- with a feedback token set, POST /feedback without `Authorization: Bearer <token>` gets 401;
 - `GET` on a GET route (`/random`) is served by its POST API, as the original service did;
 - a POST whose Content-Length is over `max_body_bytes` gets 413 before its body is read;
   an encoded body (Content-Encoding) or a Content-Type other than JSON gets 415;
@@ -18,12 +19,13 @@ In the order a request meets them:
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 
 from ..api import API_INFO
 from ..api.errors import MAX_REPORTED_ERRORS, clip, error_json, validation_json
-from ..api.routes import BODY_ROUTES, DOCS, GET_ROUTES, SWAGGER_UI
+from ..api.routes import BODY_ROUTES, DOCS, FEEDBACK, GET_ROUTES, SWAGGER_UI
 from ..compat import REFUSAL
 from ..observability import metrics
 from ..schema import FEATURE_NAMES
@@ -115,8 +117,19 @@ def truthful_docs(body: bytes) -> bytes:
 
 
 class RequestGuard:
-    def __init__(self, app, api_routes, get_routes, max_body_bytes: int, max_header_bytes: int, body_timeout_s: float):
+    def __init__(
+        self,
+        app,
+        api_routes,
+        get_routes,
+        max_body_bytes: int,
+        max_header_bytes: int,
+        body_timeout_s: float,
+        feedback_token: str = "",
+    ):
         self.app = app
+        # Real prices move the accuracy metrics and alerts: with a token, only its holder may send them.
+        self.feedback_authorization = f"Bearer {feedback_token}".encode() if feedback_token else None
         self.api_routes, self.get_routes = frozenset(api_routes), frozenset(get_routes)
         self.max_body_bytes, self.max_header_bytes, self.body_timeout_s = (
             max_body_bytes,
@@ -140,6 +153,15 @@ class RequestGuard:
         if sum(len(k) + len(v) for k, v in scope["headers"]) > self.max_header_bytes:
             return await self._refuse(
                 scope, send, 431, f"request headers over {self.max_header_bytes} bytes", "headers_too_large"
+            )
+        if path == FEEDBACK and self.feedback_authorization and not self._authorized(scope):
+            return await self._refuse(
+                scope,
+                send,
+                401,
+                "POST /feedback needs the service's bearer token: Authorization: Bearer <FLAT_PRICE_FEEDBACK_TOKEN>",
+                "unauthorized",
+                [(b"www-authenticate", b"Bearer")],
             )
         if scope["method"] == "GET" and path in self.get_routes:
             # A GET has no body: whatever it declares about one (a multipart Content-Type...) is dropped.
@@ -255,12 +277,16 @@ class RequestGuard:
         for message in self.docs:
             await send(message)
 
-    async def _refuse(self, scope, send, status: int, reason: str, error_type: str):
+    def _authorized(self, scope) -> bool:
+        given = next((v for k, v in scope["headers"] if k.lower() == b"authorization"), b"")
+        return hmac.compare_digest(given, self.feedback_authorization)
+
+    async def _refuse(self, scope, send, status: int, reason: str, error_type: str, headers=()):
         metrics.REJECTED_INPUTS.labels(field=metrics.BODY_FIELD).inc()
         refused_logger.warning(
             "%s %s refused with %s: %s", scope["method"], scope["path"], status, error_type, extra={REFUSAL: True}
         )
-        await send_error(send, status, reason, error_type)
+        await send_error(send, status, reason, error_type, headers)
 
 
 def _replay(body: bytes, receive):
