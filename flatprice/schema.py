@@ -70,3 +70,4 @@ CROSS_FIELD_RULES = (
         lambda d: d["living_area"] + d["kitchen_area"] > d["total_area"],
     ),
 )
+CROSS_FIELD_INPUTS = ("floor", "floors_total", "living_area", "kitchen_area", "total_area")  # what the rules read

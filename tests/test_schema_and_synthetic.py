@@ -78,3 +78,17 @@ def test_price_structure(flats):
     # Heavy right tail, as in the real table: the mean well above the median.
     assert flats.price.mean() > 1.2 * flats.price.median()
     assert np.percentile(flats.price, 99) > 5 * flats.price.median()
+
+
+def test_the_cross_field_inputs_are_what_the_rules_read():
+    from flatprice.schema import CROSS_FIELD_INPUTS, CROSS_FIELD_RULES
+
+    class Reads(dict):
+        def __getitem__(self, key):
+            read.add(key)
+            return 1.0
+
+    read: set = set()
+    for _, _, broken in CROSS_FIELD_RULES:
+        broken(Reads())
+    assert read == set(CROSS_FIELD_INPUTS)

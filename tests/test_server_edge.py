@@ -235,3 +235,27 @@ def test_a_huge_integer_in_one_flat_beside_another_flats_broken_rule_is_a_400(cl
     huge, broken = EXAMPLE_FLAT | {"build_year": 61802331645165603556893392896}, EXAMPLE_FLAT | {"floor": 9}
     answer = client.post("/predict_batch", json={"flats": [huge, broken]})
     assert answer.status_code == 400 and answer.json()["total"] == 2, answer.text
+
+
+@pytest.mark.parametrize(
+    "route, body, total",
+    [
+        ("/predict_batch", {"flats": [{}] * 1000}, 15_000),
+        ("/predict_columns", {name: ["x"] * 1000 for name in FEATURE_NAMES}, 15_000),
+        ("/explain_batch", {"flats": [{}] * 100}, 1_500),
+        ("/feedback", {"actuals": [{"request_id": "0" * 32, "flat": "x", "price": 1}] * 1000}, 2_000),
+    ],
+)
+def test_thousands_of_problems_answer_the_first_twenty_and_count_them_all(client, route, body, total):
+    answer = client.post(route, json=body)
+    assert answer.status_code == 400
+    error = answer.json()
+    assert error["total"] == total and len(error["detail"]) == 20
+    assert error["error"].startswith(f"{total} validation errors (the first 20 listed)")
+    assert "more_problems" not in {d["type"] for d in error["detail"]}
+
+
+def test_feedback_with_thousands_of_unknown_keys_is_one_error(client):
+    body = {"actuals": [{"request_id": "0" * 32, "flat": 0, "price": 1_000_000}]} | {f"k{i}": 1 for i in range(60_000)}
+    error = client.post("/feedback", json=body).json()
+    assert error["total"] == 1 and error["detail"][0]["type"] == "extra_forbidden"

@@ -63,6 +63,22 @@ def refusal_json(reason: str, problems: list[tuple[str, tuple, str]], total: int
     return json.dumps({"error": reason, "detail": detail, "total": total}).encode()
 
 
+MORE_PROBLEMS = "more_problems"  # the last error of a full answer: how many problems there were in all
+
+
+def more_problems_message(total: int) -> str:
+    return f"{total} problems in all; the first {MAX_REPORTED_ERRORS} are listed"
+
+
+def listed_and_total(errors: list[dict]) -> tuple[list[dict], int]:
+    """The errors to list and how many there were: a full answer (`MORE_PROBLEMS` last) says its total,
+    built without the rest (payloads.py stops collecting once the answer is full)."""
+    if errors and errors[-1].get("type") == MORE_PROBLEMS:
+        total = str(errors[-1].get("msg", "")).split(" ", 1)[0]
+        return errors[:-1], int(total) if total.isdigit() else len(errors) - 1
+    return errors, len(errors)
+
+
 def validation_json(errors: list[dict], total: int) -> bytes:
     """A 400 body from pydantic-style errors: the first MAX_REPORTED_ERRORS, bounded."""
     detail = [

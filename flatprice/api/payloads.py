@@ -28,7 +28,8 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from ..pricing import whole_rubles
-from ..schema import CROSS_FIELD_RULES, EXAMPLE_FLAT, FEATURE_NAMES, FEATURES
+from ..schema import CROSS_FIELD_INPUTS, CROSS_FIELD_RULES, EXAMPLE_FLAT, FEATURE_NAMES, FEATURES
+from .errors import MAX_REPORTED_ERRORS, MORE_PROBLEMS, more_problems_message
 
 MAX_BATCH_ROWS = 1000
 MAX_EXPLAIN_ROWS = 100  # an explanation costs ~0.2 ms of CPU per flat in a batch, ~10x a price
@@ -90,7 +91,11 @@ def _raw_cross_field_errors(rows, invalid: set) -> list[InitErrorDetails]:
     valid on their own: when another flat fails validation, its neighbours' broken rules still count."""
     errors: list[InitErrorDetails] = []
     for loc_of, row in rows:
-        valid = {name: value for name, value in row.items() if _is_number(value) and loc_of(name) not in invalid}
+        valid = {
+            name: row[name]
+            for name in CROSS_FIELD_INPUTS
+            if name in row and _is_number(row[name]) and loc_of(name) not in invalid
+        }
         for field, reason, broken in CROSS_FIELD_RULES:
             try:
                 if broken(valid):
@@ -106,30 +111,55 @@ def _raw_cross_field_errors(rows, invalid: set) -> list[InitErrorDetails]:
     return errors
 
 
+def _as_init(error: dict) -> InitErrorDetails:
+    """A reported error, raised again as it was (braces escaped: its message is final)."""
+    message = error["msg"].replace("{", "{{").replace("}", "}}")
+    return {
+        "type": PydanticCustomError(error["type"], message),
+        "loc": tuple(error["loc"]),
+        "input": error.get("input"),
+    }
+
+
+def _full_answer(title: str, listed: list, total: int) -> ValidationError:
+    """The listed errors (at most MAX_REPORTED_ERRORS) and, when there were more, one saying how many:
+    thousands of errors (1,000 empty flats make 15,000) cost nothing more downstream (BentoML, the guard)."""
+    if total > len(listed):
+        more = PydanticCustomError(MORE_PROBLEMS, more_problems_message(total))
+        listed = [*listed, {"type": more, "loc": (), "input": None}]
+    return ValidationError.from_exception_data(title, listed)
+
+
 def _every_problem(raw_rows):
     """A wrap validator: on a validation error, the cross-field errors of the other flats are
-    added, so `total` counts every problem (the valid path checks them on the matrix instead)."""
+    added, so `total` counts every problem (the valid path checks them on the matrix instead);
+    only the first MAX_REPORTED_ERRORS are built into the answer."""
 
     def validate(cls, data, handler):
         try:
             return handler(data)
         except ValidationError as error:
-            found = error.errors(include_url=False)
+            found = error.errors(include_url=False, include_context=False)
             invalid = {tuple(e["loc"]) for e in found}
             extra = _raw_cross_field_errors(raw_rows(data), invalid) if isinstance(data, dict) else []
-            if not extra:
+            if not extra and len(found) <= MAX_REPORTED_ERRORS:
                 raise
-            kept: list[InitErrorDetails] = [
-                {
-                    "type": PydanticCustomError(e["type"], e["msg"].replace("{", "{{").replace("}", "}}")),
-                    "loc": tuple(e["loc"]),
-                    "input": e.get("input"),
-                }
-                for e in found
-            ]
-            raise ValidationError.from_exception_data(cls.__name__, kept + extra) from None
+            listed = [_as_init(e) for e in found[:MAX_REPORTED_ERRORS]]
+            listed += extra[: MAX_REPORTED_ERRORS - len(listed)]
+            raise _full_answer(cls.__name__, listed, len(found) + len(extra)) from None
 
     return model_validator(mode="wrap")(validate)
+
+
+def _bounded(cls, data, handler):
+    """A wrap validator: only the first MAX_REPORTED_ERRORS errors are built into the answer."""
+    try:
+        return handler(data)
+    except ValidationError as error:
+        if error.error_count() <= MAX_REPORTED_ERRORS:
+            raise
+        listed = [_as_init(e) for e in error.errors(include_url=False)[:MAX_REPORTED_ERRORS]]
+        raise _full_answer(cls.__name__, listed, error.error_count()) from None
 
 
 def _batch_rows(data: dict):
@@ -293,6 +323,7 @@ class Actual(BaseModel):
     """The real price of a flat priced earlier: the answer's request_id and the flat's place in it."""
 
     model_config = ConfigDict(**_STRICT)
+    few_unknown_keys = model_validator(mode="before")(_few_unknown_keys)
     request_id: str = Field(pattern=REQUEST_ID_PATTERN, description="request_id of the answer that priced the flat")
     flat: int = Field(0, ge=0, le=MAX_BATCH_ROWS - 1, description="The flat's index in that request (0 for one flat)")
     price: int = Field(ge=100_000, le=100_000_000_000, description="The real price the flat sold for, whole rubles")
@@ -308,6 +339,8 @@ class Feedback(BaseModel):
         },
     )
     actuals: list[Actual] = Field(min_length=1, max_length=MAX_BATCH_ROWS, description=f"1 to {MAX_BATCH_ROWS} prices")
+    few_unknown_keys = model_validator(mode="before")(_few_unknown_keys)
+    bounded = model_validator(mode="wrap")(_bounded)
 
 
 class FeedbackReceipt(BaseModel):

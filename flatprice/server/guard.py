@@ -24,7 +24,7 @@ import json
 import logging
 
 from ..api import API_INFO
-from ..api.errors import MAX_REPORTED_ERRORS, clip, error_json, validation_json
+from ..api.errors import MAX_REPORTED_ERRORS, clip, error_json, listed_and_total, validation_json
 from ..api.routes import BODY_ROUTES, DOCS, FEEDBACK, GET_ROUTES, SWAGGER_UI
 from ..compat import REFUSAL
 from ..observability import metrics
@@ -95,8 +95,9 @@ def bounded_400(body: bytes) -> tuple[bytes, list[str]]:
     errors = answer.get("detail")
     if not isinstance(errors, list) or not errors or not all(isinstance(e, dict) for e in errors):
         errors = [{"msg": str(answer.get("error", "invalid request"))}]  # type and loc: the shape's defaults
+    errors, total = listed_and_total(errors)
     shown = errors[:MAX_REPORTED_ERRORS]
-    return validation_json(shown, len(errors)), [field_label(e.get("loc") or ()) for e in shown]
+    return validation_json(shown, total), [field_label(e.get("loc") or ()) for e in shown]
 
 
 def truthful_docs(body: bytes) -> bytes:
