@@ -4,6 +4,7 @@ The models here have a name of their own (`lifecycle_unit`), so the session's fl
 The same through real processes (`python -m train`, `python -m models`, `bentoml serve`): test_lifecycle_process.py.
 """
 
+import json
 import os
 
 import numpy as np
@@ -201,3 +202,52 @@ def test_shadow_prices_every_row_and_publishes_its_metrics(three_models, tmp_pat
     broken = Shadow(lambda rows: 1 / 0, DriftPublisher("test:broken", build_reference(rows, champion)), "test:broken")
     broken.observe(rows, champion, np.arange(7))
     assert broken.failures == 1
+
+
+class _ReadsTheEnvironment:
+    """A pickle that, once loaded, writes down the environment it runs in (what a tampered model could steal)."""
+
+    def __init__(self, out):
+        self.out = str(out)
+
+    def __reduce__(self):
+        code = f"import json, os; open({self.out!r}, 'w').write(json.dumps(dict(os.environ)))"
+        return exec, (code,)
+
+
+def _tamper(model, out) -> None:
+    """Replace the model's pickle and its checksum in model.yaml, as someone with write access to the store could."""
+    import hashlib
+
+    import joblib
+
+    pickle_path = model.path_of("pipeline.joblib")
+    old = hashlib.sha256(open(pickle_path, "rb").read()).hexdigest()
+    joblib.dump(_ReadsTheEnvironment(out), pickle_path)
+    new = hashlib.sha256(open(pickle_path, "rb").read()).hexdigest()
+    manifest = model.path_of("model.yaml")
+    with open(manifest) as f:
+        text = f.read()
+    with open(manifest, "w") as f:
+        f.write(text.replace(old, new))
+
+
+def test_the_gate_loads_production_without_the_trainers_credentials(small_model, tmp_path, monkeypatch):
+    name = "lifecycle_tampered"
+    if registry.stored(name):
+        pytest.skip("models of this name are left from an earlier run in this store")
+    production = train(rows=2000, iterations=30, seed=1, model_name=name)
+    stolen = tmp_path / "environment.json"
+    _tamper(registry.resolve(str(production.tag), name), stolen)
+    monkeypatch.setenv("FLAT_PRICE_LEDGER_URL", "postgresql://trainer:s3cret@db/flat_price")
+    candidate = train(rows=2000, iterations=30, seed=2, model_name=name)
+    comparison = candidate.info.metadata["comparison"]
+    assert "could not be loaded for the gate" in comparison["error"]  # no comparison, so no promotion
+    assert registry.stage_of(registry.resolve(str(candidate.tag), name)) == registry.CANDIDATE
+    environment = json.loads(stolen.read_text())  # the pickle ran, in the child
+    assert "s3cret" not in json.dumps(environment) and "FLAT_PRICE_LEDGER_URL" not in environment
+    # With the pin set, a pickle that is not the pinned one is never unpickled at all.
+    stolen.unlink()
+    monkeypatch.setenv("FLAT_PRICE_MODEL_SHA256", "0" * 64)
+    pinned = train(rows=2000, iterations=30, seed=3, model_name=name)
+    assert "FLAT_PRICE_MODEL_SHA256" in pinned.info.metadata["comparison"]["error"] and not stolen.exists()

@@ -10,12 +10,14 @@ from sklearn.model_selection import train_test_split
 
 from flatprice import data as data_module
 from flatprice import registry
+from flatprice.config import Settings
 from flatprice.features import as_feature_matrix, build_pipeline
 from flatprice.reference import IDENTIFIERS, build_reference, known_values
 from flatprice.schema import FEATURE_NAMES, TARGET
-from flatprice.store import MODEL_NAME, ModelError, load_pipeline, save_pipeline
+from flatprice.store import MODEL_NAME, ModelError, save_pipeline
 
 from . import gate
+from .production_scores import production_prices
 
 HOLDOUT_SHARE = 0.15
 SAMPLE_ROWS = 2000  # training rows stored with the model, for /random
@@ -106,18 +108,21 @@ def train(
 
 
 def _compare(current, pipeline, X_test, y_test, evaluation) -> dict:
-    """The new Pipeline and the production model on the holdout (and the evaluation set)."""
+    """The new Pipeline and the production model on the holdout (and the evaluation set). Production
+    is loaded in a child process without this one's credentials (train/production_scores.py)."""
+    frames = [X_test] + ([evaluation.frame] if evaluation is not None else [])
+    matrices = [frame[list(FEATURE_NAMES)].to_numpy(dtype=np.float64) for frame in frames]
     try:
-        production = load_pipeline(current).pipeline
+        production = production_prices(current, matrices, Settings.load().model_sha256)
     except ModelError as error:  # e.g. trained with other library versions: no comparison, no promotion
         return {"against": str(current.tag), "error": str(error)}
     comparison = {
         "against": str(current.tag),
-        gate.HOLDOUT: gate.compare(y_test, pipeline.predict(X_test), production.predict(X_test)),
+        gate.HOLDOUT: gate.compare(y_test, pipeline.predict(X_test), production[0]),
     }
     if evaluation is not None:
         X_eval, y_eval = evaluation.frame[list(FEATURE_NAMES)], evaluation.frame[TARGET].to_numpy()
-        comparison[gate.EVALUATION] = gate.compare(y_eval, pipeline.predict(X_eval), production.predict(X_eval))
+        comparison[gate.EVALUATION] = gate.compare(y_eval, pipeline.predict(X_eval), production[1])
         comparison["evaluation_set"] = {"source": evaluation.source, "sha256": evaluation.sha256}
     return comparison
 
