@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     max_concurrency: int = Field(
         64, ge=1, le=10_000, description="API requests in flight per worker before new ones get 429"
     )
+    max_explain_concurrency: int = Field(
+        2, ge=1, le=10_000, description="Explanations in flight per worker (~10 predictions each); then 429"
+    )
     refusal_delay_s: float = Field(
         0.05, ge=0, le=1, description="A 429 waits this long, pacing a client that retries at once"
     )
@@ -37,14 +40,12 @@ class Settings(BaseSettings):
     max_header_bytes: int = Field(
         16 * 1024, ge=1024, le=1024 * 1024, description="Larger request headers (all together) get 431"
     )
-    access_log: bool = Field(False, description="One log line per request (costs ~10% of a request's CPU)")
-    tracing_excluded_urls: str = Field(".*", description="Routes not traced by OpenTelemetry (regex; all by default)")
+    access_log: bool = Field(False, description="One log line per request (~10% of a request's CPU)")
+    tracing_excluded_urls: str = Field(".*", description="Routes not traced by OpenTelemetry (regex)")
     server_hooks: bool = Field(
-        True, description="The version-checked BentoML hooks (docs/upgrading.md); 0 = public behaviour only"
+        True, description="Version-checked BentoML hooks (docs/upgrading.md); 0: public behaviour only"
     )
-    lean_predict: bool = Field(
-        True, description="A valid /predict skips BentoML's request handling (docs/decisions/0011)"
-    )
+    lean_predict: bool = Field(True, description="A valid /predict skips BentoML's request handling (decision 0011)")
     model: str = Field(
         "production",
         min_length=1,
@@ -73,7 +74,7 @@ class Settings(BaseSettings):
     inference_log_dir: str = Field(
         "",
         max_length=1000,
-        description="Inference log and feedback ledger directory (empty: BENTOML_HOME/inference-log)",
+        description="Inference log and ledger folder (empty: BENTOML_HOME/inference-log)",
     )
     inference_log_max_mb: int = Field(
         1024, ge=1, le=1_000_000, description="Inference log files stay under this many MiB in all"
@@ -88,7 +89,7 @@ class Settings(BaseSettings):
         "",
         max_length=2000,
         pattern=r"^(postgres(ql)?://\S+)?$",
-        description="PostgreSQL URL of the feedback ledger all replicas share (empty: SQLite, one server)",
+        description="PostgreSQL URL of the ledger all replicas share (empty: SQLite, one server)",
     )
     ledger_keep_days: int = Field(
         180, ge=1, le=3650, description="The shared ledger keeps priced flats and real prices this long"
@@ -104,7 +105,7 @@ class Settings(BaseSettings):
     )
     # A secret: SecretStr keeps it out of reprs and logs.
     feedback_token: SecretStr = Field(
-        SecretStr(""), description="If set, POST /feedback needs `Authorization: Bearer <this>` (else 401)"
+        SecretStr(""), description="If set, POST /feedback needs `Authorization: Bearer <this>`"
     )
     fault_error_rate: float = Field(0.0, ge=0, le=1, description="Share of /random requests answered 500 on purpose")
     fault_max_delay_s: float = Field(0.0, ge=0, le=5, description="Each /random request first sleeps U(0, this) s")

@@ -552,3 +552,44 @@ def test_without_a_feedback_token_feedback_and_other_routes_need_none():
     assert answer(run(guard(app), scope("/feedback")))[0] == 200
     assert answer(run(guard(app, feedback_token="t"), scope("/predict")))[0] == 200
     assert len(app.calls) == 2
+
+
+def test_explanations_have_a_limit_of_their_own_within_the_workers():
+    async def scenario():
+        gate = Gate()
+        admission = Admission(
+            gate,
+            routes.API_ROUTES,
+            max_in_flight=8,
+            refusal_delay_s=0,
+            heavy_routes=routes.HEAVY_ROUTES,
+            max_heavy_in_flight=2,
+        )
+        statuses = []
+
+        async def request(path):
+            sent = []
+
+            async def send(message):
+                sent.append(message)
+
+            await admission(scope(path), None, send)
+            statuses.append((path, sent[0]["status"]))
+
+        held = [asyncio.create_task(request(p)) for p in ("/explain", "/explain_batch")]
+        await asyncio.sleep(0.01)
+        await request("/explain_batch")  # a third explanation: refused at once
+        predictions = [asyncio.create_task(request("/predict")) for _ in range(3)]
+        await asyncio.sleep(0.01)
+        assert admission.heavy_in_flight == 2 and admission.in_flight == 5  # predictions still admitted
+        gate.release.set()
+        await asyncio.gather(*held, *predictions)
+        assert admission.heavy_in_flight == 0 and admission.in_flight == 0
+        await request("/explain")  # admitted again
+        return statuses
+
+    statuses = asyncio.run(scenario())
+    assert statuses[0] == ("/explain_batch", 429)
+    assert sorted(statuses[1:]) == sorted(
+        [("/explain", 200), ("/explain_batch", 200), *[("/predict", 200)] * 3, ("/explain", 200)]
+    )
