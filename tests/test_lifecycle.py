@@ -251,3 +251,8 @@ def test_the_gate_loads_production_without_the_trainers_credentials(small_model,
     monkeypatch.setenv("FLAT_PRICE_MODEL_SHA256", "0" * 64)
     pinned = train(rows=2000, iterations=30, seed=3, model_name=name)
     assert "FLAT_PRICE_MODEL_SHA256" in pinned.info.metadata["comparison"]["error"] and not stolen.exists()
+
+
+def test_gate_rule_for_mae_lower_is_better():
+    assert gate.verdict(comparisons(4.0e6, 4.1e6, "mae_rub"), "mae_rub", 0.0)[0]
+    assert not gate.verdict(comparisons(4.2e6, 4.1e6, "mae_rub"), "mae_rub", 0.0)[0]

@@ -14,6 +14,7 @@ With FLAT_PRICE_INFERENCE_LOG_OTLP_ENDPOINT the same records go to BentoML's OTL
 from __future__ import annotations
 
 import logging
+import os
 import time
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
@@ -29,7 +30,7 @@ from .log_records import MONITOR_NAME, log_directory
 LOG_CONFIG = Path(__file__).with_name("inference_log.yaml")
 FILES_PER_WORKER = 10  # the data file and 9 rotated ones
 BYTES_PER_FLAT = 110  # a flat in a record (15 features, price, its share of the request's id): measured
-RECORDS_PER_FILE = 4  # a record holds at most a quarter of a file's flats: the overshoot stays small
+RECORDS_PER_FILE = 4  # a record holds at most a quarter of a file's flats: files fill to their bound
 WARN_EVERY_S = 60.0
 # Columns BentoML's default monitor adds from the request context; the log is written in a
 # background thread, where they are always empty ("None", "0"), so the formatter leaves them out.
@@ -65,9 +66,19 @@ class BoundedFileHandler(RotatingFileHandler):
         self._warned_at = -WARN_EVERY_S
 
     def shouldRollover(self, record: logging.LogRecord) -> bool:
-        # By the file's position: the stdlib formats every record a second time to measure it first,
-        # which doubles the cost of large records. A file may overshoot by one record.
-        return self.stream is not None and self.stream.tell() >= self.maxBytes
+        # Before a record that would take the file past its bound, so the bound holds for every file and
+        # in total. The record is formatted here once and `format` hands the same line to the write (the
+        # stdlib's check formats every record a second time, which doubles the cost of large ones).
+        line = self.format(record)
+        record.formatted_line = line
+        if self.stream is not None:
+            size = self.stream.tell()
+        else:
+            size = os.path.getsize(self.baseFilename) if os.path.exists(self.baseFilename) else 0
+        return size > 0 and size + len(line) + len(self.terminator) > self.maxBytes  # ASCII JSON: chars = bytes
+
+    def format(self, record: logging.LogRecord) -> str:
+        return getattr(record, "formatted_line", None) or super().format(record)
 
     def handleError(self, record: logging.LogRecord) -> None:
         # Default behaviour prints a traceback per record; a full disk must not flood the log.

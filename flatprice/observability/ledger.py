@@ -37,6 +37,7 @@ _SCHEMA = (
         settled_at REAL NOT NULL,
         PRIMARY KEY (request_id, flat)
     )""",
+    "CREATE INDEX IF NOT EXISTS settled_by_time ON settled (settled_at)",
 )
 
 
@@ -87,6 +88,9 @@ class Ledger:
             rows.append((total, request_id, model_tag, json.dumps(answered.tolist()), now))
         db.executemany("INSERT OR IGNORE INTO priced VALUES (?, ?, ?, ?, ?)", rows)
         db.execute("DELETE FROM priced WHERE flats_so_far <= ?", (total - self.max_flats,))
+        # A flat is settled after it was priced: real prices recorded before the oldest kept flat was
+        # priced belong to flats already gone (a range delete on the index; nothing to do most flushes).
+        db.execute("DELETE FROM settled WHERE settled_at < (SELECT min(priced_at) FROM priced)")
         db.execute("COMMIT")
 
     def settle(self, actuals: list[tuple[str, int, int]]) -> Settlement:
