@@ -15,6 +15,7 @@ from .api.payloads import REQUEST_ID_HEADER, Explanation, rubles
 from .config import Settings
 from .explain import PriceExplainer
 from .faults import FaultInjection
+from .observability.accuracy import band_of
 from .observability.drift import DriftPublisher
 from .observability.inference_log import InferenceLog
 from .observability.ledger import open_ledger
@@ -56,7 +57,8 @@ class Runtime:
             log=log,
             ledger=ledger,
         )
-        publish_static(loaded.tag, loaded.metadata["trained_at"], loaded.metadata["metrics"])
+        band = band_of(loaded.metadata)
+        publish_static(loaded.tag, loaded.metadata["trained_at"], loaded.metadata["metrics"], band)
         monitor.start()
         # Long-lived objects leave the GC's generations and full collections run rarely:
         # each stalls the requests in flight (docs/decisions/0002-gc-freeze.md).

@@ -176,8 +176,10 @@ def drift_rules() -> list[dict]:
 
 
 def accuracy_rules() -> list[dict]:
-    """Real prices (accuracy.py): the last window's median APE per model against its holdout median APE."""
+    """Real prices (accuracy.py): the last window's median APE per model against its holdout median APE,
+    and the median signed error against the band of the holdout's days (a market up or down)."""
     actuals, median = f"{N}:feedback_actuals:{AW}", f"{N}:feedback_median_ape:{AW}"
+    signed, band = f"{N}:feedback_median_log_error:{AW}", f"{N}_model_holdout_log_error_band"
     hours = {"1h": "1 hour"}.get(accuracy.FOR, accuracy.FOR)
     return [
         {
@@ -198,6 +200,23 @@ def accuracy_rules() -> list[dict]:
             "{{ $labels.model_tag }} prices sold flats worse than on its holdout",
             "Median absolute percentage error of {{ $labels.model_tag }} over the real prices of the last day is "
             f"{{{{ $value | humanizePercentage }}}}, more than {1 + accuracy.MARGIN:g} x its holdout median APE, for {hours}.",
+        ),
+        {
+            "record": signed,
+            "expr": f"histogram_quantile(0.5,\n  sum by (model_tag, le) (increase({N}_feedback_log_error_bucket[{AW}])))\n"
+            f"  and on (model_tag) {actuals} > 0",
+        },
+        alert(
+            "FlatPriceBiased",
+            f'(\n  {signed} > on (model_tag) max by (model_tag) ({band}{{bound="high"}})\n'
+            f'  or\n  {signed} < on (model_tag) min by (model_tag) ({band}{{bound="low"}})\n)\n'
+            f"and on (model_tag) {actuals} >= {accuracy.MIN_ACTUALS}",
+            accuracy.FOR,
+            "warning",
+            "{{ $labels.model_tag }} prices sold flats with a bias: has the market moved?",
+            "The median ln(price / real price) of {{ $labels.model_tag }} over the real prices of the last day is "
+            '{{ $value | printf "%.3f" }} ({{ if lt $value 0.0 }}under{{ else }}over{{ end }}priced), outside the band '
+            f"a day of its holdout's own flats stays in, for {hours}.",
         ),
     ]
 

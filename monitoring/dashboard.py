@@ -329,6 +329,20 @@ ROWS: list[tuple[str, list[Panel]]] = [
                 "percentunit",
             ),
             Panel(
+                f"Signed error over the last {accuracy.WINDOW}: median ln(price / real) vs the holdout's band",
+                f"Median ln(price / real price) of the flats whose real price arrived in the last {accuracy.WINDOW}, by model: below 0 the model underprices (a market that rose), above it overprices (one that fell). The band is where a day of {accuracy.MIN_ACTUALS} of the holdout's own flats stays 99% of the time; outside it with {accuracy.MIN_ACTUALS}+ real prices for {accuracy.FOR}, FlatPriceBiased fires.",
+                [
+                    (f"flat_price:feedback_median_log_error:{accuracy.WINDOW}", "live {{model_tag}}"),
+                    (
+                        f'max by (model_tag) ({N}_model_holdout_log_error_band{{bound="median"}})',
+                        "holdout {{model_tag}}",
+                    ),
+                    (f'max by (model_tag) ({N}_model_holdout_log_error_band{{bound="high"}})', "band top"),
+                    (f'min by (model_tag) ({N}_model_holdout_log_error_band{{bound="low"}})', "band bottom"),
+                ],
+                "short",
+            ),
+            Panel(
                 "Real prices received",
                 "Real prices sent to POST /feedback per hour: accepted, or refused as unknown (not logged, or no longer kept) or repeated.",
                 [(f"sum by (outcome) (increase({N}_feedback_actuals_total[1h]))", "{{outcome}}")],

@@ -54,3 +54,46 @@ def test_a_flat_repeated_within_one_feedback_call_answers_409(client):
     assert answer.status_code == 409, answer.text
     once = client.post("/feedback", json={"actuals": twice["actuals"][:1]})
     assert once.status_code == 200 and once.json() == {"accepted": 1}
+
+
+def test_the_band_of_a_days_median_signed_error_holds_the_holdout_and_not_a_moved_market():
+    from flatprice.observability.accuracy import MIN_ACTUALS, daily_band
+
+    rng = np.random.default_rng(5)
+    actual = rng.uniform(5e6, 30e6, 20_000)
+    predicted = actual * np.exp(rng.normal(0.04, 0.3, actual.size))  # overprices by +0.04 in log, as trained
+    band = daily_band(predicted, actual)
+    assert band["low"] < band["median"] < band["high"] and band["flats_per_day"] == MIN_ACTUALS
+    assert abs(band["median"] - 0.04) < 0.01
+    for market in (1.3, 0.7):  # real prices 30% up or down, the model's prices as before
+        days = np.log(predicted / (actual * market))[: MIN_ACTUALS * 20].reshape(20, MIN_ACTUALS)
+        assert all(not band["low"] <= m <= band["high"] for m in np.median(days, axis=1))
+    same = np.median(np.log(predicted / actual)[: MIN_ACTUALS * 20].reshape(20, MIN_ACTUALS), axis=1)
+    assert sum(band["low"] <= m <= band["high"] for m in same) >= 19
+
+
+def test_a_trained_model_stores_its_band(small_model):
+    band = small_model.info.metadata["log_error_band"]
+    assert band["low"] < band["median"] < band["high"]
+
+
+def test_real_prices_are_counted_by_their_signed_error(client):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.metrics_scrape import sample_value
+
+    answer = client.post("/predict", json=EXAMPLE_FLAT).json()
+    actual = round(answer["price"] * 1.3)  # the market rose 30%: the model underprices by ln(1/1.3) = -0.26
+    wait_until(
+        lambda: client.post(
+            "/feedback", json={"actuals": [{"request_id": answer["request_id"], "flat": 0, "price": actual}]}
+        ).status_code
+        == 200,
+        timeout=10,
+        what="the real price accepted",
+    )
+    families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+    name = "flat_price_feedback_log_error"
+    below = sample_value(families, name, f"{name}_bucket", model_tag=answer["model"], le="-0.25")
+    above = sample_value(families, name, f"{name}_bucket", model_tag=answer["model"], le="-0.3")
+    assert below - above >= 1  # in the bucket (-0.3, -0.25]

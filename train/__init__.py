@@ -11,6 +11,7 @@ from sklearn.model_selection import train_test_split
 from flatprice import data as data_module
 from flatprice import registry
 from flatprice.config import Settings
+from flatprice.observability import accuracy
 from flatprice.features import as_feature_matrix, build_pipeline
 from flatprice.reference import IDENTIFIERS, build_reference, known_values
 from flatprice.schema import FEATURE_NAMES, TARGET
@@ -72,6 +73,7 @@ def train(
         train_matrix[np.sort(sample_rows)],
         {
             "metrics": metrics,
+            "log_error_band": accuracy.daily_band(predictions, y_test, seed),
             "params": {
                 "iterations": iterations,
                 "depth": depth,

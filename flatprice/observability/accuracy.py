@@ -2,12 +2,17 @@
 
 The alert (`FlatPriceAccuracyDegraded` in monitoring/prometheus/alerts.yml) compares the
 median APE of the last WINDOW with the model's holdout median APE; these constants are
-tested equal to the rules.
+tested equal to the rules. APE cannot see a market that moved up (1 - 1/1.3 = 0.23 stays
+under the line): the signed error ln(price / real) can, and `FlatPriceBiased` fires when a
+day's median of it leaves the band that days of the holdout's own flats stay in (`daily_band`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
+
+import numpy as np
 
 from starlette.responses import Response
 
@@ -20,6 +25,9 @@ WINDOW = "1d"  # real prices arrive in batches (deals closed per day): a day's m
 MARGIN = 0.25  # alert when the median APE exceeds the holdout's by more than 25% (relative)
 MIN_ACTUALS = 50  # fewer real prices in the window say nothing about the median
 FOR = "1h"
+BAND_QUANTILES = (0.005, 0.995)  # a day of the holdout's own flats leaves the band 1% of the time
+BAND_DAYS = 4000  # days drawn from the holdout to find the band
+FALLBACK_BAND = 0.15  # models trained before the band was stored: their holdout median ± this
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +42,24 @@ def record_feedback(ledger: Ledger, actuals: list[tuple[str, int, int]]) -> Sett
         metrics.FEEDBACK_ACTUALS.labels(outcome="accepted").inc(len(outcome.settled))
     for tag, price, actual in outcome.settled:  # at most 1,000 per call
         metrics.FEEDBACK_APE.labels(model_tag=tag).observe(abs(price / actual - 1))
+        metrics.FEEDBACK_LOG_ERROR.labels(model_tag=tag).observe(math.log(price / actual))
     return outcome
+
+
+def daily_band(predicted: np.ndarray, actual: np.ndarray, seed: int = 0) -> dict[str, float]:
+    """Where the median of ln(price / real) of a day's MIN_ACTUALS real prices stays when the market is
+    the holdout's: the median and BAND_QUANTILES of BAND_DAYS such days drawn from the holdout."""
+    errors = np.log(predicted / actual)
+    days = np.random.default_rng(seed).choice(errors, size=(BAND_DAYS, MIN_ACTUALS), replace=True)
+    low, high = np.quantile(np.median(days, axis=1), BAND_QUANTILES)
+    return {"median": float(np.median(errors)), "low": float(low), "high": float(high), "flats_per_day": MIN_ACTUALS}
+
+
+def band_of(metadata: dict) -> dict[str, float]:
+    """The model's stored band, or for an older model its holdout median APE's sign-less stand-in."""
+    if "log_error_band" in metadata:
+        return metadata["log_error_band"]
+    return {"median": 0.0, "low": -FALLBACK_BAND, "high": FALLBACK_BAND, "flats_per_day": MIN_ACTUALS}
 
 
 def feedback_answer(ledger, actuals: list[tuple[str, int, int]]) -> FeedbackReceipt | Response:

@@ -41,6 +41,9 @@ PRICE_BUCKETS = (
     5e8,
 )
 BATCH_ROWS_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+# ln(predicted / real price) per flat with a real price: symmetric (a market up and down), finer near 0.
+_LOG_STEPS = (0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.175, 0.2, 0.25, 0.3, 0.4, 0.5, 0.7, 1.0)
+LOG_ERROR_BUCKETS = (*(-x for x in reversed(_LOG_STEPS)), 0.0, *_LOG_STEPS)
 # challenger / champion - 1, per flat: symmetric, finer near 0, ±10% is the "moved" line of the gate.
 DIFFERENCE_BUCKETS = (-0.5, -0.3, -0.2, -MOVED, -0.05, -0.02, -0.01, 0.0, 0.01, 0.02, 0.05, MOVED, 0.2, 0.3, 0.5)
 # |price / actual - 1| per flat with a real price: finer around the holdout's median APE (~0.2).
@@ -223,6 +226,18 @@ FEEDBACK_APE = Histogram(
     ["model_tag"],
     buckets=APE_BUCKETS,
 )
+FEEDBACK_LOG_ERROR = Histogram(
+    f"{NAMESPACE}_feedback_log_error",
+    "ln(predicted / real price) of each flat whose real price arrived, by the model that priced it (< 0: underpriced)",
+    ["model_tag"],
+    buckets=LOG_ERROR_BUCKETS,
+)
+HOLDOUT_LOG_ERROR_BAND = Gauge(
+    f"{NAMESPACE}_model_holdout_log_error_band",
+    "Where a day's median ln(predicted / real) stays for the holdout's own flats (bound: low, median, high)",
+    ["model_tag", "bound"],
+    multiprocess_mode=MODES["reference"],
+)
 HOLDOUT_MEDIAN_APE = Gauge(
     f"{NAMESPACE}_model_holdout_median_ape",
     "Median absolute percentage error of the served model on its training holdout",
@@ -260,6 +275,8 @@ EXPOSED = {
         LEDGER_BUFFERED,
         FEEDBACK_ACTUALS,
         FEEDBACK_APE,
+        FEEDBACK_LOG_ERROR,
+        HOLDOUT_LOG_ERROR_BAND,
         HOLDOUT_MEDIAN_APE,
     )
     for family in collector.describe()
