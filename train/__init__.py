@@ -11,8 +11,8 @@ from sklearn.model_selection import train_test_split
 from flatprice import data as data_module
 from flatprice import registry
 from flatprice.config import Settings
-from flatprice.observability import accuracy
 from flatprice.features import as_feature_matrix, build_pipeline
+from flatprice.observability import accuracy
 from flatprice.reference import IDENTIFIERS, build_reference, known_values
 from flatprice.schema import FEATURE_NAMES, TARGET
 from flatprice.store import MODEL_NAME, ModelError, save_pipeline

@@ -13,7 +13,6 @@ import logging
 import math
 
 import numpy as np
-
 from starlette.responses import Response
 
 from ..api.errors import refusal_json
