@@ -118,7 +118,8 @@ def drift_rules() -> list[dict]:
     rows, share, ref = f"{N}:drift_rows:{W}", f"{N}:drift_share:{W}", f"{N}:drift_reference_share"
     detected = f"{N}:drift_detected:{W}"
     enough = f"and on (model_tag) ({rows} >= {DRIFT_MIN_ROWS})"
-    in_window = f'{detected}{{model_tag=%q}}" $labels.model_tag | query | sortByLabel "subject"'
+    # The model's drifted subjects, strongest first (PSI, or an identifier's unseen share).
+    in_window = f'sort_desc({detected}{{model_tag=%q}})" $labels.model_tag | query'
     return [
         {"record": rows, "expr": f"sum by (model_tag) (increase({N}_drift_sampled_rows_total[{W}]))"},
         {
@@ -160,14 +161,17 @@ def drift_rules() -> list[dict]:
             "record": f"{N}:drift_subjects:{W}",
             "expr": f"(count by (model_tag) ({detected}) or 0 * {rows})\n  and on (model_tag) ({N}_model_info == 1)",
         },
+        # One alert per drifted subject of the served model (a challenger's never alert); Alertmanager groups
+        # them by model, so a subject that joins later reaches the receiver in an updated notification.
         alert(
             "FlatPriceDrift",
-            f"{N}:drift_subjects:{W} > 0",
+            f"{detected}\n  and on (model_tag) ({N}_model_info == 1)",
             "5m",
             "warning",
-            "Inputs or prices drift from the training data of {{ $labels.model_tag }}",
-            f'{{{{ $value }}}} subject(s) drifted over the last {W_MINUTES} minutes ({{{{ with printf "{rows}{{model_tag=%q}}" $labels.model_tag | query }}}}{{{{ . | first | value | printf "%.0f" }}}}{{{{ end }}}} flats counted): '
-            f'{{{{ range printf "{in_window} }}}}{{{{ .Labels.subject }}}} ({{{{ .Labels.statistic }}}} {{{{ .Value | printf "%.2f" }}}}) {{{{ end }}}}'
+            "{{ $labels.subject }} drifts from the training data of {{ $labels.model_tag }}",
+            f'{{{{ $labels.subject }}}} ({{{{ $labels.statistic }}}} {{{{ $value | printf "%.2f" }}}}) over the last {W_MINUTES} minutes '
+            f'({{{{ with printf "{rows}{{model_tag=%q}}" $labels.model_tag | query }}}}{{{{ . | first | value | printf "%.0f" }}}}{{{{ end }}}} flats counted); '
+            f'every drifted subject, strongest first: {{{{ range printf "{in_window} }}}}{{{{ .Labels.subject }}}} ({{{{ .Labels.statistic }}}} {{{{ .Value | printf "%.2f" }}}}) {{{{ end }}}}'
             f"- an alert needs PSI >= {PSI_NO_DRIFT} with chi-squared significant at {DRIFT_ALPHA:.0%} over all subjects, "
             f"or an identifier unseen share {UNSEEN_MARGIN} above the holdout.",
             subjects=f'{{{{ range printf "{in_window} }}}}{{{{ .Labels.subject }}}} {{{{ end }}}}',

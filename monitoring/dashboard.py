@@ -269,7 +269,7 @@ ROWS: list[tuple[str, list[Panel]]] = [
             ),
             Panel(
                 "Drifted subjects",
-                f"How many subjects the rules call drifted now (PSI >= {PSI_NO_DRIFT} and chi-squared significant, or unseen {IDENTIFIERS[0]} share); FlatPriceDrift names them.",
+                f"How many subjects the rules call drifted now (PSI >= {PSI_NO_DRIFT} and chi-squared significant, or unseen {IDENTIFIERS[0]} share); each is a FlatPriceDrift alert after 5 minutes.",
                 [(f"flat_price:drift_subjects:{DRIFT_WINDOW}", "{{model_tag}}")],
                 kind="stat",
                 width=4,

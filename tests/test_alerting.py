@@ -102,4 +102,7 @@ def test_an_induced_drift_reaches_the_webhook_naming_the_feature(small_model, se
         "prediction",
     }
     assert "total_area (psi " in alert["annotations"]["description"]
+    # One alert per drifted subject, grouped by model: each names its own subject, and every one of them
+    # lists the model's drifted subjects strongest first.
+    assert {a["labels"]["subject"] for a in alerts} <= subjects and alert["labels"]["subject"] in subjects
     assert Receiver.received[0]["receiver"] == "flat-price-team"
