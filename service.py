@@ -77,8 +77,10 @@ class FlatPriceService:
         return self.runtime.explained(row_of(flat), ctx)[0]
 
     @bentoml.api(route=routes.EXPLAIN_BATCH, input_spec=io.FlatsToExplain, output_spec=io.BatchExplanation)
-    async def explain_batch(self, ctx: bentoml.Context, flats: list[io.FlatFields]) -> io.BatchExplanation:
+    def explain_batch(self, ctx: bentoml.Context, flats: list[io.FlatFields]) -> io.BatchExplanation:
         """Up to 100 flats priced and explained, in the order sent."""
+        # Not async: BentoML runs it in its thread pool, so the event loop keeps answering single flats
+        # while a batch of explanations (~10 ms) runs, and admission sees it in flight (its own limit).
         rows = io.rows_matrix(flats)
         io.check_cross_fields(rows, "FlatsToExplain", lambda row, field: ("flats", row, field))
         explanations = self.runtime.explained(rows, ctx)

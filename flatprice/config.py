@@ -25,9 +25,6 @@ class Settings(BaseSettings):
     max_concurrency: int = Field(
         64, ge=1, le=10_000, description="API requests in flight per worker before new ones get 429"
     )
-    max_explain_concurrency: int = Field(
-        2, ge=1, le=10_000, description="Explanations in flight per worker (~10 predictions each); then 429"
-    )
     refusal_delay_s: float = Field(
         0.05, ge=0, le=1, description="A 429 waits this long, pacing a client that retries at once"
     )

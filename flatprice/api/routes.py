@@ -16,11 +16,7 @@ FEEDBACK = "/feedback"
 API_ROUTES: tuple[str, ...] = (PREDICT, PREDICT_BATCH, PREDICT_COLUMNS, RANDOM, EXPLAIN, EXPLAIN_BATCH, FEEDBACK)
 # take a JSON body
 BODY_ROUTES: tuple[str, ...] = (PREDICT, PREDICT_BATCH, PREDICT_COLUMNS, EXPLAIN, EXPLAIN_BATCH, FEEDBACK)
-GET_ROUTES: tuple[str, ...] = (RANDOM,)
-HEAVY_ROUTES: tuple[str, ...] = (
-    EXPLAIN,
-    EXPLAIN_BATCH,
-)  # ~10 predictions' work each: a limit of their own  # API routes that also answer GET, as the original service did
+GET_ROUTES: tuple[str, ...] = (RANDOM,)  # API routes that also answer GET, as the original service did
 
 DOCS = "/docs.json"
 SWAGGER_UI = "/"

@@ -25,7 +25,7 @@ import orjson
 from ..config import Settings
 from ..schema import FEATURE_NAMES
 from . import metrics
-from .log_records import MONITOR_NAME, log_directory
+from .log_records import MONITOR_NAME, disk_has_room, log_directory
 
 LOG_CONFIG = Path(__file__).with_name("inference_log.yaml")
 FILES_PER_WORKER = 10  # the data file and 9 rotated ones
@@ -64,6 +64,12 @@ class BoundedFileHandler(RotatingFileHandler):
     def __init__(self, filename: str):
         super().__init__(filename, maxBytes=self.max_bytes, backupCount=FILES_PER_WORKER - 1, delay=True)
         self._warned_at = -WARN_EVERY_S
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if disk_has_room(os.path.dirname(self.baseFilename)):
+            return super().filter(record)
+        self.handleError(record)  # counted and warned like a failed write, without touching the disk
+        return False
 
     def shouldRollover(self, record: logging.LogRecord) -> bool:
         # Before a record that would take the file past its bound, so the bound holds for every file and

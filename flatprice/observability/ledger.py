@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .log_records import disk_has_room
+
 FILE_NAME = "ledger.sqlite3"
 # `flats_so_far` (the rowid) counts the flats of every request added up to this one, so keeping
 # the newest N flats is one range delete on the primary key.
@@ -77,6 +79,8 @@ class Ledger:
 
     def add(self, model_tag: str, request_ids: list[str], prices: list[np.ndarray]) -> None:
         """One row per request: its answered prices (whole rubles). Called from one thread per worker."""
+        if not disk_has_room(self.path.parent):  # keep the disk's last room for serving (log_records.py)
+            raise sqlite3.OperationalError("the disk is almost full: priced flats not recorded")
         if self._writer is None:
             self._writer = self._connect()
         db, now = self._writer, time.time()

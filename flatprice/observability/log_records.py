@@ -6,6 +6,7 @@ Needs no BentoML: the report runs in its own environment (Monitoring.md, "Report
 from __future__ import annotations
 
 import json
+import os
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,12 +19,22 @@ if TYPE_CHECKING:
     import pandas as pd
 
 MONITOR_NAME = "flat_price_inference"  # the bentoml.monitor name: the log's subdirectory
+DISK_RESERVE_BYTES = 64 * 2**20  # the log and the ledger leave this much free (a quarter of a small disk)
 ID_COLUMNS = ("timestamp", "request", "flat", "model")
 
 
 def log_directory(configured: str, bentoml_home: str) -> Path:
     """FLAT_PRICE_INFERENCE_LOG_DIR, or inference-log in the BentoML home."""
     return Path(configured or Path(bentoml_home) / "inference-log")
+
+
+def disk_has_room(path: str | Path) -> bool:
+    """False once the filesystem holding `path` has less than its reserve free: the inference log and the
+    ledger stop writing there (records dropped, counted), so that what serving needs keeps room: the
+    metrics' files share the BentoML home, and a worker writing one on a full disk dies (SIGBUS)."""
+    stats = os.statvfs(path)
+    free, size = stats.f_bavail * stats.f_frsize, stats.f_blocks * stats.f_frsize
+    return free > min(DISK_RESERVE_BYTES, size // 4)
 
 
 def data_files(directory: str | Path) -> list[Path]:

@@ -16,6 +16,7 @@ import os
 import sqlite3
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -29,6 +30,7 @@ from .inference_log import InferenceLog
 from .ledger import Ledger
 
 _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+RESERVE_EVERY_S = 10.0
 logger = logging.getLogger(__name__)
 
 
@@ -57,6 +59,7 @@ class PredictionMonitor:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="prediction-monitor", daemon=True)
         self._cpu_seconds = sum(os.times()[:2])
+        self._reserved_at = -RESERVE_EVERY_S
 
     def record(self, features: np.ndarray, predictions: np.ndarray, request_id: str) -> None:
         """Called on the request path: O(1), no metric I/O."""
@@ -86,6 +89,7 @@ class PredictionMonitor:
         if calls:
             self._update_model_signals(calls)
         self._update_process_metrics()
+        self._reserve_metric_files()
 
     def _update_model_signals(self, calls) -> None:
         features = np.concatenate([f for f, _, _ in calls])
@@ -128,6 +132,24 @@ class PredictionMonitor:
         self._log_failures += 1
         if self._log_failures == 1 or self._log_failures % 1000 == 0:  # a lasting fault must not flood the log
             logger.warning("%s (%d failures so far): %s: %s", what, self._log_failures, type(error).__name__, error)
+
+    def _reserve_metric_files(self) -> None:
+        """prometheus_client's multiprocess files are sparse, and a worker that first writes one of their
+        pages on a full disk dies (SIGBUS). Their blocks are allocated here, while there is room (every
+        RESERVE_EVERY_S: new series grow them), so later writes within them cannot fail."""
+        now = time.monotonic()
+        if now - self._reserved_at < RESERVE_EVERY_S or not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            return
+        self._reserved_at = now
+        for path in Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).glob("*.db"):
+            try:
+                fd = os.open(path, os.O_RDWR)
+                try:
+                    os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+                finally:
+                    os.close(fd)
+            except OSError:  # gone (a worker's files after it stopped), or no room left: nothing to keep
+                pass
 
     def _update_process_metrics(self) -> None:
         cpu = sum(os.times()[:2])

@@ -8,8 +8,7 @@
     the body read within limits (413, 408 on a slow sender), 400 answers rewritten into
     the bounded error shape and counted per field;
  5. `Admission`: 429 (Retry-After, after FLAT_PRICE_REFUSAL_DELAY_S) over
-    FLAT_PRICE_MAX_CONCURRENCY requests in flight in this worker, or over
-    FLAT_PRICE_MAX_EXPLAIN_CONCURRENCY explanations;
+    FLAT_PRICE_MAX_CONCURRENCY requests in flight in this worker;
  6. BentoML's routing and pydantic validation of `flatprice.api.payloads`: a 400 is logged
     as one line (hook: concise client-error logs);
  7. the handler in `service.py`, and the model; its signals go to the monitor's background
@@ -24,7 +23,7 @@ import errno
 import sys
 from collections.abc import Callable
 
-from ..api.routes import API_ROUTES, GET_ROUTES, HEAVY_ROUTES
+from ..api.routes import API_ROUTES, GET_ROUTES
 from ..compat import BENTOML_HTTP_LOGGER, install_hooks
 from ..config import Settings
 from ..observability.inference_log import monitoring_options
@@ -63,8 +62,6 @@ def install(service, settings: Settings) -> Callable[[], None]:
         api_routes=API_ROUTES,
         max_in_flight=settings.max_concurrency,
         refusal_delay_s=settings.refusal_delay_s,
-        heavy_routes=HEAVY_ROUTES,
-        max_heavy_in_flight=settings.max_explain_concurrency,
     )
     if settings.lean_predict:
         service.add_asgi_middleware(LeanPredict)

@@ -20,29 +20,21 @@ from .guard import send_error
 
 
 class Admission:
-    def __init__(
-        self, app, api_routes, max_in_flight: int, refusal_delay_s: float, heavy_routes=(), max_heavy_in_flight=1
-    ):
+    def __init__(self, app, api_routes, max_in_flight: int, refusal_delay_s: float):
         self.app = app
         self.api_routes = frozenset(api_routes)
         self.max_in_flight, self.refusal_delay_s = max_in_flight, refusal_delay_s
         self.in_flight = 0
-        # Explanations cost ~10 predictions each: a few of them queued ahead would hold every
-        # prediction behind them, so they have a limit of their own within the worker's.
-        self.heavy_routes, self.max_heavy_in_flight = frozenset(heavy_routes), max_heavy_in_flight
-        self.heavy_in_flight = 0
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["path"] not in self.api_routes:
             return await self.app(scope, receive, send)
-        heavy = scope["path"] in self.heavy_routes
-        if self.in_flight >= self.max_in_flight or (heavy and self.heavy_in_flight >= self.max_heavy_in_flight):
+        if self.in_flight >= self.max_in_flight:
             await asyncio.sleep(self.refusal_delay_s)
             return await send_error(
                 send, 429, "Too many requests in flight; retry later", "too_many_requests", [(b"retry-after", b"1")]
             )
         self.in_flight += 1
-        self.heavy_in_flight += heavy
         try:
             # A request's handler runs without yielding, so requests queue in the event loop
             # where no count sees them. Yielding once puts this one behind the requests that
@@ -51,4 +43,3 @@ class Admission:
             await self.app(scope, receive, send)
         finally:
             self.in_flight -= 1
-            self.heavy_in_flight -= heavy
