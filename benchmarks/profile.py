@@ -34,8 +34,8 @@ WORK = [
     ("answer serialisation", ("to_http_response", "model_dump_json")),
     ("logging", ("logging/", "http/access.py")),
     (
-        "handler (service.py, runtime)",
-        ("(service.py:", "flatprice/runtime.py", "flatprice/api/", "flatprice/pricing.py"),
+        "handler (service.py or lean.py, runtime)",
+        ("(service.py:", "server/lean.py", "flatprice/runtime.py", "flatprice/api/", "flatprice/pricing.py"),
     ),
 ]
 # (part, substrings): the innermost frame that matches one of them
