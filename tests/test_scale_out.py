@@ -52,10 +52,9 @@ def two(small_model, tmp_path_factory):
 def test_each_replica_serves_an_even_share(two, pool, connections):
     _, proxy = two
     result = spread(proxy, pool, connections, 3)
-    # 8 connections fit the replicas' slots and short queues; wrk's 32, never pausing, are overload for
-    # 2 one-worker replicas, and what exceeds the queue is shed (503): the answered ones still spread evenly.
-    if connections == 8:
-        assert result["non_2xx"] == 0
+    # 8 connections fit the replicas' slots; wrk's 32, never pausing, queue at the proxy for a few ms each,
+    # within the queue-time budget: a client pool gets every answer, not 503s (it got 98.7% 503 before).
+    assert result["non_2xx"] == 0
     assert not result["socket_errors"]
     assert all(0.425 <= share <= 0.575 for share in result["shares"].values()), result["shares"]
 
@@ -70,12 +69,13 @@ def denied(metrics_url: str) -> float:
 
 
 def test_overload_is_shed_by_the_proxy_with_503_and_retry_after(two, pool):
-    """wrk's 128 connections against 2 replicas (2 in flight and at most ~2 waiting each): the rest are shed."""
+    """wrk's 400 connections against 2 replicas (2 in flight each, and at most 64 waiting per replica, a queue
+    longer than the queue-time budget): the rest are shed at once. (A pool of 32 or 128 is queued and answered.)"""
     _, proxy = two
     before = responses(proxy.metrics_url, "haproxy_frontend_http_responses")
     denied_before = denied(proxy.metrics_url)
     flood = subprocess.Popen(
-        ["wrk", "-t1", "-c128", "-d4s", "-s", str(pool), f"{proxy.url}/predict"], stdout=subprocess.PIPE, text=True
+        ["wrk", "-t1", "-c400", "-d4s", "-s", str(pool), f"{proxy.url}/predict"], stdout=subprocess.PIPE, text=True
     )
     with httpx.Client(timeout=10) as client:
         answer = wait_until(
