@@ -63,7 +63,7 @@ class Settings(BaseSettings):
         10,
         ge=1,
         le=10_000,
-        description="At most this many flats of a request count toward drift (a random sample)",
+        description="At most this many flats of a request count toward drift (one per building, at random)",
     )
     inference_log_sample: float = Field(
         1.0, ge=0, le=1, description="Share of requests written to the inference log (0 = no log, no feedback)"

@@ -279,7 +279,7 @@ ROWS: list[tuple[str, list[Panel]]] = [
             ),
             Panel(
                 "Flats in the window",
-                f"Flats counted toward drift over the window (at most FLAT_PRICE_DRIFT_ROWS_PER_REQUEST per request); under {DRIFT_MIN_ROWS}, no verdict.",
+                f"Flats counted toward drift over the window (of a request one per building, at most FLAT_PRICE_DRIFT_ROWS_PER_REQUEST); under {DRIFT_MIN_ROWS}, no verdict.",
                 [(f"flat_price:drift_rows:{DRIFT_WINDOW} and on (model_tag) {SERVED}", "{{model_tag}}")],
                 kind="stat",
                 width=4,

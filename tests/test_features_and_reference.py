@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from devtools.traffic import building_batches
 from flatprice.features import ENGINEERED_NAMES, FlatFeatures, as_feature_matrix
 from flatprice.geo import distance_to_centre_km
 from flatprice.reference import (
@@ -148,6 +149,43 @@ def test_a_request_counts_at_most_k_rows():
     assert len(set(picked)) == len(picked)
     assert len(sample_rows([], 10, rng)) == 0
     assert list(sample_rows([1, 3, 10], 10, rng)) == list(range(14))  # nothing over k: every row
+
+
+def test_a_request_counts_one_flat_per_building():
+    rng = np.random.default_rng(1)
+    buildings = np.array([7] * 50 + [1, 2, 2, 3] + list(range(100, 1100)) + [5] * 2000, dtype=np.int64)
+    picked = sample_rows([50, 4, 1000, 2000], per_request=10, rng=rng, buildings=buildings)
+    per_request = np.searchsorted(np.cumsum([50, 4, 1000, 2000]), picked, side="right")
+    assert list(np.bincount(per_request, minlength=4)) == [1, 3, 10, 1]  # one building, three, many, one
+    assert list(buildings[picked[1:4]]) == [1, 2, 3] and len(set(picked)) == len(picked)
+
+
+def test_a_bank_pricing_building_by_building_raises_no_false_alarm(reference):
+    """A client pricing one building per 50-flat batch every 10 s (buildings drawn by their listings, so
+    every flat is an ordinary flat): 15 minutes hold 90 buildings. Counted flat by flat, such windows were
+    called drifted (the evidence is 90 locations, not 900 flats); one flat per building per request, never,
+    alone or beside ordinary single flats."""
+    counter = DriftCounter({s: v for s, v in reference.items() if s != "prediction"})
+    listings, _ = live(11, 40_000)
+    buildings = listings[:, FEATURE_NAMES.index("building_id")]
+    rng = np.random.default_rng(12)
+    n = len(counter.subjects)
+
+    def alarms(singles: int, clustered: bool) -> int:
+        called = 0
+        for _ in range(10):
+            flats = np.concatenate(
+                [building_batches(listings, 90, 50, rng), listings[rng.integers(0, len(listings), singles)]]
+            )
+            ids = flats[:, FEATURE_NAMES.index("building_id")] if clustered else None
+            picked = sample_rows([50] * 90 + [1] * singles, 10, rng, ids)
+            bins, _ = counter.count(flats[picked], np.zeros(len(picked)))
+            called += any(drifted(counter.reference_counts[s], bins[s], n) for s in counter.subjects)
+        return called
+
+    assert len(np.unique(buildings)) < len(buildings)  # buildings with several listings
+    assert alarms(0, clustered=False) >= 7  # counted flat by flat: 10 of 10 windows
+    assert alarms(0, clustered=True) == 0 and alarms(300, clustered=True) == 0
 
 
 def test_bin_labels_are_readable_and_sorted():

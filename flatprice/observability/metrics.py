@@ -103,7 +103,7 @@ OUT_OF_RANGE = Counter(
 # so a rollout's two models are judged against their own references; bins are reference bins.
 DRIFT_ROWS = Counter(
     f"{NAMESPACE}_drift_sampled_rows",
-    "Flats counted toward drift, by model (at most FLAT_PRICE_DRIFT_ROWS_PER_REQUEST per request)",
+    "Flats counted toward drift, by model (of a request one per building, at most FLAT_PRICE_DRIFT_ROWS_PER_REQUEST)",
     ["model_tag"],
 )
 DRIFT_BIN_ROWS = Counter(

@@ -3,7 +3,7 @@
 A request hands its feature rows, predictions and request id to `PredictionMonitor.record`
 (a deque append). A background thread in each worker drains the queue every `interval`
 seconds and updates the metrics: the price histogram, batch sizes, out-of-range counts, the
-drift counters (of a sample: at most `rows_per_request` flats of each request), and the
+drift counters (of a sample: of each request one flat per building, at most `rows_per_request`), and the
 worker's own memory and CPU; it writes the inference log and the feedback ledger
 (`inference_log`, `ledger`). A request never waits for it; SIGTERM flushes what is queued.
 """
@@ -30,6 +30,7 @@ from .inference_log import InferenceLog
 from .ledger import Ledger
 
 _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+_BUILDING = FEATURE_NAMES.index("building_id")
 RESERVE_EVERY_S = 10.0
 logger = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ class PredictionMonitor:
         outside = ((features < self.low) | (features > self.high)).sum(axis=0)
         for i in np.flatnonzero(outside):
             metrics.OUT_OF_RANGE.labels(feature=FEATURE_NAMES[i]).inc(int(outside[i]))
-        sampled = sample_rows(sizes, self.rows_per_request, self.rng)
+        sampled = sample_rows(sizes, self.rows_per_request, self.rng, features[:, _BUILDING])
         self.drift.observe(features[sampled], predictions[sampled])
         shadow_prices = self.shadow.observe(features, predictions, sampled) if self.shadow is not None else None
         if self.log is not None:
