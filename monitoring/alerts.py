@@ -14,13 +14,21 @@ from pathlib import Path
 import yaml
 
 from flatprice.observability import accuracy
-from flatprice.reference import DRIFT_ALPHA, DRIFT_MIN_ROWS, DRIFT_WINDOW, PSI_NO_DRIFT, SHARE_FLOOR, UNSEEN_MARGIN
+from flatprice.reference import (
+    DRIFT_ALPHA,
+    DRIFT_LONG_FOR,
+    DRIFT_LONG_WINDOW,
+    DRIFT_MIN_ROWS,
+    DRIFT_WINDOW,
+    PSI_NO_DRIFT,
+    SHARE_FLOOR,
+    UNSEEN_MARGIN,
+)
 from monitoring.dashboard import API, LATENCY_P95_S, N
 
 OUTPUT = Path(__file__).parent / "prometheus" / "alerts.yml"
 RUNBOOK = "Monitoring.md#{anchor}"  # each alert's section: "#### <AlertName>"
 W = DRIFT_WINDOW
-W_MINUTES = int(W.removesuffix("m"))
 AW = accuracy.WINDOW
 REQUESTS = f"{N}_request_total"
 
@@ -113,70 +121,105 @@ def model_rules() -> list[dict]:
 
 def drift_rules() -> list[dict]:
     """Drift (flatprice/reference.py, Monitoring.md "Drift"): every worker's and replica's counts summed per
-    model over the window; each subject judged by PSI (the effect) and Pearson's chi-squared (significance,
-    Bonferroni over the subjects), an identifier by its share of never-seen values."""
-    rows, share, ref = f"{N}:drift_rows:{W}", f"{N}:drift_share:{W}", f"{N}:drift_reference_share"
-    detected = f"{N}:drift_detected:{W}"
-    enough = f"and on (model_tag) ({rows} >= {DRIFT_MIN_ROWS})"
-    # The model's drifted subjects, strongest first (PSI, or an identifier's unseen share).
-    in_window = f'sort_desc({detected}{{model_tag=%q}})" $labels.model_tag | query'
+    model over a window; each subject judged by PSI (the effect) and Pearson's chi-squared (significance,
+    Bonferroni over the subjects), an identifier by its share of never-seen values. Two horizons: the short
+    window pages on a shift within minutes; the long one judges a quiet service, whose short window never
+    gathers DRIFT_MIN_ROWS flats."""
+    short, long = window_rules(W), window_rules(DRIFT_LONG_WINDOW)
     return [
-        {"record": rows, "expr": f"sum by (model_tag) (increase({N}_drift_sampled_rows_total[{W}]))"},
+        *short,
+        {
+            "record": f"{N}:drift_reference_share",
+            "expr": f"max by (model_tag, subject, bin) ({N}_drift_reference_share)",
+        },
+        *long,
+        # One alert per drifted subject of the served model (a challenger's never alert); Alertmanager groups
+        # them by model, so a subject that joins later reaches the receiver in an updated notification.
+        drift_alert("FlatPriceDrift", W, "5m"),
+        # The long window speaks only while the short one holds flats but too few for a verdict: it never
+        # repeats the short window's page, never outlives a drift the short window has seen end, and stops
+        # when the traffic does.
+        drift_alert(
+            "FlatPriceDriftSlow",
+            DRIFT_LONG_WINDOW,
+            DRIFT_LONG_FOR,
+            only_while=f"({N}:drift_rows:{W} > 0 and {N}:drift_rows:{W} < {DRIFT_MIN_ROWS})",
+        ),
+    ]
+
+
+def window_rules(window: str) -> list[dict]:
+    rows, share, ref = f"{N}:drift_rows:{window}", f"{N}:drift_share:{window}", f"{N}:drift_reference_share"
+    detected = f"{N}:drift_detected:{window}"
+    enough = f"and on (model_tag) ({rows} >= {DRIFT_MIN_ROWS})"
+    return [
+        {"record": rows, "expr": f"sum by (model_tag) (increase({N}_drift_sampled_rows_total[{window}]))"},
         {
             "record": share,
-            "expr": f"sum by (model_tag, subject, bin) (increase({N}_drift_bin_rows_total[{W}]))\n"
+            "expr": f"sum by (model_tag, subject, bin) (increase({N}_drift_bin_rows_total[{window}]))\n"
             f"  / on (model_tag) group_left () {rows}",
         },
-        {"record": ref, "expr": f"max by (model_tag, subject, bin) ({N}_drift_reference_share)"},
         {
-            "record": f"{N}:drift_psi:{W}",
+            "record": f"{N}:drift_psi:{window}",
             "expr": f"sum by (model_tag, subject) (\n  (clamp_min({share}, {SHARE_FLOOR:g}) - {ref})\n"
             f"    * ln(clamp_min({share}, {SHARE_FLOOR:g}) / {ref})\n)",
         },
         {
-            "record": f"{N}:drift_chi2:{W}",
+            "record": f"{N}:drift_chi2:{window}",
             "expr": f"sum by (model_tag, subject) (({share} - {ref}) ^ 2 / {ref})\n"
             f"  * on (model_tag) group_left () {rows}",
         },
         {
-            "record": f"{N}:drift_unseen_share:{W}",
-            "expr": f"sum by (model_tag, subject) (increase({N}_drift_unseen_rows_total[{W}]))\n"
+            "record": f"{N}:drift_unseen_share:{window}",
+            "expr": f"sum by (model_tag, subject) (increase({N}_drift_unseen_rows_total[{window}]))\n"
             f"  / on (model_tag) group_left () {rows}",
         },
         {
             "record": detected,
             "labels": {"statistic": "psi"},
-            "expr": f"{N}:drift_psi:{W} >= {PSI_NO_DRIFT}\n"
-            f"  and on (model_tag, subject) ({N}:drift_chi2:{W} > on (model_tag, subject) max by (model_tag, subject) ({N}_drift_chi2_critical))\n"
+            "expr": f"{N}:drift_psi:{window} >= {PSI_NO_DRIFT}\n"
+            f"  and on (model_tag, subject) ({N}:drift_chi2:{window} > on (model_tag, subject) max by (model_tag, subject) ({N}_drift_chi2_critical))\n"
             f"  {enough}",
         },
         {
             "record": detected,
             "labels": {"statistic": "unseen_share"},
-            "expr": f"{N}:drift_unseen_share:{W} > on (model_tag, subject) (max by (model_tag, subject) ({N}_drift_reference_unseen_share) + {UNSEEN_MARGIN})\n"
+            "expr": f"{N}:drift_unseen_share:{window} > on (model_tag, subject) (max by (model_tag, subject) ({N}_drift_reference_unseen_share) + {UNSEEN_MARGIN})\n"
             f"  {enough}",
         },
         # The served model's drifted subjects (0 when none, absent without traffic); a challenger's never alert.
         {
-            "record": f"{N}:drift_subjects:{W}",
+            "record": f"{N}:drift_subjects:{window}",
             "expr": f"(count by (model_tag) ({detected}) or 0 * {rows})\n  and on (model_tag) ({N}_model_info == 1)",
         },
-        # One alert per drifted subject of the served model (a challenger's never alert); Alertmanager groups
-        # them by model, so a subject that joins later reaches the receiver in an updated notification.
-        alert(
-            "FlatPriceDrift",
-            f"{detected}\n  and on (model_tag) ({N}_model_info == 1)",
-            "5m",
-            "warning",
-            "{{ $labels.subject }} drifts from the training data of {{ $labels.model_tag }}",
-            f'{{{{ $labels.subject }}}} ({{{{ $labels.statistic }}}} {{{{ $value | printf "%.2f" }}}}) over the last {W_MINUTES} minutes '
-            f'({{{{ with printf "{rows}{{model_tag=%q}}" $labels.model_tag | query }}}}{{{{ . | first | value | printf "%.0f" }}}}{{{{ end }}}} flats counted); '
-            f'every drifted subject, strongest first: {{{{ range printf "{in_window} }}}}{{{{ .Labels.subject }}}} ({{{{ .Labels.statistic }}}} {{{{ .Value | printf "%.2f" }}}}) {{{{ end }}}}'
-            f"- an alert needs PSI >= {PSI_NO_DRIFT} with chi-squared significant at {DRIFT_ALPHA:.0%} over all subjects, "
-            f"or an identifier unseen share {UNSEEN_MARGIN} above the holdout.",
-            subjects=f'{{{{ range printf "{in_window} }}}}{{{{ .Labels.subject }}}} {{{{ end }}}}',
-        ),
     ]
+
+
+def drift_alert(name: str, window: str, for_: str, only_while: str | None = None) -> dict:
+    rows, detected = f"{N}:drift_rows:{window}", f"{N}:drift_detected:{window}"
+    # The model's drifted subjects, strongest first (PSI, or an identifier's unseen share).
+    in_window = f'sort_desc({detected}{{model_tag=%q}})" $labels.model_tag | query'
+    expr = f"{detected}\n  and on (model_tag) ({N}_model_info == 1)"
+    if only_while:
+        expr += f"\n  and on (model_tag) {only_while}"
+    return alert(
+        name,
+        expr,
+        for_,
+        "warning",
+        "{{ $labels.subject }} drifts from the training data of {{ $labels.model_tag }}",
+        f'{{{{ $labels.subject }}}} ({{{{ $labels.statistic }}}} {{{{ $value | printf "%.2f" }}}}) over the last {horizon(window)} '
+        f'({{{{ with printf "{rows}{{model_tag=%q}}" $labels.model_tag | query }}}}{{{{ . | first | value | printf "%.0f" }}}}{{{{ end }}}} flats counted); '
+        f'every drifted subject, strongest first: {{{{ range printf "{in_window} }}}}{{{{ .Labels.subject }}}} ({{{{ .Labels.statistic }}}} {{{{ .Value | printf "%.2f" }}}}) {{{{ end }}}}'
+        f"- an alert needs PSI >= {PSI_NO_DRIFT} with chi-squared significant at {DRIFT_ALPHA:.0%} over all subjects, "
+        f"or an identifier unseen share {UNSEEN_MARGIN} above the holdout.",
+        subjects=f'{{{{ range printf "{in_window} }}}}{{{{ .Labels.subject }}}} {{{{ end }}}}',
+    )
+
+
+def horizon(window: str) -> str:
+    """'15m' -> '15 minutes', '2h' -> '2 hours'."""
+    return f"{int(window[:-1])} {dict(m='minutes', h='hours')[window[-1]]}"
 
 
 def accuracy_rules() -> list[dict]:

@@ -43,7 +43,7 @@ def alert_rules() -> list[dict]:
 def drift_rules() -> dict[str, list[dict]]:
     by_name: dict[str, list[dict]] = {}
     for rule in rules():
-        if rule.get("record", "").startswith("flat_price:drift") or rule.get("alert") == "FlatPriceDrift":
+        if rule.get("record", "").startswith("flat_price:drift") or rule.get("alert", "").startswith("FlatPriceDrift"):
             by_name.setdefault(rule.get("record") or rule["alert"], []).append(rule)
     return by_name
 
@@ -96,24 +96,38 @@ def test_alerts_name_exactly_the_api_routes_and_the_psi_threshold():
 
 
 def test_the_drift_rules_use_the_code_s_window_and_thresholds():
-    """Facts once: the window, minimum rows, PSI effect, share floor and unseen margin of the drift
+    """Facts once: the windows, minimum rows, PSI effect, share floor and unseen margin of the drift
     rules are flatprice/reference.py's constants, and the alert text states them."""
-    from flatprice.reference import DRIFT_ALPHA, DRIFT_MIN_ROWS, DRIFT_WINDOW, PSI_NO_DRIFT, SHARE_FLOOR, UNSEEN_MARGIN
+    from flatprice.reference import (
+        DRIFT_ALPHA,
+        DRIFT_LONG_FOR,
+        DRIFT_LONG_WINDOW,
+        DRIFT_MIN_ROWS,
+        DRIFT_WINDOW,
+        PSI_NO_DRIFT,
+        SHARE_FLOOR,
+        UNSEEN_MARGIN,
+    )
 
     found = drift_rules()
     exprs = " ".join(rule["expr"] for group in found.values() for rule in group)
-    assert set(re.findall(r"\[(\w+)\]", exprs)) == {DRIFT_WINDOW}
-    assert all(name.endswith(f":{DRIFT_WINDOW}") or "reference" in name for name in found if ":" in name)
-    psi_rule, unseen_rule = found[f"flat_price:drift_detected:{DRIFT_WINDOW}"]
-    assert float(re.search(r"drift_psi:\w+ >= ([0-9.]+)", psi_rule["expr"]).group(1)) == PSI_NO_DRIFT
-    for rule in (psi_rule, unseen_rule):
-        assert int(re.search(r"drift_rows:\w+ >= (\d+)", rule["expr"]).group(1)) == DRIFT_MIN_ROWS
-    assert float(re.search(r"\+ ([0-9.]+)\)", unseen_rule["expr"]).group(1)) == UNSEEN_MARGIN
+    assert set(re.findall(r"\[(\w+)\]", exprs)) == {DRIFT_WINDOW, DRIFT_LONG_WINDOW}
+    windows = {name.rsplit(":", 1)[1] for name in found if ":" in name and "reference" not in name}
+    assert windows == {DRIFT_WINDOW, DRIFT_LONG_WINDOW}
+    for window in windows:
+        psi_rule, unseen_rule = found[f"flat_price:drift_detected:{window}"]
+        assert float(re.search(r"drift_psi:\w+ >= ([0-9.]+)", psi_rule["expr"]).group(1)) == PSI_NO_DRIFT
+        for rule in (psi_rule, unseen_rule):
+            assert int(re.search(r"drift_rows:\w+ >= (\d+)", rule["expr"]).group(1)) == DRIFT_MIN_ROWS
+        assert float(re.search(r"\+ ([0-9.]+)\)", unseen_rule["expr"]).group(1)) == UNSEEN_MARGIN
     assert set(map(float, re.findall(r"clamp_min\([^,]+, ([0-9.]+)\)", exprs))) == {SHARE_FLOOR}
-    (alert,) = found["FlatPriceDrift"]
-    text = alert["annotations"]["description"]
-    assert f"PSI >= {PSI_NO_DRIFT}" in text and f"{DRIFT_ALPHA:.0%}" in text and f"{UNSEEN_MARGIN} above" in text
-    assert f"last {int(DRIFT_WINDOW.removesuffix('m'))} minutes" in text
+    (short,), (long,) = found["FlatPriceDrift"], found["FlatPriceDriftSlow"]
+    for alert in (short, long):
+        text = alert["annotations"]["description"]
+        assert f"PSI >= {PSI_NO_DRIFT}" in text and f"{DRIFT_ALPHA:.0%}" in text and f"{UNSEEN_MARGIN} above" in text
+    assert f"last {int(DRIFT_WINDOW.removesuffix('m'))} minutes" in short["annotations"]["description"]
+    assert f"last {int(DRIFT_LONG_WINDOW.removesuffix('h'))} hours" in long["annotations"]["description"]
+    assert long["for"] == DRIFT_LONG_FOR and f"drift_rows:{DRIFT_WINDOW} < {DRIFT_MIN_ROWS}" in long["expr"]
 
 
 def test_the_accuracy_rules_use_the_code_s_window_margin_and_minimum():
