@@ -122,16 +122,25 @@ def test_a_replica_killed_under_load_fails_no_request_beyond_those_it_held(stack
     assert len(statuses) > 100 and len(failed) <= held, failed
 
 
+def feedback_token() -> str:
+    """The token `make ledger-env` generated into monitoring/ledger.env for the replicas."""
+    lines = (REPO / "monitoring/ledger.env").read_text().splitlines()
+    return next(line.split("=", 1)[1] for line in lines if line.startswith("FLAT_PRICE_FEEDBACK_TOKEN="))
+
+
 def test_real_prices_sent_through_the_published_port_match_any_replicas_flats(stack):
     url = stack.urls["FLAT_PRICE_PORT"]
+    token = {"Authorization": f"Bearer {feedback_token()}"}
     with httpx.Client(timeout=10) as http:
         priced = [http.post(f"{url}/predict", json=EXAMPLE_FLAT).json() for _ in range(20)]
         feedback = {"actuals": [{"request_id": p["request_id"], "flat": 0, "price": 9_000_000} for p in priced]}
+        refused = http.post(f"{url}/feedback", json=feedback)  # real prices from anyone: refused
+        assert refused.status_code == 401 and refused.headers["www-authenticate"].startswith("Bearer"), refused.text
 
         def accepted():  # the replicas write the ledger (ledger-db) within about a second
-            answer = http.post(f"{url}/feedback", json=feedback)
+            answer = http.post(f"{url}/feedback", json=feedback, headers=token)
             assert answer.status_code in (200, 404), answer.text
             return answer.status_code == 200
 
         wait_until(accepted, timeout=15, interval=0.5, what="20 real prices matched through the proxy")
-        assert http.post(f"{url}/feedback", json=feedback).status_code == 409
+        assert http.post(f"{url}/feedback", json=feedback, headers=token).status_code == 409
