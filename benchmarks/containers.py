@@ -19,9 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.bench import json_flat, lua_pool, wrk_report
 from devtools.containers import IMAGE, ComposeStack, image_config, podman
 from devtools.servers import REPO, BentoServer
+from devtools.wrk import json_flat, lua_pool, wrk_report
 from flatprice import registry
 from flatprice.schema import FEATURE_NAMES
 from flatprice.synthetic import generate_flats

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 from catboost import Pool
 
-from benchmarks.bench import json_flat, lua_pool, wrk
 from devtools.servers import BentoServer
+from devtools.wrk import json_flat, lua_pool, wrk
 from flatprice import registry
 from flatprice.explain import PriceExplainer
 from flatprice.schema import FEATURE_NAMES

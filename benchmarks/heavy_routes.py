@@ -16,8 +16,8 @@ import tempfile
 import threading
 from pathlib import Path
 
-from benchmarks.bench import json_flat, lua_pool, wrk_report
 from devtools.servers import BentoServer
+from devtools.wrk import json_flat, lua_pool, wrk_report
 from flatprice.schema import FEATURE_NAMES
 from flatprice.synthetic import generate_flats
 

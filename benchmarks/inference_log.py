@@ -22,8 +22,9 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from benchmarks.bench import RESULTS, json_flat, lua_pool, wrk
+from benchmarks.bench import RESULTS
 from devtools.servers import BentoServer, start_together
+from devtools.wrk import json_flat, lua_pool, wrk
 from flatprice.observability.log_records import data_files
 from flatprice.schema import FEATURE_NAMES
 from flatprice.synthetic import generate_flats

@@ -30,8 +30,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from benchmarks.bench import json_flat, lua_pool, wrk_report
 from devtools.servers import BentoServer
+from devtools.wrk import json_flat, lua_pool, wrk_report
 from flatprice.schema import EXAMPLE_FLAT, FEATURE_NAMES
 from flatprice.synthetic import generate_flats
 

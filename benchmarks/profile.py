@@ -20,8 +20,9 @@ import tempfile
 import threading
 from pathlib import Path
 
-from benchmarks.bench import CEILING_SERVICE, json_flat, lua_pool
+from benchmarks.bench import CEILING_SERVICE
 from devtools.servers import BentoServer, worker_pids
+from devtools.wrk import json_flat, lua_pool
 from flatprice.schema import FEATURE_NAMES
 from flatprice.synthetic import generate_flats
 

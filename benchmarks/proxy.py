@@ -16,8 +16,8 @@ import json
 import tempfile
 from pathlib import Path
 
-from benchmarks.bench import cpu_seconds, json_flat, lua_pool, wrk
 from devtools.servers import BentoServer, haproxy, process_tree
+from devtools.wrk import cpu_seconds, json_flat, lua_pool, wrk
 from flatprice.schema import FEATURE_NAMES
 from flatprice.synthetic import generate_flats
 

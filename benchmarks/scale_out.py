@@ -27,9 +27,9 @@ import httpx
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-from benchmarks.bench import cpu_seconds, json_flat, lua_pool, wrk_report
 from benchmarks.overload import probe
 from devtools.servers import BentoServer, haproxy, process_tree, start_together, wait_until
+from devtools.wrk import cpu_seconds, json_flat, lua_pool, wrk_report
 from flatprice.schema import FEATURE_NAMES
 from flatprice.synthetic import generate_flats
 

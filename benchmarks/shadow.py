@@ -15,8 +15,8 @@ import json
 import tempfile
 from pathlib import Path
 
-from benchmarks.bench import json_flat, lua_pool, wrk
 from devtools.servers import BentoServer, private_home, train_into
+from devtools.wrk import json_flat, lua_pool, wrk
 from flatprice.schema import FEATURE_NAMES
 from flatprice.synthetic import generate_flats
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from benchmarks.bench import json_flat, lua_pool, wrk_report
 from devtools.servers import BentoServer, PostgresServer, haproxy, start_together, wait_until
+from devtools.wrk import json_flat, lua_pool, wrk_report
 from flatprice.schema import FEATURE_NAMES
 from flatprice.synthetic import generate_flats
 

@@ -23,8 +23,9 @@ import threading
 import time
 from pathlib import Path
 
-from benchmarks.bench import RESULTS, cpu_seconds, json_flat, lua_pool, rss_mib
+from benchmarks.bench import RESULTS
 from devtools.servers import BentoServer, worker_pids
+from devtools.wrk import cpu_seconds, json_flat, lua_pool, rss_mib
 from flatprice.schema import FEATURE_NAMES
 from flatprice.synthetic import generate_flats
 

@@ -15,7 +15,7 @@ import yaml
 from devtools.containers import ComposeStack, podman
 from devtools.servers import REPO, wait_until
 from flatprice.schema import EXAMPLE_FLAT
-from tests.test_container import curl_price
+from tests.shared import curl_price
 
 pytestmark = [pytest.mark.slow, pytest.mark.container]
 

@@ -2,7 +2,6 @@
 session's model store and run as a container: the same price as `bentoml serve`, a non-root user, its
 HEALTHCHECK, a graceful stop, and the Kubernetes Deployment's read-only root filesystem."""
 
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -15,7 +14,7 @@ from devtools.servers import REPO, wait_until
 from flatprice.observability.metrics import NAMESPACE
 from flatprice.schema import EXAMPLE_FLAT
 from tests.metrics_scrape import sample_value, scrape
-from tests.test_service_process import ORIGINAL_CURL
+from tests.shared import curl_price
 
 pytestmark = [pytest.mark.slow, pytest.mark.container]
 
@@ -31,11 +30,6 @@ def container(image):
 def deployment_container() -> tuple[dict, dict]:
     spec = yaml.safe_load(DEPLOYMENT.read_text())["spec"]["template"]["spec"]
     return spec, spec["containers"][0]
-
-
-def curl_price(url: str) -> dict:
-    out = subprocess.run([*ORIGINAL_CURL, f"{url}/predict"], capture_output=True, text=True, check=True).stdout
-    return httpx.Response(200, content=out).json()
 
 
 def test_the_container_prices_the_original_flat_as_bentoml_serve_does(container, served, small_model):

@@ -14,11 +14,9 @@ from flatprice.observability import metrics
 from flatprice.reference import PSI_ALERT
 from tests.browser import rendered_dom
 from tests.metrics_scrape import DriftWindow, sample_value, scrape
+from tests.shared import CONF, LOCUSTFILE
 
 pytestmark = pytest.mark.slow  # starts real servers or Debian tools
-
-LOCUSTFILE = str(REPO / "loadtest" / "locustfile.py")
-CONF = str(REPO / "loadtest" / "locust.conf")
 
 
 def locust(url, *args, env=None):

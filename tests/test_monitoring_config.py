@@ -9,6 +9,7 @@ import yaml
 
 from devtools.servers import REPO
 from monitoring import dashboard
+from tests.shared import alert_rules, rules
 
 MONITORING = REPO / "monitoring"
 PROMETHEUS = MONITORING / "prometheus"
@@ -29,15 +30,6 @@ def test_promtool_checks_config_and_rules():
 @pytest.mark.slow
 def test_promtool_unit_tests_of_the_alerts():
     assert "SUCCESS" in run("promtool", "test", "rules", "alerts_test.yml", cwd=PROMETHEUS)
-
-
-def rules() -> list[dict]:
-    groups = yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())["groups"]
-    return [rule for group in groups for rule in group["rules"]]
-
-
-def alert_rules() -> list[dict]:
-    return [rule for rule in rules() if "alert" in rule]
 
 
 def drift_rules() -> dict[str, list[dict]]:

@@ -10,8 +10,8 @@ import pytest
 
 from devtools.servers import BentoServer, haproxy, node_exporter, prometheus, wait_until
 from monitoring import dashboard
-from tests.test_monitoring_config import alert_rules
-from tests.test_monitoring_config import rules as committed_rules
+from tests.shared import alert_rules
+from tests.shared import rules as committed_rules
 from tests.traffic import Traffic, flood
 
 pytestmark = pytest.mark.slow  # starts real servers or Debian tools

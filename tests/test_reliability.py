@@ -12,8 +12,8 @@ import time
 import httpx
 import pytest
 
-from benchmarks.bench import parse_wrk
 from devtools.servers import REPO, BentoServer, wait_until
+from devtools.wrk import parse_wrk
 from flatprice.schema import EXAMPLE_FLAT
 from tests.metrics_scrape import sample_value, scrape
 from tests.traffic import flood

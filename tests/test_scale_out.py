@@ -11,7 +11,6 @@ import sys
 import httpx
 import pytest
 
-from benchmarks.bench import json_flat, lua_pool, parse_wrk
 from benchmarks.scale_out import (
     LATENCY_FIRST,
     ONE_WORKER,
@@ -25,12 +24,13 @@ from benchmarks.scale_out import (
     up_replicas,
 )
 from devtools.servers import REPO, BentoServer, haproxy, private_home, train_into, wait_until
+from devtools.wrk import json_flat, lua_pool, parse_wrk
 from flatprice.api.errors import ErrorBody
 from flatprice.observability.metrics import NAMESPACE
 from flatprice.schema import EXAMPLE_FLAT, FEATURE_NAMES
 from flatprice.synthetic import generate_flats
 from tests.metrics_scrape import scrape
-from tests.test_loadtest import CONF, LOCUSTFILE
+from tests.shared import CONF, LOCUSTFILE
 
 pytestmark = pytest.mark.slow
 

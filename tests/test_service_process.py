@@ -10,22 +10,9 @@ from devtools.servers import REPO, BentoServer
 from flatprice.schema import EXAMPLE_FLAT, FEATURE_NAMES
 from flatprice.synthetic import generate_flats
 from tests.bad_requests import BAD_REQUESTS
+from tests.shared import ORIGINAL_CURL
 
 pytestmark = pytest.mark.slow  # starts real servers or Debian tools
-
-ORIGINAL_CURL = [
-    "curl",
-    "-s",
-    "-X",
-    "POST",
-    "-H",
-    "Content-Type: application/json",
-    "-d",
-    '{"floor": 1, "is_apartment": 0, "kitchen_area": 7.0, "living_area": 27.0, "rooms": 2, '
-    '"total_area": 40.0, "building_id": 764, "build_year": 1936, "building_type_int": 1, '
-    '"latitude": 55.74044418334961, "longitude": 37.52492141723633, "ceiling_height": 3.0, '
-    '"flats_count": 63, "floors_total": 7, "has_elevator": 1}',
-]
 
 
 def test_original_curl_example_gets_a_plausible_price(served):

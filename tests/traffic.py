@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.bench import lua_pool
+from devtools.wrk import lua_pool
 from flatprice.schema import EXAMPLE_FLAT, FEATURE_NAMES
 from flatprice.synthetic import generate_flats
 
