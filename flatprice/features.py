@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from catboost import CatBoostRegressor
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.pipeline import Pipeline
 
@@ -88,6 +87,8 @@ def build_pipeline(
     The Tweedie loss predicts exp(raw score): prices are positive by construction and
     the heavy right tail of Moscow prices does not dominate the fit as with RMSE.
     """
+    from catboost import CatBoostRegressor  # here: the report's environment bins derived features without it
+
     regressor = CatBoostRegressor(
         iterations=iterations,
         depth=depth,

@@ -1,12 +1,14 @@
 """A model-quality report from the inference log: `python -m monitoring.report --since 24h
 [--actuals deals.csv] [--out report.html]`, run with the report environment (`make report-env`).
 
-Evidently draws the per-feature drift against the model's training sample (its default tests:
-K-S or normed Wasserstein distance for numbers, chi-squared or Jensen-Shannon for categories)
-and data quality. This module adds what Evidently does not know: PSI on the model's own
-reference bins (the same numbers the live drift rules compute; Evidently's PSI on those bins),
-values outside training and unseen buildings, the price over time, and, with actual prices
-(request_id, flat, price), MAE and median APE by day, model and price band. All in one HTML file.
+First the live drift rules' verdict on the window's flats, one line per subject (the features, the
+derived features the model computes, the prediction, unseen buildings), strongest first: the
+flats counted as the workers count them, binned into the model's reference bins, judged by the
+same functions (flatprice/reference.py), with Evidently's PSI on those bins beside ours. Then
+values outside training, the price over time, and, with real prices (request_id, flat, price),
+MAE and median APE by day, model and price band. Evidently's own view comes last: per-feature
+drift against the model's training sample (K-S or normed Wasserstein for numbers, chi-squared or
+Jensen-Shannon for the declared categories) and data quality. All in one HTML file.
 """
 
 from __future__ import annotations
@@ -25,23 +27,38 @@ import pandas as pd
 
 from flatprice.config import Settings
 from flatprice.observability.log_records import log_directory, read_flats
-from flatprice.reference import BINNED_FEATURES, IDENTIFIERS, PREDICTION, assign_bins, bin_labels, unseen_share
+from flatprice.reference import (
+    BINNED_FEATURES,
+    DRIFT_MIN_ROWS,
+    IDENTIFIERS,
+    PREDICTION,
+    UNSEEN_MARGIN,
+    DriftCounter,
+    assign_bins,
+    bin_labels,
+    chi2_statistic,
+    drifted,
+    psi,
+    sample_rows,
+    unseen_share,
+)
 from flatprice.schema import FEATURE_NAMES
 
 PRICE_BANDS = (0, 5e6, 10e6, 20e6, 50e6, np.inf)  # predicted price bands, rubles
-PSI_SUBJECTS = (*BINNED_FEATURES, PREDICTION)  # the live rules' subjects the log holds (derived ones need the model)
+PSI_SUBJECTS = (*BINNED_FEATURES, PREDICTION)  # the subjects whose bins Evidently's PSI is computed on
+CATEGORIES = ("building_type_int", "is_apartment", "has_elevator")  # codes, not quantities: Evidently tests them so
 SETUP = "the report runs in its own environment: `make report-env`, then `.venv-report/bin/python -m monitoring.report`"
 
 
 def parse_since(text: str) -> datetime:
-    """`24h`, `30m`, `7d` back from now, or a local time `2026-11-28T09:00`."""
+    """`24h`, `30m`, `7d` back from now, or a local time `2026-11-28T09:00` (--since and --until)."""
     match = re.fullmatch(r"(\d+)([mhd])", text)
     if match:
         return datetime.now() - timedelta(**{{"m": "minutes", "h": "hours", "d": "days"}[match[2]]: int(match[1])})
     try:
         return datetime.fromisoformat(text)
     except ValueError:
-        raise argparse.ArgumentTypeError("--since takes 24h, 30m, 7d or a time like 2026-11-28T09:00") from None
+        raise argparse.ArgumentTypeError("takes 24h, 30m, 7d (back from now) or a time like 2026-11-28T09:00") from None
 
 
 class ModelFiles:
@@ -83,9 +100,14 @@ def evidently_report(flats: pd.DataFrame, model: ModelFiles):
     from evidently.presets import DataDriftPreset, DataSummaryPreset
 
     features = [name for name in FEATURE_NAMES if name not in IDENTIFIERS]
-    definition = DataDefinition(numerical_columns=features)
-    current = Dataset.from_pandas(flats[features], data_definition=definition)
-    reference = Dataset.from_pandas(model.sample[features], data_definition=definition)
+    numbers = [name for name in features if name not in CATEGORIES]
+    definition = DataDefinition(numerical_columns=numbers, categorical_columns=list(CATEGORIES))
+
+    def coded(frame: pd.DataFrame) -> pd.DataFrame:  # Evidently takes whole numbers as category labels, not floats
+        return frame[features].astype({name: "int64" for name in CATEGORIES})
+
+    current = Dataset.from_pandas(coded(flats), data_definition=definition)
+    reference = Dataset.from_pandas(coded(model.sample), data_definition=definition)
     report = Report([DataDriftPreset(columns=features), DataSummaryPreset(columns=features)])
     snapshot = report.run(current, reference)
 
@@ -105,6 +127,56 @@ def evidently_report(flats: pd.DataFrame, model: ModelFiles):
     return snapshot, psi
 
 
+def verdicts(flats: pd.DataFrame, model: ModelFiles, per_request: int) -> pd.DataFrame:
+    """The live rules' verdict per subject on these flats, strongest first. Flats are counted as the
+    workers count them (of a request one per building, at most `per_request`, drawn with a fixed seed)."""
+    flats = flats.sort_values(["timestamp", "request", "flat"], kind="stable")
+    sizes = flats.groupby("request", sort=False).size().to_numpy()
+    first_seen = pd.Categorical(flats["request"], categories=flats["request"].unique()).codes
+    flats = flats.iloc[np.argsort(first_seen, kind="stable")]  # each request's flats together, as sizes says
+    features = flats[list(FEATURE_NAMES)].to_numpy(dtype=np.float64)
+    picked = sample_rows(
+        list(sizes), per_request, np.random.default_rng(0), features[:, FEATURE_NAMES.index("building_id")]
+    )
+    known = {IDENTIFIERS[0]: model.known} if model.known is not None else None
+    counter = DriftCounter(model.reference, known)
+    bins, unseen = counter.count(features[picked], flats["price"].to_numpy(dtype=np.float64)[picked])
+    n, critical, counted = len(counter.subjects), counter.critical_values(), len(picked)
+    enough = counted >= DRIFT_MIN_ROWS
+    rows = []
+    for s in counter.subjects:
+        ref = counter.reference_counts[s]
+        verdict = drifted(ref, bins[s], n)
+        rows.append(
+            {
+                "subject": s,
+                "statistic": "psi",
+                "value": psi(ref, bins[s]),
+                "chi-squared": chi2_statistic(ref, bins[s]),
+                "critical": critical[s],
+                "drifted": verdict,
+            }
+        )
+    for name, count in unseen.items():
+        share, line = count / max(counted, 1), counter.expected_unseen[name] + UNSEEN_MARGIN
+        rows.append(
+            {
+                "subject": name,
+                "statistic": "unseen_share",
+                "value": share,
+                "chi-squared": np.nan,
+                "critical": line,
+                "drifted": enough and share > line,
+            }
+        )
+    table = pd.DataFrame(rows).sort_values(["drifted", "value"], ascending=False, kind="stable")
+    table["verdict"] = np.where(
+        table["drifted"], "drifted", "no drift" if enough else f"no verdict (under {DRIFT_MIN_ROWS} flats)"
+    )
+    table.attrs["counted"] = counted
+    return table.set_index("subject")
+
+
 def quality(flats: pd.DataFrame, model: ModelFiles) -> pd.DataFrame:
     """Per feature: missing values, values outside the training min/max, and for identifiers unseen values."""
     rows = []
@@ -121,6 +193,14 @@ def quality(flats: pd.DataFrame, model: ModelFiles) -> pd.DataFrame:
             row["unseen in training"] = f"{unseen_share(model.known, values.to_numpy()):.1%}"
         rows.append(row)
     return pd.DataFrame(rows).fillna("")
+
+
+def price_period(flats: pd.DataFrame) -> tuple[str, str]:
+    """Pandas' resampling period and its name: a few hours' window by 10 minutes, a day's by hour, longer by day."""
+    span = flats["timestamp"].max() - flats["timestamp"].min()
+    if span <= timedelta(hours=6):
+        return "10min", "10 minutes"
+    return ("h", "hour") if span <= timedelta(days=2) else ("D", "day")
 
 
 def price_over_time(flats: pd.DataFrame, period: str) -> pd.DataFrame:
@@ -218,31 +298,44 @@ def _sparkline(table: pd.DataFrame) -> str:
     )
 
 
-def build(log_dir: Path, home: Path, start: datetime, actuals: str | None, tag: str | None) -> tuple[str, dict]:
+def build(
+    log_dir: Path, home: Path, start: datetime, actuals: str | None, tag: str | None, until: datetime | None = None
+) -> tuple[str, dict]:
     """The report's HTML and its figures (for tests and scripts)."""
-    flats = read_flats(log_dir, since=start)
+    flats = read_flats(log_dir, since=start, until=until)
     if flats.empty:
         raise SystemExit(f"cannot report: no flats logged since {start:%Y-%m-%d %H:%M} in {log_dir}")
     tag = tag or flats["model"].value_counts().index[0]
     model = ModelFiles(home, tag)
     served = flats[flats["model"] == tag]
-    snapshot, psi = evidently_report(served, model)
-    period = "D" if flats["timestamp"].max() - flats["timestamp"].min() > timedelta(days=2) else "h"
+    snapshot, evidently_psi = evidently_report(served, model)
+    judged = verdicts(served, model, Settings.load().drift_rows_per_request)
+    judged["PSI (Evidently)"] = pd.Series(evidently_psi)
+    period, period_name = price_period(flats)
     prices = price_over_time(flats, period)
-    figures = {"flats": len(flats), "model": tag, "psi": psi}
+    figures = {
+        "flats": len(flats),
+        "model": tag,
+        "psi": evidently_psi,
+        "verdicts": {s: {"value": row.value, "drifted": bool(row.drifted)} for s, row in judged.iterrows()},
+    }
+    drifted_subjects = [s for s, row in judged.iterrows() if row.drifted]
     sections = [
         f"<h1>Flat-price model report</h1><p>{len(flats):,} flats in {flats['request'].nunique():,} requests "
         f"logged {flats['timestamp'].min():%Y-%m-%d %H:%M} to {flats['timestamp'].max():%Y-%m-%d %H:%M} "
         f"(since {start:%Y-%m-%d %H:%M}); drift and quality of model <b>{html.escape(tag)}</b> "
         f"({len(served):,} flats) against its training data.</p>",
         _table(flats["model"].value_counts().rename("flats").to_frame()),
-        "<h2>PSI on the model's reference bins</h2><p>Evidently's PSI of each subject's bins (the bins the live "
-        "drift rules count) against training: below 0.1 no shift, 0.1-0.25 moderate, above 0.25 significant.</p>",
-        _table(pd.Series(psi, name="PSI").to_frame()),
+        f"<h2>Drift: the live rules' verdict</h2><p><b>{', '.join(drifted_subjects) or 'No subject'} drifted</b> "
+        f"({judged.attrs['counted']:,} flats counted as the workers count them). Per subject, strongest first: "
+        "PSI on the model's reference bins (below 0.1 no shift, 0.1-0.25 moderate, above 0.25 significant) with "
+        "Pearson's chi-squared against its critical value, or an identifier's unseen share against its line; "
+        "Evidently's PSI on the same bins beside ours.</p>",
+        _table(judged.drop(columns="drifted")),
         "<h2>Data quality</h2><p>Missing values, values outside the training data's range, and building ids "
         "never seen in training.</p>",
         _table(quality(served, model).set_index("feature")),
-        f"<h2>Price over time</h2><p>Predicted prices per {'day' if period == 'D' else 'hour'}, rubles.</p>",
+        f"<h2>Price over time</h2><p>Predicted prices per {period_name}, rubles.</p>",
         _sparkline(prices),
         _table(prices),
     ]
@@ -255,7 +348,10 @@ def build(log_dir: Path, home: Path, start: datetime, actuals: str | None, tag: 
             f"logged predictions by request_id and flat; {unmatched:,} real prices matched no logged flat.</p>"
         )
         sections += [f"<h3>{html.escape(name)}</h3>{_table(table)}" for name, table in tables.items()]
-    sections.append("<h2>Drift and data summary (Evidently)</h2>")
+    sections.append(
+        "<h2>Drift and data summary (Evidently)</h2><p>Evidently's own tests per feature against the training "
+        "sample, every flat counted: a second view, not the alert's.</p>"
+    )
     style = (
         "<style>.flatprice{font-family:sans-serif;margin:24px}.flatprice table.t{border-collapse:collapse;"
         "margin:8px 0}.flatprice .t td,.flatprice .t th{padding:2px 10px;border-bottom:1px solid #ddd;"
@@ -270,6 +366,7 @@ def build(log_dir: Path, home: Path, start: datetime, actuals: str | None, tag: 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m monitoring.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("--since", type=parse_since, default="24h", help="24h, 30m, 7d or a local time (default 24h)")
+    parser.add_argument("--until", type=parse_since, help="the window's end, as --since (default: now)")
     parser.add_argument(
         "--actuals",
         help="real prices: a CSV (request_id, flat (default 0), price) or the shared ledger's PostgreSQL URL",
@@ -285,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"cannot report: Evidently is not installed; {SETUP}") from None
     home = Path(os.environ.get("BENTOML_HOME", Path.home() / "bentoml"))
     log_dir = args.log_dir or log_directory(Settings.load().inference_log_dir, str(home))
-    page, figures = build(log_dir, home, args.since, args.actuals, args.model)
+    page, figures = build(log_dir, home, args.since, args.actuals, args.model, args.until)
     args.out.write_text(page, encoding="utf-8")
     if args.figures:
         args.figures.write_text(json.dumps(figures, indent=1, default=str))

@@ -216,13 +216,20 @@ def test_the_report_s_psi_equals_the_live_rules_and_actuals_give_back_their_mae(
         # the stated tolerance (Monitoring.md): 0.1%, room for how each floors an empty training bin at 1e-4
         assert psi == pytest.approx(live[subject]["psi"], rel=1e-3, abs=1e-6), subject
     assert result["psi"]["total_area"] > 0.1
+    # one verdict per subject, the live rules' (derived subjects too), strongest first
+    verdicts = result["verdicts"]
+    assert {s: v["drifted"] for s, v in verdicts.items() if s in live} == {s: v["drifted"] for s, v in live.items()}
+    assert set(live) <= set(verdicts) and verdicts["total_area"]["drifted"]
+    drifted_first = [v["value"] for v in verdicts.values() if v["drifted"]]
+    assert list(verdicts)[: len(drifted_first)] == [s for s, v in verdicts.items() if v["drifted"]]
+    assert drifted_first == sorted(drifted_first, reverse=True)
     (overall,) = result["accuracy"]["all"]
     assert overall["flats"] == 200 and overall["MAE, ₽"] == 10**6 and result["unmatched"] == 1
     assert sum(row["flats"] for row in result["accuracy"]["by price band"]) == 200
 
     # what a person sees: every section, and Evidently's widgets drawn by its scripts
     text = rendered_dom(out.as_uri())
-    for heading in ("PSI on the model", "Data quality", "Price over time", "Accuracy against real prices"):
+    for heading in ("the live rules' verdict", "Data quality", "Price over time", "Accuracy against real prices"):
         assert heading in text, heading
     assert "Drifted Columns" in text and "total_area" in text
     picture = tmp_path / "report.png"

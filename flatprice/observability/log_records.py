@@ -42,7 +42,7 @@ def data_files(directory: str | Path) -> list[Path]:
     return sorted((Path(directory) / MONITOR_NAME / "data").glob("data.*.log*"))
 
 
-def read_flats(directory: str | Path, since: datetime | None = None) -> pd.DataFrame:
+def read_flats(directory: str | Path, since: datetime | None = None, until: datetime | None = None) -> pd.DataFrame:
     """One row per flat: timestamp (server's local time), request, flat (index in the request),
     model, the 15 features, price, and challenger/challenger_price when one was shadowing."""
     import pandas as pd  # here: the service imports this module for `log_directory`, pandas brings pyarrow
@@ -54,7 +54,7 @@ def read_flats(directory: str | Path, since: datetime | None = None) -> pd.DataF
             for line in lines:
                 record = json.loads(line)
                 at = datetime.fromisoformat(record["timestamp"])
-                if since is not None and at < since:
+                if (since is not None and at < since) or (until is not None and at >= until):
                     continue
                 n = len(record["price"])
                 columns["timestamp"] += [at] * n
