@@ -1,7 +1,7 @@
 """Behaviour of a small model trained in seconds, and its place in the model store.
 
 `RECORDED` holds this model's prices for fixed flats; regenerate them after an
-intended change to data, features or training with `python -m tests.test_model`.
+intended change to data, features or training with `python -m tests.unit.test_model`.
 """
 
 import json

@@ -23,8 +23,10 @@ from flatprice.synthetic import generate_flats
 pytestmark = pytest.mark.slow
 
 DOCS = ("README.md", "docs/batch.md", "docs/models.md", "deploy/README.md", "Monitoring.md")
-NO_DOCKER = "needs a Docker engine (none here): the image and the unchanged compose file run under podman in tests/test_container.py and tests/test_compose.py"
-NO_CLUSTER = "needs a Kubernetes cluster and a registry: the manifests are validated offline in tests/test_deploy.py"
+NO_DOCKER = "needs a Docker engine (none here): the image and the unchanged compose file run under podman in tests/system/test_container.py and tests/system/test_compose.py"
+NO_CLUSTER = (
+    "needs a Kubernetes cluster and a registry: the manifests are validated offline in tests/unit/test_deploy.py"
+)
 SAME = "the same command as an earlier line, run there"
 # Command line (as in the docs, comment removed) -> "run", or the reason it is not run here.
 COMMANDS = {

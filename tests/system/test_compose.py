@@ -76,14 +76,14 @@ def test_alertmanager_delivers_the_drift_alert_to_the_webhook(stack):
     rules = yaml.safe_load(ALERTS_FILE.read_text())
     drift = next(r for g in rules["groups"] for r in g["rules"] if r.get("alert") == "FlatPriceDrift")
     # Prometheus knows its Alertmanager; the alert itself is induced at Alertmanager with the rule's labels
-    # (the rule's own firing needs 15 minutes of drifted traffic: promtool tests it, tests/test_alerting.py).
+    # (the rule's own firing needs 15 minutes of drifted traffic: promtool tests it, tests/system/test_alerting.py).
     managers = httpx.get(f"{stack.urls['PROMETHEUS_PORT']}/api/v1/alertmanagers", timeout=5).json()["data"]
     assert [m["url"] for m in managers["activeAlertmanagers"]] == ["http://alertmanager:9093/api/v2/alerts"]
     # Links in notifications open for the person paged, not at the container's own name.
     flags = httpx.get(f"{stack.urls['PROMETHEUS_PORT']}/api/v1/status/flags", timeout=5).json()["data"]
     assert flags["web.external-url"].startswith("http://127.0.0.1:")
     labels = {"alertname": "FlatPriceDrift", "model_tag": "flat_price:suite", **drift["labels"]}
-    alert = [{"labels": labels, "annotations": {"summary": "induced by tests/test_compose.py"}}]
+    alert = [{"labels": labels, "annotations": {"summary": "induced by tests/system/test_compose.py"}}]
     posted = httpx.post(f"{stack.urls['ALERTMANAGER_PORT']}/api/v2/alerts", json=alert, timeout=5)
     assert posted.status_code == 200, posted.text
 
