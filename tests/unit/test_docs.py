@@ -27,3 +27,18 @@ def test_readme_error_table_lists_the_documented_statuses():
 def test_docs_the_readme_links_exist():
     for link in re.findall(r"\]\(((?:docs/|Monitoring)[^)#]*)\)", README):
         assert (REPO / link).exists(), link
+
+
+def test_the_layout_names_every_top_level_folder_and_module():
+    """docs/layout.md is the map: every tracked top-level folder and every module of the package on it."""
+    import subprocess
+
+    layout = (REPO / "docs" / "layout.md").read_text()
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    folders = {path.split("/")[0] for path in tracked if "/" in path and not path.startswith(".")}
+    modules = {path.rsplit("/", 1)[1] for path in tracked if re.fullmatch(r"flatprice/\w+\.py", path)} - {"__init__.py"}
+    folders_missing = [
+        f for f in sorted(folders) if not re.search(rf"^{re.escape(f)}/", layout, re.M) and f"{f}/" not in layout
+    ]
+    assert not folders_missing, folders_missing
+    assert not [m for m in sorted(modules) if m not in layout]
