@@ -27,6 +27,8 @@ import httpx
 import numpy as np
 
 from devtools.servers import BentoServer, prometheus, wait_until
+from devtools.traffic import building_batches
+from devtools.wrk import json_flat
 from flatprice.schema import FEATURE_NAMES
 from flatprice.synthetic import generate_flats
 
@@ -58,6 +60,7 @@ class Scenario:
     rate: float | None = None  # requests/s (None: --rate)
     batch: bool = False  # one 1,000-flat batch of one new building when the drift begins
     stop_after_alert: bool = False  # no traffic at all from 60 s after the alert fires
+    buildings_every: float | None = None  # instead of single flats: one building's 50 flats per batch, this often (s)
     expect_alert: bool = True
 
 
@@ -72,6 +75,7 @@ SCENARIOS = {
         Scenario("one_building_batch", batch=True, expect_alert=False),
         Scenario("stop_after_drift", scaled_area(1.0, 1.5), stop_after_alert=True),
         Scenario("one_flat_per_second", scaled_area(1.0, 1.5), rate=1.0),
+        Scenario("building_batches", buildings_every=10.0, expect_alert=False),
     )
 }
 
@@ -102,6 +106,7 @@ class Run(threading.Thread):
         self.work.mkdir(parents=True)
         pool = generate_flats(20_000, seed=1000 + repeat)[list(FEATURE_NAMES)]
         self.flats = pool.to_dict("records")
+        self.matrix = pool.to_numpy(dtype=np.float64)
         self.rng = np.random.default_rng(repeat)
         self.result: dict = {"scenario": scenario.name, "repeat": repeat, "sent": 0, "refused": 0}
 
@@ -129,11 +134,10 @@ class Run(threading.Thread):
         with httpx.Client(base_url=service, timeout=10) as client:
             while (now := time.monotonic()) < end:
                 if now >= next_probe:
-                    firing = query(prom, 'ALERTS{alertname="FlatPriceDrift", alertstate="firing"}')
+                    firing = query(prom, 'ALERTS{alertname=~"FlatPriceDrift.*", alertstate="firing"}')
                     if firing and fired is None:
                         fired = now
-                        named = query(prom, "flat_price:drift_detected:15m")
-                        subjects = {r["metric"]["subject"] for r in named}
+                        subjects = {f"{r['metric']['subject']} ({r['metric']['alertname']})" for r in firing}
                         self.result["fired_during"] = "clean" if now < drift_at else "drift"
                     if fired is not None and not firing and cleared is None and stopped is not None:
                         cleared = now
@@ -141,6 +145,14 @@ class Run(threading.Thread):
                 if s.batch and now >= drift_at and not self.result.get("batch_sent"):
                     answer = client.post("/predict_batch", json={"flats": new_development(self.flats)})
                     self.result["batch_sent"] = answer.status_code
+                if s.buildings_every and now >= drift_at:  # a bank: one building per batch, nothing else
+                    batch = building_batches(self.matrix, 1, 50, self.rng)
+                    flats = [dict(zip(FEATURE_NAMES, map(float, row), strict=True)) for row in batch]
+                    answer = client.post("/predict_batch", json={"flats": [json_flat(f) for f in flats]})
+                    self.result["refused"] += answer.status_code != 200
+                    self.result["sent"] += 1
+                    time.sleep(max(0.0, min(s.buildings_every, end - time.monotonic())))
+                    continue
                 if s.stop_after_alert and fired is not None and now >= fired + 60:
                     stopped = stopped or now
                     time.sleep(PROBE_S / 5)
