@@ -145,24 +145,33 @@ def admin(proxy, command: str) -> str:
         return b"".join(iter(lambda: sock.recv(65536), b"")).decode()
 
 
+BACKENDS = ("replicas", "bulk")  # deploy/haproxy/haproxy.cfg: the same replicas, slots for small and large bodies
+
+
 def sessions(proxy, server: str) -> float:
-    return exporter(proxy.metrics_url, "haproxy_server_current_sessions", "server", proxy="replicas")[server]
+    """Requests a replica holds, in either backend."""
+    return exporter(proxy.metrics_url, "haproxy_server_current_sessions", "server")[server]
+
+
+def set_server(proxy, name: str, state: str) -> None:
+    for backend in BACKENDS:
+        admin(proxy, f"set server {backend}/{name} {state}")
 
 
 def roll(proxy, replicas: list[BentoServer], start_new, on_step=None) -> list[BentoServer]:
-    """Replace the replicas one at a time: drain it in the proxy, wait for its requests to end,
-    stop it (SIGTERM), start its successor (`start_new(i)`), point the proxy's slot at it and
+    """Replace the replicas one at a time: drain it in the proxy (both backends), wait for its requests
+    to end, stop it (SIGTERM), start its successor (`start_new(i)`), point the proxy's slots at it and
     put it back once /readyz passes the proxy's check; `on_step(successors so far)` after each."""
     new = []
     for i, old in enumerate(replicas):
         name = f"replica{i}"
-        admin(proxy, f"set server replicas/{name} state drain")
+        set_server(proxy, name, "state drain")
         wait_until(lambda name=name: sessions(proxy, name) == 0, timeout=30, what=f"{name} drained")
-        admin(proxy, f"set server replicas/{name} state maint")  # nothing more, not even a reused connection
+        set_server(proxy, name, "state maint")  # nothing more, not even a reused connection
         old.stop()
         successor = start_new(i)
-        admin(proxy, f"set server replicas/{name} addr 127.0.0.1 port {successor.port}")
-        admin(proxy, f"set server replicas/{name} state ready")
+        set_server(proxy, name, f"addr 127.0.0.1 port {successor.port}")
+        set_server(proxy, name, "state ready")
         wait_until(lambda name=name: up_replicas(proxy.metrics_url)[name] == 1, timeout=30, what=f"{name} up again")
         new.append(successor)
         if on_step:

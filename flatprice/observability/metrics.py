@@ -69,6 +69,7 @@ APE_BUCKETS = (
     2,
 )
 FEEDBACK_OUTCOMES = ("accepted", "unknown", "repeated")
+BAND_BOUNDS = ("low", "median", "high")  # of the holdout's band of daily median signed errors
 BODY_FIELD = "body"  # label for errors not tied to one field (malformed JSON, empty batch...)
 REJECTED_FIELDS = (*FEATURE_NAMES, BODY_FIELD)
 MODES = {  # multiprocess mode per gauge: how several workers' values combine

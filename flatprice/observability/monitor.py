@@ -165,7 +165,7 @@ def publish_static(model_tag: str, trained_at: str, holdout: dict[str, float], b
     day's median signed error stays on the holdout, accuracy.daily_band)."""
     metrics.MODEL_INFO.labels(model_tag=model_tag, trained_at=trained_at, holdout_r2=f"{holdout['r2']:.4f}").set(1)
     metrics.HOLDOUT_MEDIAN_APE.labels(model_tag=model_tag).set(holdout["median_ape"])
-    for bound in ("low", "median", "high"):
+    for bound in metrics.BAND_BOUNDS:
         metrics.HOLDOUT_LOG_ERROR_BAND.labels(model_tag=model_tag, bound=bound).set(band[bound])
     metrics.FEEDBACK_APE.labels(model_tag=model_tag)
     metrics.FEEDBACK_LOG_ERROR.labels(model_tag=model_tag)

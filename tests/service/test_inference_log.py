@@ -238,8 +238,8 @@ def test_the_report_s_psi_equals_the_live_rules_and_actuals_give_back_their_mae(
 
 
 def test_the_log_rotates_within_its_size_bound(server, log_dir, priced):
-    rows = flats(500, seed=302)
-    for _ in range(100):  # ~5.5 MB of records (110 bytes a flat) against a 2 MiB bound
+    rows = flats(200, seed=302)  # under a record's flats (238 here): records hold whole requests
+    for _ in range(250):  # ~5.5 MB of records (110 bytes a flat) against a 2 MiB bound
         assert post(server, "/predict_batch", json={"flats": rows}).status_code == 200
     data = log_dir / MONITOR_NAME / "data"
     # a worker that rotated through all its files has dropped its oldest

@@ -177,6 +177,7 @@ def test_labels_are_bounded_and_carry_no_request_data(server):
         "endpoint": {"/predict", "/predict_batch", "/predict_columns", "/random"},
         "kind": {"error", "delay"},
         "outcome": set(metrics.FEEDBACK_OUTCOMES),
+        "bound": set(metrics.BAND_BOUNDS),
         "le": None,
         "model_tag": None,
         "trained_at": None,
@@ -184,6 +185,7 @@ def test_labels_are_bounded_and_carry_no_request_data(server):
         "subject": {*DRIFT_SUBJECTS, *IDENTIFIERS},
         "bin": None,  # the model's reference bins: counted below
     }
+    assert post(server, "/predict", json=EXAMPLE_FLAT).status_code == 200  # the size summaries exist once asked
     bins: dict[str, set[str]] = {}
     for name in metrics.EXPOSED:
         for sample in scrape(server.url)[name].samples:

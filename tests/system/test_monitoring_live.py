@@ -98,7 +98,17 @@ def alert_parts(expr: str) -> list[str]:
     parts = re.split(rf"\s+(?:and|or){matching}\s+", " ".join(expr.split()))
     sides = [side for part in parts for side in re.split(r"\s+(?:>|<|>=|<=|==)\s+(?=[a-z(])", part)]
     sides = [re.sub(r"^(?:on|ignoring)\s*\([^)]*\)\s*", "", side) for side in sides]
-    return [re.sub(r"\s*(>|<|==|>=|<=)\s*[0-9.]+\s*$", "", side).strip() for side in sides]
+    sides = [re.sub(r"\s*(>|<|==|>=|<=)\s*[0-9.]+\s*$", "", side).strip() for side in sides]
+    return [balanced(side) for side in sides]
+
+
+def balanced(side: str) -> str:
+    """A side cut out of a parenthesised `or`/`and` without the parenthesis it does not close or open."""
+    while side.startswith("(") and side.count("(") > side.count(")"):
+        side = side[1:].strip()
+    while side.endswith(")") and side.count(")") > side.count("("):
+        side = side[:-1].strip()
+    return re.sub(r"\s*(>|<|==|>=|<=)\s*[0-9.]+\s*$", "", side).strip()
 
 
 @pytest.mark.parametrize("rule", alert_rules(), ids=lambda r: r["alert"])

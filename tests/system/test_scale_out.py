@@ -107,11 +107,15 @@ def test_the_operating_point_under_overload_is_a_setting(two, tmp_path):
     """FLAT_PRICE_REPLICA_MAXCONN and FLAT_PRICE_SHED_QUEUE reach the slot limit and the shedding rule;
     unset, the defaults 2 and 64 apply."""
     replicas, default = two
-    assert set(exporter(default.metrics_url, "haproxy_server_limit_sessions", "server").values()) == {2}
+    assert set(exporter(default.metrics_url, "haproxy_server_limit_sessions", "server", proxy="replicas").values()) == {
+        2
+    }
     assert shed_above(default) == "65:"
     targets = [r.url.removeprefix("http://") for r in replicas]
     with haproxy(tmp_path, targets, env=LATENCY_FIRST) as latency_first:
-        assert set(exporter(latency_first.metrics_url, "haproxy_server_limit_sessions", "server").values()) == {1}
+        assert set(
+            exporter(latency_first.metrics_url, "haproxy_server_limit_sessions", "server", proxy="replicas").values()
+        ) == {1}
         assert shed_above(latency_first) == "2:"
         assert httpx.post(f"{latency_first.url}/predict", json=EXAMPLE_FLAT).status_code == 200
 
