@@ -217,21 +217,30 @@ def price_over_time(flats: pd.DataFrame, period: str) -> pd.DataFrame:
 
 
 def accuracy(flats: pd.DataFrame, actuals: pd.DataFrame) -> tuple[dict[str, pd.DataFrame], int]:
-    """Join real prices to logged predictions on (request, flat): MAE and median APE overall, by day,
-    model and price band. Returns the tables and the number of actuals that matched no logged flat."""
+    """Join real prices to logged predictions on (request, flat): MAE, median APE and the median signed
+    error ln(price / real) (bias: a market that moved) overall, by day, model and price band. Returns
+    the tables and the number of actuals that matched no logged flat."""
     actuals = actuals.rename(columns={"request_id": "request", "price": "actual"})
     joined = flats.merge(actuals[["request", "flat", "actual"]], on=["request", "flat"], how="inner")
     joined["error"] = (joined["price"] - joined["actual"]).abs()
     joined["ape"] = joined["error"] / joined["actual"]
+    joined["log_error"] = np.log(joined["price"] / joined["actual"])
     joined["day"] = joined["timestamp"].dt.date
     joined["price band"] = pd.cut(joined["price"], PRICE_BANDS, right=False).map(_band_name)
 
     def summary(group):
-        return pd.Series({"flats": len(group), "MAE, ₽": group["error"].mean(), "median APE": group["ape"].median()})
+        return pd.Series(
+            {
+                "flats": len(group),
+                "MAE, ₽": group["error"].mean(),
+                "median APE": group["ape"].median(),
+                "median ln(price / real)": group["log_error"].median(),
+            }
+        )
 
     tables = {"all": summary(joined).to_frame().T}
     for key in ("day", "model", "price band"):
-        tables[f"by {key}"] = joined.groupby(key, observed=True)[["error", "ape"]].apply(summary)
+        tables[f"by {key}"] = joined.groupby(key, observed=True)[["error", "ape", "log_error"]].apply(summary)
     return tables, len(actuals) - len(joined)
 
 

@@ -13,6 +13,7 @@ from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
+import numpy as np
 import pytest
 
 from devtools.servers import REPO, BentoServer, wait_until
@@ -225,6 +226,9 @@ def test_the_report_s_psi_equals_the_live_rules_and_actuals_give_back_their_mae(
     assert drifted_first == sorted(drifted_first, reverse=True)
     (overall,) = result["accuracy"]["all"]
     assert overall["flats"] == 200 and overall["MAE, ₽"] == 10**6 and result["unmatched"] == 1
+    # the bias column: the median of ln(price / real) over the same 200 flats, computed here
+    signed = [np.log(p / (p + (10**6 if k % 2 else -(10**6)))) for k, (_, _, p) in enumerate(priced[:200])]
+    assert overall["median ln(price / real)"] == pytest.approx(float(np.median(signed)))
     assert sum(row["flats"] for row in result["accuracy"]["by price band"]) == 200
 
     # what a person sees: every section, and Evidently's widgets drawn by its scripts
