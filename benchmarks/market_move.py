@@ -50,6 +50,8 @@ class Run(threading.Thread):
         stack.enter_context(server)
 
     def run(self) -> None:
+        # Prometheus must have seen the counters at 0: a counter first scraped at 200 has no increase.
+        wait_until(lambda: query(self.prometheus, "flat_price_feedback_log_error_count"), 60, what="first scrape")
         flats = generate_flats(self.args.flats, seed=2024)
         rows = [json_flat(r) for r in flats[list(FEATURE_NAMES)].to_dict("records")]
         factor = SCENARIOS[self.name_]
