@@ -552,3 +552,13 @@ def test_without_a_feedback_token_feedback_and_other_routes_need_none():
     assert answer(run(guard(app), scope("/feedback")))[0] == 200
     assert answer(run(guard(app, feedback_token="t"), scope("/predict")))[0] == 200
     assert len(app.calls) == 2
+
+
+def test_a_full_answer_states_its_total_and_a_garbled_marker_counts_what_is_listed():
+    from flatprice.api.errors import MORE_PROBLEMS, listed_and_total
+
+    listed = [{"type": "missing", "loc": ("floor",), "msg": "Field required"}] * 3
+    assert listed_and_total(listed) == (listed, 3)
+    marker = {"type": MORE_PROBLEMS, "loc": ("body",), "msg": "1234 problems in all; the first 20 are listed"}
+    assert listed_and_total([*listed, marker]) == (listed, 1234)
+    assert listed_and_total([*listed, marker | {"msg": "many problems"}]) == (listed, 3)

@@ -19,12 +19,13 @@ def rows(ledger: Ledger, table: str) -> int:
 def test_real_prices_go_with_the_flats_they_belong_to(tmp_path):
     """10 rounds of 1,000 flats priced (the newest 1,000 kept) and 100 of them settled: what is kept of
     the real prices is the last round's, not all 1,000."""
-    ledger = Ledger(tmp_path, max_flats=1000)
+    ledger = Ledger(tmp_path / "a" / "new" / "folder", max_flats=1000)  # made with its parents
     for round_ in range(10):
         ids = [f"{round_:02d}{i:030d}" for i in range(10)]
         ledger.add("m:1", ids, [np.full(100, 1_000_000 + i) for i in range(10)])
         outcome = ledger.settle([(ids[0], flat, 2_000_000) for flat in range(100)])
         assert len(outcome.settled) == 100 and not outcome.refused
+        assert outcome.settled[0] == ("m:1", 1_000_000, 2_000_000)  # (the model that priced it, its price, real)
         time.sleep(0.002)  # the next round is priced after these were settled
     ledger.add("m:1", ["ff" + "0" * 30], [np.array([1])])  # the flush that prunes
     assert rows(ledger, "priced") == 11 and rows(ledger, "settled") == 100  # the last round, and the flush
@@ -52,8 +53,34 @@ def test_a_flat_repeated_within_one_feedback_call_answers_409(client):
         what="the priced flat in the ledger",
     )
     assert answer.status_code == 409, answer.text
+    refused = answer.json()
+    assert {d["type"] for d in refused["detail"]} == {"repeated_request_id"} and refused["total"] == len(
+        refused["detail"]
+    )
+    assert all(d["loc"][0] == "actuals" and d["loc"][2] == "request_id" for d in refused["detail"])
     once = client.post("/feedback", json={"actuals": twice["actuals"][:1]})
     assert once.status_code == 200 and once.json() == {"accepted": 1}
+
+
+def test_an_unknown_flat_is_named_by_its_place_in_the_call(client):
+    """A real price for a flat nobody priced: 404 in the error shape, naming that entry, nothing recorded."""
+    request_id = client.post("/predict", json=EXAMPLE_FLAT).json()["request_id"]
+    known = {"request_id": request_id, "flat": 0, "price": 9_000_000}
+    both = {"actuals": [known, {"request_id": "f" * 32, "flat": 0, "price": 5_000_000}]}
+    answer = wait_until(  # until the priced flat is in the ledger (a refused call records nothing: safe to repeat)
+        lambda: (a := client.post("/feedback", json=both)).status_code != 404 or len(a.json()["detail"]) == 1 and a,
+        timeout=10,
+        what="the priced flat in the ledger",
+    )
+    assert answer.status_code == 404, answer.text
+    assert answer.json()["detail"] == [
+        {
+            "type": "unknown_request_id",
+            "loc": ["actuals", 1, "request_id"],
+            "msg": "no flat priced under this request_id and flat is kept",
+        }
+    ]
+    assert answer.json()["total"] == 1
 
 
 def test_the_band_of_a_days_median_signed_error_holds_the_holdout_and_not_a_moved_market():
