@@ -102,5 +102,5 @@ monitoring/grafana.env:
 format: install-dev
 	$(PYTHON) -m ruff format . && $(PYTHON) -m ruff check --fix .
 
-mutation: install-dev  ## mutation testing of the contract and the edge with the fast tests (~10 min)
+mutation: install-dev  ## mutation testing of the contract, the edge and the feedback ledger with the fast tests (~12 min)
 	$(PYTHON) -m benchmarks.mutation

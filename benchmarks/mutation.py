@@ -1,4 +1,4 @@
-"""Mutation testing of the API contract and the server edge with the fast tests (mutmut).
+"""Mutation testing of the API contract, the server edge and the feedback ledger with the fast tests (mutmut).
 
     python -m benchmarks.mutation        # `make mutation`; ~10-20 minutes on 2 cores
 
