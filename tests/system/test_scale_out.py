@@ -89,7 +89,9 @@ def test_overload_is_shed_by_the_proxy_with_503_and_retry_after(two, pool):
     assert ErrorBody.model_validate_json(answer.content).detail[0].type == "overloaded"
     after = responses(proxy.metrics_url, "haproxy_frontend_http_responses")
     shed = denied(proxy.metrics_url) - denied_before
-    assert shed > 0 and after["5xx"] - before["5xx"] == shed  # every 5xx a client saw was a shed request
+    # Every 5xx a client saw was the proxy's: shed at once (denied), or a wait past FLAT_PRICE_QUEUE_BUDGET_MS
+    # (the same 503 answer); none came from a replica (below).
+    assert after["5xx"] - before["5xx"] >= shed > 0
     replicas = responses(proxy.metrics_url, "haproxy_server_http_responses")
     assert replicas["2xx"] > 0 and not replicas["4xx"] and not replicas["5xx"]  # the replicas only answered 200
 
