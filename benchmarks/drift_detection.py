@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from devtools.servers import BentoServer, prometheus, wait_until
+from devtools.servers import BentoServer, prometheus, query_prometheus, wait_until
 from devtools.traffic import building_batches
 from devtools.wrk import json_flat
 from flatprice.schema import FEATURE_NAMES
@@ -119,7 +119,9 @@ class Run(threading.Thread):
         stack.enter_context(server)
 
     def run(self):
-        wait_until(lambda: query(self.prometheus, "flat_price_drift_sampled_rows_total"), 60, what="first scrape")
+        wait_until(
+            lambda: query_prometheus(self.prometheus, "flat_price_drift_sampled_rows_total"), 60, what="first scrape"
+        )
         self.timeline(self.served.url, self.prometheus)
 
     def timeline(self, service: str, prom: str) -> None:
@@ -134,7 +136,7 @@ class Run(threading.Thread):
         with httpx.Client(base_url=service, timeout=10) as client:
             while (now := time.monotonic()) < end:
                 if now >= next_probe:
-                    firing = query(prom, 'ALERTS{alertname=~"FlatPriceDrift.*", alertstate="firing"}')
+                    firing = query_prometheus(prom, 'ALERTS{alertname=~"FlatPriceDrift.*", alertstate="firing"}')
                     if firing and fired is None:
                         fired = now
                         subjects = {f"{r['metric']['subject']} ({r['metric']['alertname']})" for r in firing}
@@ -171,11 +173,6 @@ class Run(threading.Thread):
             "expected_alert": s.expect_alert,
             "rate": rate,
         }
-
-
-def query(url: str, expr: str) -> list:
-    answer = httpx.get(f"{url}/api/v1/query", params={"query": expr}, timeout=10).json()
-    return answer["data"]["result"] if answer.get("status") == "success" else []
 
 
 def main() -> None:

@@ -17,9 +17,7 @@ import threading
 from pathlib import Path
 
 from devtools.servers import BentoServer
-from devtools.wrk import json_flat, lua_pool, wrk_report
-from flatprice.schema import FEATURE_NAMES
-from flatprice.synthetic import generate_flats
+from devtools.wrk import lua_pool, request_flats, wrk_report
 
 ONE_WORKER = {"FLAT_PRICE_WORKERS": "1"}
 
@@ -30,7 +28,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="flatprice-heavy-"))
-    records = [json_flat(r) for r in generate_flats(1000, seed=71)[list(FEATURE_NAMES)].to_dict("records")]
+    records = request_flats(1000, seed=71)
     singles = lua_pool(work / "singles.lua", [json.dumps(r) for r in records])
     batches = lua_pool(work / "batches.lua", [json.dumps({"flats": records[i : i + 100]}) for i in range(0, 1000, 100)])
     with BentoServer(work / "home", env=ONE_WORKER) as server:

@@ -24,10 +24,9 @@ from pathlib import Path
 
 from benchmarks.bench import RESULTS
 from devtools.servers import BentoServer, start_together
-from devtools.wrk import json_flat, lua_pool, wrk
+from devtools.wrk import lua_pool, request_flats, wrk
 from flatprice.observability.log_records import data_files
 from flatprice.schema import FEATURE_NAMES
-from flatprice.synthetic import generate_flats
 
 SETTINGS = {"logged": "1", "not logged": "0"}
 
@@ -37,7 +36,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    flats = [json_flat(r) for r in generate_flats(1000, seed=5)[list(FEATURE_NAMES)].to_dict("records")]
+    flats = request_flats(1000, seed=5)
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         work = Path(tmp)
         singles = lua_pool(work / "singles.lua", [json.dumps(f) for f in flats])

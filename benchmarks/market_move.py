@@ -27,7 +27,7 @@ from pathlib import Path
 
 import httpx
 
-from devtools.servers import BentoServer, prometheus, wait_until
+from devtools.servers import BentoServer, prometheus, query_prometheus, wait_until
 from devtools.wrk import json_flat
 from flatprice.schema import FEATURE_NAMES
 from flatprice.synthetic import generate_flats
@@ -51,7 +51,9 @@ class Run(threading.Thread):
 
     def run(self) -> None:
         # Prometheus must have seen the counters at 0: a counter first scraped at 200 has no increase.
-        wait_until(lambda: query(self.prometheus, "flat_price_feedback_log_error_count"), 60, what="first scrape")
+        wait_until(
+            lambda: query_prometheus(self.prometheus, "flat_price_feedback_log_error_count"), 60, what="first scrape"
+        )
         flats = generate_flats(self.args.flats, seed=2024)
         rows = [json_flat(r) for r in flats[list(FEATURE_NAMES)].to_dict("records")]
         factor = SCENARIOS[self.name_]
@@ -70,23 +72,18 @@ class Run(threading.Thread):
         deadline = sent + self.args.minutes * 60
         while time.monotonic() < deadline and None in fired.values():
             for alert in ALERTS:
-                if fired[alert] is None and query(
+                if fired[alert] is None and query_prometheus(
                     self.prometheus, f'ALERTS{{alertname="{alert}", alertstate="firing"}}'
                 ):
                     fired[alert] = round(time.monotonic() - sent)
             time.sleep(10)
-        signed = query(self.prometheus, "flat_price:feedback_median_log_error:1d")
-        ape = query(self.prometheus, "flat_price:feedback_median_ape:1d")
+        signed = query_prometheus(self.prometheus, "flat_price:feedback_median_log_error:1d")
+        ape = query_prometheus(self.prometheus, "flat_price:feedback_median_ape:1d")
         self.result |= {
             "seconds_to_fire": fired,
             "median_log_error": float(signed[0]["value"][1]) if signed else None,
             "median_ape": float(ape[0]["value"][1]) if ape else None,
         }
-
-
-def query(url: str, expr: str) -> list:
-    answer = httpx.get(f"{url}/api/v1/query", params={"query": expr}, timeout=10).json()
-    return answer["data"]["result"] if answer.get("status") == "success" else []
 
 
 def main() -> None:

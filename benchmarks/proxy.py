@@ -17,9 +17,8 @@ import tempfile
 from pathlib import Path
 
 from devtools.servers import BentoServer, haproxy, process_tree
-from devtools.wrk import cpu_seconds, json_flat, lua_pool, wrk
+from devtools.wrk import cpu_seconds, lua_pool, request_flats, wrk
 from flatprice.schema import FEATURE_NAMES
-from flatprice.synthetic import generate_flats
 
 
 def main() -> None:
@@ -30,7 +29,7 @@ def main() -> None:
     args = parser.parse_args()
     connections = [int(c) for c in args.connections.split(",")]
     work = Path(tempfile.mkdtemp(prefix="flatprice-proxy-"))
-    records = [json_flat(r) for r in generate_flats(1000, seed=99)[list(FEATURE_NAMES)].to_dict("records")]
+    records = request_flats(1000, seed=99)
     pool = lua_pool(work / "pool.lua", [json.dumps(r) for r in records])
     columns = lua_pool(work / "columns.lua", [json.dumps({k: [r[k] for r in records] for k in FEATURE_NAMES})])
     results = {}

@@ -29,9 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.overload import probe
 from devtools.servers import BentoServer, haproxy, process_tree, start_together, wait_until
-from devtools.wrk import cpu_seconds, json_flat, lua_pool, wrk_report
-from flatprice.schema import FEATURE_NAMES
-from flatprice.synthetic import generate_flats
+from devtools.wrk import cpu_seconds, lua_pool, request_flats, wrk_report
 
 ONE_WORKER = {"FLAT_PRICE_WORKERS": "1"}
 # The proxy's latency-first operating point (deploy/haproxy/haproxy.cfg): one request per replica at a time.
@@ -195,7 +193,7 @@ def main() -> None:
     parser.add_argument("--out", default="bench-results/scale_out.json")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="flatprice-scale-"))
-    records = [json_flat(r) for r in generate_flats(1000, seed=99)[list(FEATURE_NAMES)].to_dict("records")]
+    records = request_flats(1000, seed=99)
     pool = lua_pool(work / "pool.lua", [json.dumps(r) for r in records])
     results: dict = {"scaling": {}}
     for n in (1, 2, 3):

@@ -23,9 +23,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from devtools.servers import BentoServer, PostgresServer, haproxy, start_together, wait_until
-from devtools.wrk import json_flat, lua_pool, wrk_report
-from flatprice.schema import FEATURE_NAMES
-from flatprice.synthetic import generate_flats
+from devtools.wrk import lua_pool, request_flats, wrk_report
 
 
 def summed(urls: list[str], name: str) -> float:
@@ -52,7 +50,7 @@ def main() -> None:
     parser.add_argument("--outage", type=int, default=30)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="flatprice-ledger-bench-"))
-    records = [json_flat(r) for r in generate_flats(1000, seed=99)[list(FEATURE_NAMES)].to_dict("records")]
+    records = request_flats(1000, seed=99)
     pool = lua_pool(work / "pool.lua", [json.dumps(r) for r in records])
     database = PostgresServer().start()
     results: dict = {"wrk": {}, "written_per_s": []}

@@ -205,6 +205,12 @@ def node_exporter(workdir: Path) -> tuple[Process, str]:
     ), target
 
 
+def query_prometheus(url: str, expr: str) -> list:
+    """The result of an instant query (empty when the query fails)."""
+    answer = httpx.get(f"{url}/api/v1/query", params={"query": expr}, timeout=10).json()
+    return answer["data"]["result"] if answer.get("status") == "success" else []
+
+
 def prometheus(
     workdir: Path,
     service_target: str,

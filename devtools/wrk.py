@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from devtools.servers import process_tree, worker_pids
-from flatprice.schema import INT_FEATURES
+from flatprice.schema import FEATURE_NAMES, INT_FEATURES
 
 
 def lua_pool(path: Path, bodies: list[str], delay_ms: float | None = None, extra: str = "") -> Path:
@@ -28,6 +28,13 @@ def lua_pool(path: Path, bodies: list[str], delay_ms: float | None = None, extra
 
 def json_flat(row: dict) -> dict:
     return {k: int(v) if k in INT_FEATURES else float(v) for k, v in row.items()}
+
+
+def request_flats(n: int, seed: int) -> list[dict]:
+    """`n` flats of the synthetic city as a client sends them (the 15 features, JSON numbers)."""
+    from flatprice.synthetic import generate_flats
+
+    return [json_flat(r) for r in generate_flats(n, seed=seed)[list(FEATURE_NAMES)].to_dict("records")]
 
 
 def parse_wrk(text: str) -> dict:

@@ -168,7 +168,7 @@ class RequestGuard:
             # A GET has no body: whatever it declares about one (a multipart Content-Type...) is dropped.
             headers = [(k, v) for k, v in scope["headers"] if k.lower() not in _BODY_HEADERS]
             scope = dict(scope, method="POST", headers=headers)
-            receive, length = _replay(b"", receive), 0
+            receive, length = replay(b"", receive), 0
         elif scope["method"] == "POST":
             headers = dict(scope["headers"])
             declared = headers.get(b"content-length")
@@ -204,7 +204,7 @@ class RequestGuard:
                 return await self._refuse(
                     scope, send, 413, f"request body over {self.max_body_bytes} bytes", "body_too_large"
                 )
-            receive, length = _replay(body, receive), len(body)
+            receive, length = replay(body, receive), len(body)
         else:
             allowed = "GET, POST" if path in self.get_routes else "POST"
             reason = f"method {scope['method'][:16]} not allowed on {path}: use {allowed}"
@@ -290,7 +290,9 @@ class RequestGuard:
         await send_error(send, status, reason, error_type, headers)
 
 
-def _replay(body: bytes, receive):
+def replay(body: bytes, receive):
+    """`receive` that gives the whole `body` once, then the server's messages (the guard and LeanPredict
+    read a body before the app does)."""
     sent = False
 
     async def replay_receive():

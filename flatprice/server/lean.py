@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from ..api import payloads as io
 from ..api.routes import PREDICT
 from ..runtime import Runtime, row_of
+from .guard import replay
 
 _runtime: Runtime | None = None  # this worker's, once the service's __init__ has loaded it
 
@@ -48,7 +49,7 @@ class LeanPredict:
         try:
             flat = io.Flat.model_validate_json(body)
         except ValidationError:
-            return await self.app(scope, _again(message, receive), send)
+            return await self.app(scope, replay(body, receive), send)
         prices, request_id = runtime.priced(row_of(flat.__dict__))
         answer = prediction_json(io.rubles(prices)[0], runtime.tag, request_id)
         headers = [
@@ -58,17 +59,3 @@ class LeanPredict:
         ]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": answer})
-
-
-def _again(first: dict, receive):
-    """`receive` that gives `first` once more, then the server's messages."""
-    given = False
-
-    async def replay():
-        nonlocal given
-        if not given:
-            given = True
-            return first
-        return await receive()
-
-    return replay

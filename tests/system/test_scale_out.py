@@ -24,11 +24,10 @@ from benchmarks.scale_out import (
     up_replicas,
 )
 from devtools.servers import REPO, BentoServer, haproxy, private_home, train_into, wait_until
-from devtools.wrk import json_flat, lua_pool, parse_wrk
+from devtools.wrk import lua_pool, parse_wrk, request_flats
 from flatprice.api.errors import ErrorBody
 from flatprice.observability.metrics import NAMESPACE
-from flatprice.schema import EXAMPLE_FLAT, FEATURE_NAMES
-from flatprice.synthetic import generate_flats
+from flatprice.schema import EXAMPLE_FLAT
 from tests.metrics_scrape import scrape
 from tests.shared import CONF, LOCUSTFILE
 
@@ -37,7 +36,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory):
-    records = [json_flat(r) for r in generate_flats(200, seed=8)[list(FEATURE_NAMES)].to_dict("records")]
+    records = request_flats(200, seed=8)
     return lua_pool(tmp_path_factory.mktemp("wrk") / "pool.lua", [json.dumps(r) for r in records])
 
 
