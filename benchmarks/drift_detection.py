@@ -1,15 +1,19 @@
 """Drift detection through the real service and Prometheus, with the default settings.
 
-Each scenario gets its own one-worker `bentoml serve` and Debian Prometheus (committed
-config and rules: 15 s scrapes and evaluations, a 15-minute window, `for: 5m`) and a paced
-client pricing single flats from the synthetic city; all scenarios run at once (they are
-light), so a run lasts `--clean-minutes` + `--drift-minutes` (default 5 + 25).
+Each scenario gets its own one-worker `bentoml serve`, Debian Prometheus (committed config
+and rules, 15 s scrapes and evaluations) and Alertmanager (the committed route and timing)
+sending to a local webhook, and a paced client pricing single flats from the synthetic city;
+all scenarios run at once (they are light), so a run lasts `--clean-minutes` +
+`--drift-minutes` (default 5 + 25).
 
     python -m benchmarks.drift_detection [--rate 5] [--repeats 1] [--scenarios clean,area_x1.2,...]
+        [--rules OTHER/alerts.yml]   # e.g. an older commit's rules: git show REV:monitoring/prometheus/alerts.yml
 
-Prints, per scenario and repeat: whether FlatPriceDrift fired, the seconds from the start
-of the drift to firing, the subjects it named, and for `stop` the seconds from the end of
-traffic until it cleared. Figures: Monitoring.md, "Drift: detection".
+Prints, per scenario and repeat: whether a drift alert fired, the seconds from the start of
+the drift to firing, the subjects it named, for a ramp the factor reached when it fired, for
+`stop` the seconds from the end of traffic until it cleared, and each notification the
+webhook received (seconds after the drift began, the subjects it listed as firing).
+Figures: Monitoring.md, "Drift: detection".
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from devtools.servers import BentoServer, prometheus, query_prometheus, wait_until
+from devtools.servers import BentoServer, Webhook, alertmanager, prometheus, query_prometheus, wait_until
 from devtools.traffic import building_batches
 from devtools.wrk import json_flat
 from flatprice.schema import FEATURE_NAMES
@@ -36,7 +40,7 @@ PROBE_S = 5  # how often the alert state is read
 
 
 def scaled_area(share: float, factor: float):
-    def change(flat: dict, rng: np.random.Generator) -> dict:
+    def change(flat: dict, rng: np.random.Generator, elapsed: float) -> dict:
         if rng.random() >= share:
             return flat
         return flat | {"total_area": round(min(flat["total_area"] * factor, 2000.0), 1)}
@@ -44,19 +48,32 @@ def scaled_area(share: float, factor: float):
     return change
 
 
-def living_third(flat: dict, rng: np.random.Generator) -> dict:
+class RampedArea:
+    """Every flat's total area times a factor growing linearly from 1 to `end` over `minutes` (slow drift)."""
+
+    def __init__(self, end: float, minutes: float):
+        self.end, self.seconds = end, minutes * 60
+
+    def factor(self, elapsed: float) -> float:
+        return 1 + (self.end - 1) * min(max(elapsed / self.seconds, 0.0), 1.0)
+
+    def __call__(self, flat: dict, rng: np.random.Generator, elapsed: float) -> dict:
+        return flat | {"total_area": round(min(flat["total_area"] * self.factor(elapsed), 2000.0), 1)}
+
+
+def living_third(flat: dict, rng: np.random.Generator, elapsed: float) -> dict:
     """The correlation break: living area a third of the total (training: about 0.58), total unchanged."""
     return flat | {"living_area": round(flat["total_area"] / 3, 1)}
 
 
-def unchanged(flat: dict, rng: np.random.Generator) -> dict:
+def unchanged(flat: dict, rng: np.random.Generator, elapsed: float) -> dict:
     return flat
 
 
 @dataclass
 class Scenario:
     name: str
-    drift: object = unchanged  # how each flat is changed once the drift begins
+    drift: object = unchanged  # how each flat is changed once the drift begins: (flat, rng, seconds since) -> flat
     rate: float | None = None  # requests/s (None: --rate)
     batch: bool = False  # one 1,000-flat batch of one new building when the drift begins
     stop_after_alert: bool = False  # no traffic at all from 60 s after the alert fires
@@ -76,6 +93,7 @@ SCENARIOS = {
         Scenario("stop_after_drift", scaled_area(1.0, 1.5), stop_after_alert=True),
         Scenario("one_flat_per_second", scaled_area(1.0, 1.5), rate=1.0),
         Scenario("building_batches", buildings_every=10.0, expect_alert=False),
+        Scenario("area_ramp_1.4_20min", RampedArea(1.4, 20)),
     )
 }
 
@@ -111,10 +129,18 @@ class Run(threading.Thread):
         self.result: dict = {"scenario": scenario.name, "repeat": repeat, "sent": 0, "refused": 0}
 
     def prepare(self, stack: contextlib.ExitStack) -> None:
-        """Start this scenario's server and Prometheus (one scenario at a time: starts are CPU-heavy)."""
+        """Start this scenario's server, Alertmanager and Prometheus (one scenario at a time: starts are CPU-heavy)."""
+        self.webhook = stack.enter_context(Webhook())
+        manager, target = alertmanager(self.work / "alertmanager", self.webhook.url, group_wait=None)
+        stack.enter_context(manager)
         self.served = stack.enter_context(BentoServer(self.work / "home", env={"FLAT_PRICE_WORKERS": "1"}))
         server, self.prometheus = prometheus(
-            self.work / "prometheus", self.served.url.removeprefix("http://"), "", interval="15s"
+            self.work / "prometheus",
+            self.served.url.removeprefix("http://"),
+            "",
+            interval="15s",
+            alertmanager_target=target,
+            rules=self.args.rules,
         )
         stack.enter_context(server)
 
@@ -141,6 +167,8 @@ class Run(threading.Thread):
                         fired = now
                         subjects = {f"{r['metric']['subject']} ({r['metric']['alertname']})" for r in firing}
                         self.result["fired_during"] = "clean" if now < drift_at else "drift"
+                        if isinstance(s.drift, RampedArea):
+                            self.result["factor_at_alert"] = round(s.drift.factor(now - drift_at), 3)
                     if fired is not None and not firing and cleared is None and stopped is not None:
                         cleared = now
                     next_probe = now + PROBE_S
@@ -161,10 +189,22 @@ class Run(threading.Thread):
                     continue
                 flat = self.flats[self.result["sent"] % len(self.flats)]
                 if now >= drift_at:
-                    flat = s.drift(flat, self.rng)
+                    flat = s.drift(flat, self.rng, now - drift_at)
                 self.result["refused"] += client.post("/predict", json=flat).status_code != 200
                 self.result["sent"] += 1
                 time.sleep(max(0.0, start + self.result["sent"] / rate - time.monotonic()))
+        self.result["notifications"] = [
+            {
+                "seconds": round(at - drift_at),
+                "firing": [
+                    f"{a['labels']['alertname']}:{a['labels'].get('subject')}"
+                    for a in payload["alerts"]
+                    if a["status"] == "firing"
+                ],
+                "resolved": sum(a["status"] == "resolved" for a in payload["alerts"]),
+            }
+            for at, payload in self.webhook.received
+        ]
         self.result |= {
             "alerted": fired is not None,
             "seconds_to_alert": None if fired is None else round(fired - drift_at),
@@ -182,6 +222,9 @@ def main() -> None:
     parser.add_argument("--drift-minutes", type=float, default=25.0)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument(
+        "--rules", type=Path, help="alert rules instead of the committed monitoring/prometheus/alerts.yml"
+    )
     parser.add_argument("--out", default="bench-results/drift_detection.json")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="flatprice-drift-"))
@@ -206,7 +249,10 @@ def main() -> None:
             f"{r['scenario']:22s} #{r['repeat']} rate {r['rate']}/s sent {r['sent']} refused {r['refused']}: "
             f"alerted {r.get('alerted')} (expected {r['expected_alert']}) after {r.get('seconds_to_alert')} s "
             f"[{r.get('fired_during', '-')}] naming {r.get('subjects')}; cleared {r.get('seconds_to_clear')} s after traffic stopped"
+            + (f"; factor {r['factor_at_alert']} when it fired" if "factor_at_alert" in r else "")
         )
+        for note in r["notifications"]:
+            print(f"    webhook at {note['seconds']:5d} s: firing {note['firing']}, {note['resolved']} resolved")
 
 
 if __name__ == "__main__":

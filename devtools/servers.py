@@ -4,6 +4,7 @@ own BentoML home, ready when /readyz says so (never a fixed sleep)."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -11,8 +12,10 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import httpx
@@ -219,13 +222,15 @@ def prometheus(
     interval: str = "1s",
     alertmanager_target: str | None = None,
     alerts_for: dict[str, str] | None = None,
+    rules: Path | None = None,
 ) -> tuple[Process, str]:
     """Debian's Prometheus with the committed config and alert rules, pointed at local targets.
 
     The committed prometheus.yml finds replicas by Docker DNS; here the same jobs get
     static targets (the proxy's job is dropped without `proxy_target`, alerting without
     `alertmanager_target`), and scrape and rule evaluation run every `interval`.
-    `alerts_for` overrides the `for:` of named alerts (a test cannot wait 15 minutes).
+    `alerts_for` overrides the `for:` of named alerts (a test cannot wait 15 minutes); `rules`
+    replaces the committed alerts.yml (a benchmark comparing an older commit's rules).
     """
     import yaml
 
@@ -245,12 +250,12 @@ def prometheus(
     else:
         config.pop("alerting", None)
     workdir.mkdir(parents=True, exist_ok=True)
-    rules = yaml.safe_load((committed / "alerts.yml").read_text())
-    for group in rules["groups"]:
+    groups = yaml.safe_load((rules or committed / "alerts.yml").read_text())
+    for group in groups["groups"]:
         for rule in group["rules"]:
             if "alert" in rule:  # recording rules have no `for`
                 rule["for"] = (alerts_for or {}).get(rule["alert"], rule.get("for", "0s"))
-    (workdir / "alerts.yml").write_text(yaml.safe_dump(rules, sort_keys=False))
+    (workdir / "alerts.yml").write_text(yaml.safe_dump(groups, sort_keys=False))
     (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
     url = f"http://127.0.0.1:{port}"
     cmd = [
@@ -263,13 +268,14 @@ def prometheus(
     return Process(cmd, f"{url}/-/ready", workdir / "prometheus.log"), url
 
 
-def alertmanager(workdir: Path, webhook_url: str) -> tuple[Process, str]:
+def alertmanager(workdir: Path, webhook_url: str, group_wait: str | None = "0s") -> tuple[Process, str]:
     """Debian's Alertmanager with the committed route, its receiver pointed at `webhook_url` and
-    no grouping wait (a test cannot wait 30 s)."""
+    no grouping wait (a test cannot wait 30 s; `group_wait=None` keeps the committed timing)."""
     import yaml
 
     config = yaml.safe_load((REPO / "monitoring" / "alertmanager" / "alertmanager.yml").read_text())
-    config["route"]["group_wait"] = "0s"
+    if group_wait is not None:
+        config["route"]["group_wait"] = group_wait
     for receiver in config["receivers"]:
         for hook in receiver.get("webhook_configs", []):
             hook["url"] = webhook_url
@@ -284,6 +290,37 @@ def alertmanager(workdir: Path, webhook_url: str) -> tuple[Process, str]:
         "--cluster.listen-address=",  # a single instance: no gossip port
     ]
     return Process(cmd, f"http://127.0.0.1:{port}/-/ready", workdir / "alertmanager.log"), f"127.0.0.1:{port}"
+
+
+class Webhook:
+    """A webhook receiver on a free loopback port: `received` holds (time.monotonic(), payload) per POST."""
+
+    def __init__(self):
+        self.received: list[tuple[float, dict]] = []
+        received = self.received
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 (http.server's name)
+                received.append((time.monotonic(), json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):  # quiet: the payloads are the record
+                pass
+
+        self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+
+    def alerts(self, name: str) -> list[dict]:
+        return [a for _, payload in self.received for a in payload["alerts"] if a["labels"]["alertname"] == name]
+
+    def __enter__(self) -> Webhook:
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
 
 
 def train_into(home: Path, *args: str) -> subprocess.CompletedProcess:

@@ -2,16 +2,13 @@
 induced drift goes from a real `bentoml serve` through Debian's Prometheus (the committed rules) and
 Alertmanager (the committed route) to a webhook, naming the drifted feature."""
 
-import json
 import subprocess
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import httpx
 import pytest
 import yaml
 
-from devtools.servers import REPO, BentoServer, alertmanager, prometheus, wait_until
+from devtools.servers import REPO, BentoServer, Webhook, alertmanager, prometheus, wait_until
 from flatprice.schema import FEATURE_NAMES
 from flatprice.synthetic import generate_flats
 
@@ -34,28 +31,14 @@ def test_prometheus_in_compose_sends_to_the_alertmanager_service():
     assert "alertmanager" in compose["services"]["prometheus"]["depends_on"]
 
 
-class Receiver(BaseHTTPRequestHandler):
-    received: list[dict] = []
-
-    def do_POST(self):  # noqa: N802 (http.server's name)
-        self.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
-
-
 def scraped(url: str, metric: str) -> list:
     return httpx.get(f"{url}/api/v1/query", params={"query": metric}, timeout=5).json()["data"]["result"]
 
 
 def test_an_induced_drift_reaches_the_webhook_naming_the_feature(small_model, session_dir):
-    webhook = HTTPServer(("127.0.0.1", 0), Receiver)
-    threading.Thread(target=webhook.serve_forever, daemon=True).start()
     workdir = session_dir / "alerting"
-    manager, manager_target = alertmanager(workdir / "alertmanager", f"http://127.0.0.1:{webhook.server_port}/hook")
-    try:
+    with Webhook() as webhook:
+        manager, manager_target = alertmanager(workdir / "alertmanager", webhook.url)
         with BentoServer(session_dir / "serve-alerting", env={"FLAT_PRICE_WORKERS": "1"}) as served, manager:
             server, url = prometheus(
                 workdir / "prometheus",
@@ -77,19 +60,13 @@ def test_an_induced_drift_reaches_the_webhook_naming_the_feature(small_model, se
                     )
                     assert answer.status_code == 200, answer.text
 
-                def drift_alert():
-                    for payload in Receiver.received:
-                        for alert in payload["alerts"]:
-                            if alert["labels"]["alertname"] == "FlatPriceDrift":
-                                return alert
-                    return None
-
-                alert = wait_until(drift_alert, timeout=40, interval=0.5, what="FlatPriceDrift at the webhook")
-    finally:
-        webhook.shutdown()
-    alerts = [
-        a for payload in Receiver.received for a in payload["alerts"] if a["labels"]["alertname"] == "FlatPriceDrift"
-    ]
+                alert = wait_until(
+                    lambda: next(iter(webhook.alerts("FlatPriceDrift")), None),
+                    timeout=40,
+                    interval=0.5,
+                    what="FlatPriceDrift at the webhook",
+                )
+    alerts = webhook.alerts("FlatPriceDrift")
     assert {a["labels"]["model_tag"] for a in alerts} == {str(small_model.tag)}  # one alert for the incident
     assert alert["status"] == "firing" and alert["labels"]["severity"] == "warning"
     subjects = set(alert["annotations"]["subjects"].split())
@@ -105,4 +82,4 @@ def test_an_induced_drift_reaches_the_webhook_naming_the_feature(small_model, se
     # One alert per drifted subject, grouped by model: each names its own subject, and every one of them
     # lists the model's drifted subjects strongest first.
     assert {a["labels"]["subject"] for a in alerts} <= subjects and alert["labels"]["subject"] in subjects
-    assert Receiver.received[0]["receiver"] == "flat-price-team"
+    assert webhook.received[0][1]["receiver"] == "flat-price-team"
