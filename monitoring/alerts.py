@@ -16,6 +16,10 @@ import yaml
 from flatprice.observability import accuracy
 from flatprice.reference import (
     DRIFT_ALPHA,
+    DRIFT_FAST_MIN_ROWS,
+    DRIFT_FAST_WINDOW,
+    DRIFT_FOR,
+    DRIFT_JUDGED,
     DRIFT_LONG_FOR,
     DRIFT_LONG_WINDOW,
     DRIFT_MIN_ROWS,
@@ -122,20 +126,33 @@ def model_rules() -> list[dict]:
 def drift_rules() -> list[dict]:
     """Drift (flatprice/reference.py, Monitoring.md "Drift"): every worker's and replica's counts summed per
     model over a window; each subject judged by PSI (the effect) and Pearson's chi-squared (significance,
-    Bonferroni over the subjects), an identifier by its share of never-seen values. Two horizons: the short
-    window pages on a shift within minutes; the long one judges a quiet service, whose short window never
-    gathers DRIFT_MIN_ROWS flats."""
-    short, long = window_rules(W), window_rules(DRIFT_LONG_WINDOW)
+    Bonferroni over the subjects), an identifier by its share of never-seen values. Three horizons: the
+    last 5 minutes while they hold DRIFT_FAST_MIN_ROWS flats (a ramp is seen with a third of the 15-minute
+    window's lag), else the last 15 minutes; and 2 hours for a quiet service, whose 15 minutes never gather
+    DRIFT_MIN_ROWS flats."""
+    fast_enough = f"({N}:drift_rows:{DRIFT_FAST_WINDOW} >= {DRIFT_FAST_MIN_ROWS})"
     return [
-        *short,
         {
             "record": f"{N}:drift_reference_share",
             "expr": f"max by (model_tag, subject, bin) ({N}_drift_reference_share)",
         },
-        *long,
+        *counted(DRIFT_FAST_WINDOW),
+        *counted(DRIFT_WINDOW),
+        # The window judged now: 5 minutes where they hold enough flats, else 15 (per model).
+        *(
+            {
+                "record": f"{N}:{name}:{DRIFT_JUDGED}",
+                "expr": f"{N}:{name}:{DRIFT_FAST_WINDOW} and on (model_tag) {fast_enough}\n"
+                f"  or ({N}:{name}:{DRIFT_WINDOW} unless on (model_tag) {fast_enough})",
+            }
+            for name in ("drift_rows", "drift_share", "drift_unseen_share")
+        ),
+        *judged(DRIFT_JUDGED),
+        *counted(DRIFT_LONG_WINDOW),
+        *judged(DRIFT_LONG_WINDOW),
         # One alert per drifted subject of the served model (a challenger's never alert); Alertmanager groups
         # them by model, so a subject that joins later reaches the receiver in an updated notification.
-        drift_alert("FlatPriceDrift", W, "5m"),
+        drift_alert("FlatPriceDrift", DRIFT_JUDGED, DRIFT_FOR),
         # The long window speaks only while the short one holds flats but too few for a verdict: it never
         # repeats the short window's page, never outlives a drift the short window has seen end, and stops
         # when the traffic does.
@@ -148,17 +165,30 @@ def drift_rules() -> list[dict]:
     ]
 
 
-def window_rules(window: str) -> list[dict]:
+def counted(window: str) -> list[dict]:
+    """What a window holds: its flats, each bin's share of them, an identifier's share of unseen values."""
+    rows = f"{N}:drift_rows:{window}"
+    return [
+        {"record": rows, "expr": f"sum by (model_tag) (increase({N}_drift_sampled_rows_total[{window}]))"},
+        {
+            "record": f"{N}:drift_share:{window}",
+            "expr": f"sum by (model_tag, subject, bin) (increase({N}_drift_bin_rows_total[{window}]))\n"
+            f"  / on (model_tag) group_left () {rows}",
+        },
+        {
+            "record": f"{N}:drift_unseen_share:{window}",
+            "expr": f"sum by (model_tag, subject) (increase({N}_drift_unseen_rows_total[{window}]))\n"
+            f"  / on (model_tag) group_left () {rows}",
+        },
+    ]
+
+
+def judged(window: str) -> list[dict]:
+    """The verdicts on what a window holds (`counted`): PSI, chi-squared, the drifted subjects."""
     rows, share, ref = f"{N}:drift_rows:{window}", f"{N}:drift_share:{window}", f"{N}:drift_reference_share"
     detected = f"{N}:drift_detected:{window}"
     enough = f"and on (model_tag) ({rows} >= {DRIFT_MIN_ROWS})"
     return [
-        {"record": rows, "expr": f"sum by (model_tag) (increase({N}_drift_sampled_rows_total[{window}]))"},
-        {
-            "record": share,
-            "expr": f"sum by (model_tag, subject, bin) (increase({N}_drift_bin_rows_total[{window}]))\n"
-            f"  / on (model_tag) group_left () {rows}",
-        },
         {
             "record": f"{N}:drift_psi:{window}",
             "expr": f"sum by (model_tag, subject) (\n  (clamp_min({share}, {SHARE_FLOOR:g}) - {ref})\n"
@@ -168,11 +198,6 @@ def window_rules(window: str) -> list[dict]:
             "record": f"{N}:drift_chi2:{window}",
             "expr": f"sum by (model_tag, subject) (({share} - {ref}) ^ 2 / {ref})\n"
             f"  * on (model_tag) group_left () {rows}",
-        },
-        {
-            "record": f"{N}:drift_unseen_share:{window}",
-            "expr": f"sum by (model_tag, subject) (increase({N}_drift_unseen_rows_total[{window}]))\n"
-            f"  / on (model_tag) group_left () {rows}",
         },
         {
             "record": detected,
@@ -218,7 +243,13 @@ def drift_alert(name: str, window: str, for_: str, only_while: str | None = None
 
 
 def horizon(window: str) -> str:
-    """'15m' -> '15 minutes', '2h' -> '2 hours'."""
+    """'15m' -> '15 minutes', '2h' -> '2 hours'; the judged window is named by the flats that decide it."""
+    if window == DRIFT_JUDGED:
+        fast = f"{N}:drift_rows:{DRIFT_FAST_WINDOW}{{model_tag=%q}} >= {DRIFT_FAST_MIN_ROWS}"
+        return (
+            f'{{{{ with printf "{fast}" $labels.model_tag | query }}}}{horizon(DRIFT_FAST_WINDOW)}'
+            f"{{{{ else }}}}{horizon(DRIFT_WINDOW)}{{{{ end }}}}"
+        )
     return f"{int(window[:-1])} {dict(m='minutes', h='hours')[window[-1]]}"
 
 

@@ -15,7 +15,17 @@ from pathlib import Path
 from flatprice.api.routes import API_ROUTES
 from flatprice.observability import accuracy
 from flatprice.observability.metrics import NAMESPACE
-from flatprice.reference import DRIFT_MIN_ROWS, DRIFT_WINDOW, IDENTIFIERS, PSI_ALERT, PSI_NO_DRIFT
+from flatprice.reference import (
+    DRIFT_FAST_MIN_ROWS,
+    DRIFT_FAST_WINDOW,
+    DRIFT_FOR,
+    DRIFT_JUDGED,
+    DRIFT_MIN_ROWS,
+    DRIFT_WINDOW,
+    IDENTIFIERS,
+    PSI_ALERT,
+    PSI_NO_DRIFT,
+)
 from flatprice.registry import MOVED
 
 OUTPUT = Path(__file__).parent / "grafana" / "dashboards" / "flat-price.json"
@@ -25,10 +35,8 @@ N = NAMESPACE
 LATENCY_P95_S = 0.25  # the API's p95 line: the latency panel's red and FlatPriceHighLatencyP95 (monitoring/alerts.py)
 PROXY = 'proxy=~"replicas|bulk"'  # HAProxy's backends of the replicas (deploy/haproxy/haproxy.cfg)
 SERVED = f"({N}_model_info == 1)"  # drift series of the served model, not the challenger's
-W_MIN = int(DRIFT_WINDOW.removesuffix("m"))
-ENOUGH = (
-    f"(flat_price:drift_rows:{DRIFT_WINDOW} >= {DRIFT_MIN_ROWS})"  # no reading from fewer flats than a verdict needs
-)
+J = DRIFT_JUDGED  # the window the drift alert judges now: 5 minutes while they hold enough flats, else 15
+ENOUGH = f"(flat_price:drift_rows:{J} >= {DRIFT_MIN_ROWS})"  # no reading from fewer flats than a verdict needs
 # The subject the "how it moved" panel shows: Grafana's variable, filled from the reference's subjects.
 SUBJECT_VARIABLE = {
     "name": "subject",
@@ -251,14 +259,14 @@ ROWS: list[tuple[str, list[Panel]]] = [
         ],
     ),
     (
-        f"Drift: the last {W_MIN} minutes of flats against the training data (all workers and replicas)",
+        f"Drift: the last {DRIFT_FAST_WINDOW.removesuffix('m')} minutes of flats ({DRIFT_WINDOW.removesuffix('m')} while they hold under {DRIFT_FAST_MIN_ROWS:,}) against the training data (all workers and replicas)",
         [
             Panel(
                 "Drift by subject (PSI)",
-                f"PSI of each feature, derived feature and the prediction over the window, from every worker's counts (the rules' flat_price:drift_psi:{DRIFT_WINDOW}), once the window holds {DRIFT_MIN_ROWS} flats. Below {PSI_NO_DRIFT}: no drift; above {PSI_ALERT}: significant. Alerting also needs the chi-squared test (Monitoring.md, Drift).",
+                f"PSI of each feature, derived feature and the prediction over the window, from every worker's counts (the rules' flat_price:drift_psi:{J}), once the window holds {DRIFT_MIN_ROWS} flats. Below {PSI_NO_DRIFT}: no drift; above {PSI_ALERT}: significant. Alerting also needs the chi-squared test (Monitoring.md, Drift).",
                 [
                     (
-                        f"flat_price:drift_psi:{DRIFT_WINDOW} and on (model_tag) {SERVED} and on (model_tag) {ENOUGH}",
+                        f"flat_price:drift_psi:{J} and on (model_tag) {SERVED} and on (model_tag) {ENOUGH}",
                         "{{subject}}",
                     )
                 ],
@@ -269,8 +277,8 @@ ROWS: list[tuple[str, list[Panel]]] = [
             ),
             Panel(
                 "Drifted subjects",
-                f"How many subjects the rules call drifted now (PSI >= {PSI_NO_DRIFT} and chi-squared significant, or unseen {IDENTIFIERS[0]} share); each is a FlatPriceDrift alert after 5 minutes.",
-                [(f"flat_price:drift_subjects:{DRIFT_WINDOW}", "{{model_tag}}")],
+                f"How many subjects the rules call drifted now (PSI >= {PSI_NO_DRIFT} and chi-squared significant, or unseen {IDENTIFIERS[0]} share); each is a FlatPriceDrift alert after {DRIFT_FOR.removesuffix('m')} minutes.",
+                [(f"flat_price:drift_subjects:{J}", "{{model_tag}}")],
                 kind="stat",
                 width=4,
                 height=9,
@@ -280,7 +288,7 @@ ROWS: list[tuple[str, list[Panel]]] = [
             Panel(
                 "Flats in the window",
                 f"Flats counted toward drift over the window (of a request one per building, at most FLAT_PRICE_DRIFT_ROWS_PER_REQUEST); under {DRIFT_MIN_ROWS}, no verdict.",
-                [(f"flat_price:drift_rows:{DRIFT_WINDOW} and on (model_tag) {SERVED}", "{{model_tag}}")],
+                [(f"flat_price:drift_rows:{J} and on (model_tag) {SERVED}", "{{model_tag}}")],
                 kind="stat",
                 width=4,
                 height=9,
@@ -291,7 +299,7 @@ ROWS: list[tuple[str, list[Panel]]] = [
                 "Each reference bin (decile of the training data, or one value of a discrete feature): the window's share minus the training share. Bars above 0 gained flats. Pick the subject at the top.",
                 [
                     (
-                        f'(flat_price:drift_share:{DRIFT_WINDOW}{{subject="$subject"}} - flat_price:drift_reference_share{{subject="$subject"}}) and on (model_tag) {SERVED}',
+                        f'(flat_price:drift_share:{J}{{subject="$subject"}} - flat_price:drift_reference_share{{subject="$subject"}}) and on (model_tag) {SERVED}',
                         "{{bin}}",
                     )
                 ],
@@ -306,7 +314,7 @@ ROWS: list[tuple[str, list[Panel]]] = [
                 f"Unseen {IDENTIFIERS[0]} share",
                 f"Share of the window's flats whose {IDENTIFIERS[0]} never occurred in training, against the holdout's share (an identifier is compared by its values, not binned).",
                 [
-                    (f"flat_price:drift_unseen_share:{DRIFT_WINDOW} and on (model_tag) {SERVED}", "live"),
+                    (f"flat_price:drift_unseen_share:{J} and on (model_tag) {SERVED}", "live"),
                     (f"max by (model_tag) ({N}_drift_reference_unseen_share) and on (model_tag) {SERVED}", "holdout"),
                 ],
                 "percentunit",
@@ -406,11 +414,11 @@ ROWS: list[tuple[str, list[Panel]]] = [
                 f"PSI of each model's prices over the window against its predictions on its own training data; above {PSI_ALERT}: the model sees prices it was not trained for.",
                 [
                     (
-                        f'flat_price:drift_psi:{DRIFT_WINDOW}{{subject="prediction"}} and on (model_tag) {SERVED}',
+                        f'flat_price:drift_psi:{J}{{subject="prediction"}} and on (model_tag) {SERVED}',
                         "champion",
                     ),
                     (
-                        f'flat_price:drift_psi:{DRIFT_WINDOW}{{subject="prediction"}} and on (model_tag) ({N}_challenger_info == 1)',
+                        f'flat_price:drift_psi:{J}{{subject="prediction"}} and on (model_tag) ({N}_challenger_info == 1)',
                         "challenger",
                     ),
                 ],

@@ -26,6 +26,7 @@ from pathlib import Path
 import httpx
 
 from devtools.servers import REPO, BentoServer, haproxy, node_exporter, prometheus, wait_until
+from flatprice.reference import DRIFT_JUDGED
 from flatprice.schema import FEATURE_NAMES
 from flatprice.synthetic import generate_flats
 from monitoring.render_dashboard import draw, query
@@ -90,7 +91,7 @@ def caption(url: str, normal: int, drift: int, feedback: int) -> str:
         url, f'sum(increase(flat_price_request_total{{endpoint="/random",http_response_code="500"}}[{window}]))'
     )
     proxied = value(url, f"sum(increase(haproxy_frontend_http_requests_total[{window}]))")
-    drifted = sorted({r["metric"]["subject"] for r in query(url, "flat_price:drift_detected:15m")})
+    drifted = sorted({r["metric"]["subject"] for r in query(url, f"flat_price:drift_detected:{DRIFT_JUDGED}")})
     return (
         "*Grafana cannot run here, so this picture is drawn by `monitoring/render_dashboard.py` from real Prometheus "
         "data, with the dashboard's own panel queries and layout, every row. The data came from `python -m "

@@ -45,7 +45,7 @@ def test_an_induced_drift_reaches_the_webhook_naming_the_feature(small_model, se
                 served.url.removeprefix("http://"),
                 "",
                 alertmanager_target=manager_target,
-                alerts_for={"FlatPriceDrift": "0s"},  # committed: 5m
+                alerts_for={"FlatPriceDrift": "0s"},  # committed: 2m
             )
             with server:
                 # Prometheus must have seen the counters at 0 first: increase() counts from a series' first sample.

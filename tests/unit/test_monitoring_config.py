@@ -92,6 +92,10 @@ def test_the_drift_rules_use_the_code_s_window_and_thresholds():
     rules are flatprice/reference.py's constants, and the alert text states them."""
     from flatprice.reference import (
         DRIFT_ALPHA,
+        DRIFT_FAST_MIN_ROWS,
+        DRIFT_FAST_WINDOW,
+        DRIFT_FOR,
+        DRIFT_JUDGED,
         DRIFT_LONG_FOR,
         DRIFT_LONG_WINDOW,
         DRIFT_MIN_ROWS,
@@ -103,10 +107,17 @@ def test_the_drift_rules_use_the_code_s_window_and_thresholds():
 
     found = drift_rules()
     exprs = " ".join(rule["expr"] for group in found.values() for rule in group)
-    assert set(re.findall(r"\[(\w+)\]", exprs)) == {DRIFT_WINDOW, DRIFT_LONG_WINDOW}
+    assert set(re.findall(r"\[(\w+)\]", exprs)) == {DRIFT_FAST_WINDOW, DRIFT_WINDOW, DRIFT_LONG_WINDOW}
     windows = {name.rsplit(":", 1)[1] for name in found if ":" in name and "reference" not in name}
-    assert windows == {DRIFT_WINDOW, DRIFT_LONG_WINDOW}
-    for window in windows:
+    assert windows == {DRIFT_FAST_WINDOW, DRIFT_WINDOW, DRIFT_JUDGED, DRIFT_LONG_WINDOW}
+    # Verdicts on the judged window and the long one only; the judged window is 5 minutes while they hold enough.
+    assert {name.rsplit(":", 1)[1] for name in found if "drift_detected" in name} == {DRIFT_JUDGED, DRIFT_LONG_WINDOW}
+    (judged_rows,) = found[f"flat_price:drift_rows:{DRIFT_JUDGED}"]
+    fast = f"flat_price:drift_rows:{DRIFT_FAST_WINDOW} >= {DRIFT_FAST_MIN_ROWS}"
+    assert (
+        judged_rows["expr"].count(fast) == 2 and f"flat_price:drift_rows:{DRIFT_WINDOW} unless" in judged_rows["expr"]
+    )
+    for window in (DRIFT_JUDGED, DRIFT_LONG_WINDOW):
         psi_rule, unseen_rule = found[f"flat_price:drift_detected:{window}"]
         assert float(re.search(r"drift_psi:\w+ >= ([0-9.]+)", psi_rule["expr"]).group(1)) == PSI_NO_DRIFT
         for rule in (psi_rule, unseen_rule):
@@ -117,7 +128,14 @@ def test_the_drift_rules_use_the_code_s_window_and_thresholds():
     for alert in (short, long):
         text = alert["annotations"]["description"]
         assert f"PSI >= {PSI_NO_DRIFT}" in text and f"{DRIFT_ALPHA:.0%}" in text and f"{UNSEEN_MARGIN} above" in text
-    assert f"last {int(DRIFT_WINDOW.removesuffix('m'))} minutes" in short["annotations"]["description"]
+    described = short["annotations"]["description"]
+    assert (
+        f'last {{{{ with printf "flat_price:drift_rows:{DRIFT_FAST_WINDOW}{{model_tag=%q}} >= {DRIFT_FAST_MIN_ROWS}"'
+        in described
+    )
+    for minutes in (DRIFT_FAST_WINDOW, DRIFT_WINDOW):
+        assert f"{int(minutes.removesuffix('m'))} minutes" in described
+    assert short["for"] == DRIFT_FOR and f"drift_detected:{DRIFT_JUDGED}" in short["expr"]
     assert f"last {int(DRIFT_LONG_WINDOW.removesuffix('h'))} hours" in long["annotations"]["description"]
     assert long["for"] == DRIFT_LONG_FOR and f"drift_rows:{DRIFT_WINDOW} < {DRIFT_MIN_ROWS}" in long["expr"]
 
@@ -144,7 +162,7 @@ def test_the_rules_compute_the_python_psi_and_chi_squared(tmp_path):
     reference (10 quantile bins) and live counts, through promtool."""
     import numpy as np
 
-    from flatprice.reference import bin_labels, chi2_statistic, describe, psi, reference_shares
+    from flatprice.reference import DRIFT_JUDGED, bin_labels, chi2_statistic, describe, psi, reference_shares
 
     rng = np.random.default_rng(3)
     described = describe(rng.lognormal(4, 0.4, 5000))
@@ -160,7 +178,7 @@ def test_the_rules_compute_the_python_psi_and_chi_squared(tmp_path):
     expected = {"psi": psi(reference, live), "chi2": chi2_statistic(reference, live)}
     checks = [
         {
-            "expr": f"abs(flat_price:drift_{name}:15m / {float(value)!r} - 1) < bool 1e-9",
+            "expr": f"abs(flat_price:drift_{name}:{DRIFT_JUDGED} / {float(value)!r} - 1) < bool 1e-9",
             "eval_time": "1m",
             "exp_samples": [{"labels": '{model_tag="m", subject="x"}', "value": 1}],
         }
