@@ -80,211 +80,246 @@ MODES = {  # multiprocess mode per gauge: how several workers' values combine
     "buffered": "livesum",  # what the live workers hold, in all
 }
 
-PREDICTED_PRICE = Histogram(
-    f"{NAMESPACE}_predicted_price_rubles",
-    "Predicted flat prices, rubles (one observation per flat priced)",
+DEFINED: list[tuple[object, tuple[str, ...], dict]] = []  # (collector, labels, options): the docs table's rows
+
+
+def define(kind, name: str, documentation: str, labels: tuple[str, ...] = (), **options):
+    """A prometheus_client metric, remembered with its labels and options for the docs table."""
+    collector = kind(f"{NAMESPACE}_{name}", documentation, labels, **options)
+    DEFINED.append((collector, labels, options))
+    return collector
+
+
+PREDICTED_PRICE = define(
+    Histogram,
+    "predicted_price_rubles",
+    "Predicted flat prices, rubles (one observation per flat priced; log-spaced buckets)",
     buckets=PRICE_BUCKETS,
 )
-BATCH_ROWS = Histogram(
-    f"{NAMESPACE}_batch_rows",
-    "Flats per prediction call (1 for /predict and /random)",
+BATCH_ROWS = define(
+    Histogram,
+    "batch_rows",
+    "Flats per prediction call (1 for /predict and /random): how clients batch",
     buckets=BATCH_ROWS_BUCKETS,
 )
-REJECTED_INPUTS = Counter(
-    f"{NAMESPACE}_rejected_inputs",
-    "Validation errors in refused requests, by the field at fault (body = not tied to a field)",
-    ["field"],
+REJECTED_INPUTS = define(
+    Counter,
+    "rejected_inputs",
+    "Validation errors in refused requests, one per error, by the field at fault: a feature, or body (not tied to a field)",
+    ("field",),
 )
-OUT_OF_RANGE = Counter(
-    f"{NAMESPACE}_out_of_range_values",
-    "Accepted feature values outside the training data's min/max",
-    ["feature"],
+OUT_OF_RANGE = define(
+    Counter,
+    "out_of_range_values",
+    "Accepted feature values outside the training data's min/max: where the model extrapolates",
+    ("feature",),
 )
 # Drift (flatprice/reference.py): workers count, Prometheus judges. Counters per model tag,
 # so a rollout's two models are judged against their own references; bins are reference bins.
-DRIFT_ROWS = Counter(
-    f"{NAMESPACE}_drift_sampled_rows",
+DRIFT_ROWS = define(
+    Counter,
+    "drift_sampled_rows",
     "Flats counted toward drift, by model (of a request one per building, at most FLAT_PRICE_DRIFT_ROWS_PER_REQUEST)",
-    ["model_tag"],
+    ("model_tag",),
 )
-DRIFT_BIN_ROWS = Counter(
-    f"{NAMESPACE}_drift_bin_rows",
-    "Flats counted toward drift, by subject (feature, derived feature or prediction) and training-reference bin",
-    ["model_tag", "subject", "bin"],
+DRIFT_BIN_ROWS = define(
+    Counter,
+    "drift_bin_rows",
+    "Flats counted toward drift, by subject (feature, derived feature or prediction) and training-reference bin (at most 10 per subject, named by range)",
+    ("model_tag", "subject", "bin"),
 )
-DRIFT_UNSEEN_ROWS = Counter(
-    f"{NAMESPACE}_drift_unseen_rows",
-    "Flats counted toward drift whose identifier value never occurred in the training data",
-    ["model_tag", "subject"],
+DRIFT_UNSEEN_ROWS = define(
+    Counter,
+    "drift_unseen_rows",
+    "Flats counted toward drift whose identifier value (building_id) never occurred in the training data",
+    ("model_tag", "subject"),
 )
-DRIFT_REFERENCE_SHARE = Gauge(
-    f"{NAMESPACE}_drift_reference_share",
+DRIFT_REFERENCE_SHARE = define(
+    Gauge,
+    "drift_reference_share",
     "Share of the training rows in each reference bin (floored at 1e-4), for PSI and the chi-squared test",
-    ["model_tag", "subject", "bin"],
+    ("model_tag", "subject", "bin"),
     multiprocess_mode=MODES["reference"],
 )
-DRIFT_CRITICAL = Gauge(
-    f"{NAMESPACE}_drift_chi2_critical",
-    "Chi-squared statistic a subject's window must exceed (Bonferroni over the subjects)",
-    ["model_tag", "subject"],
+DRIFT_CRITICAL = define(
+    Gauge,
+    "drift_chi2_critical",
+    "Chi-squared statistic a subject's window must exceed to be significant (Bonferroni over the subjects)",
+    ("model_tag", "subject"),
     multiprocess_mode=MODES["reference"],
 )
-DRIFT_REFERENCE_UNSEEN = Gauge(
-    f"{NAMESPACE}_drift_reference_unseen_share",
+DRIFT_REFERENCE_UNSEEN = define(
+    Gauge,
+    "drift_reference_unseen_share",
     "Share of holdout flats whose identifier value was unseen in training (what live traffic is compared with)",
-    ["model_tag", "subject"],
+    ("model_tag", "subject"),
     multiprocess_mode=MODES["reference"],
 )
-MODEL_INFO = Gauge(
-    f"{NAMESPACE}_model_info",
+MODEL_INFO = define(
+    Gauge,
+    "model_info",
     "1 for the model being served, described by its labels",
-    ["model_tag", "trained_at", "holdout_r2"],
+    ("model_tag", "trained_at", "holdout_r2"),
     multiprocess_mode=MODES["model_info"],
 )
-START_TIME = Gauge(
-    f"{NAMESPACE}_start_time_seconds",
-    "Unix time the service started (earliest worker start)",
+START_TIME = define(
+    Gauge,
+    "start_time_seconds",
+    "Unix time the service started (earliest worker start): uptime",
     multiprocess_mode=MODES["start_time"],
 )
-WORKER_MEMORY = Gauge(
-    f"{NAMESPACE}_worker_resident_memory_bytes",
+WORKER_MEMORY = define(
+    Gauge,
+    "worker_resident_memory_bytes",
     "Resident memory of the service's live worker processes, summed",
     multiprocess_mode=MODES["memory"],
 )
-WORKER_CPU = Counter(
-    f"{NAMESPACE}_worker_cpu_seconds",
+WORKER_CPU = define(
+    Counter,
+    "worker_cpu_seconds",
     "CPU time (user + system) used by the service's worker processes",
 )
 
 # Mean request and response sizes of the API routes (the original dashboard showed
 # them): a Summary keeps only count and sum, two writes per request.
-REQUEST_SIZE = Summary(
-    f"{NAMESPACE}_http_request_size_bytes",
+REQUEST_SIZE = define(
+    Summary,
+    "http_request_size_bytes",
     "Body size of requests to the API routes, bytes",
-    ["endpoint"],
+    ("endpoint",),
 )
-RESPONSE_SIZE = Summary(
-    f"{NAMESPACE}_http_response_size_bytes",
+RESPONSE_SIZE = define(
+    Summary,
+    "http_response_size_bytes",
     "Body size of responses from the API routes, bytes",
-    ["endpoint"],
+    ("endpoint",),
 )
 
 # Shadow scoring (FLAT_PRICE_CHALLENGER): the challenger prices the champion's flats off the request path.
-CHALLENGER_INFO = Gauge(
-    f"{NAMESPACE}_challenger_info",
+CHALLENGER_INFO = define(
+    Gauge,
+    "challenger_info",
     "1 for the challenger model priced in the shadow, described by its labels (absent without one)",
-    ["model_tag", "trained_at", "holdout_r2"],
+    ("model_tag", "trained_at", "holdout_r2"),
     multiprocess_mode=MODES["model_info"],
 )
-CHALLENGER_PRICE = Histogram(
-    f"{NAMESPACE}_challenger_predicted_price_rubles",
+CHALLENGER_PRICE = define(
+    Histogram,
+    "challenger_predicted_price_rubles",
     "Prices the challenger gave the flats the champion priced, rubles (never returned)",
     buckets=PRICE_BUCKETS,
 )
-CHALLENGER_DIFFERENCE = Histogram(
-    f"{NAMESPACE}_challenger_relative_difference",
+CHALLENGER_DIFFERENCE = define(
+    Histogram,
+    "challenger_relative_difference",
     "Challenger price / champion price - 1, per flat",
     buckets=DIFFERENCE_BUCKETS,
 )
-INJECTED_FAULTS = Counter(
-    f"{NAMESPACE}_injected_faults",
+INJECTED_FAULTS = define(
+    Counter,
+    "injected_faults",
     "Faults injected on /random on purpose (FLAT_PRICE_FAULT_* settings): error = a 500 answer, delay = a sleep",
-    ["kind"],
+    ("kind",),
 )
-INFERENCE_LOG_RECORDS = Counter(
-    f"{NAMESPACE}_inference_log_records",
+INFERENCE_LOG_RECORDS = define(
+    Counter,
+    "inference_log_records",
     "Requests handed to the inference log, one record each (FLAT_PRICE_INFERENCE_LOG_SAMPLE of them)",
 )
-INFERENCE_LOG_FAILURES = Counter(
-    f"{NAMESPACE}_inference_log_failures",
+INFERENCE_LOG_FAILURES = define(
+    Counter,
+    "inference_log_failures",
     "Requests whose inference-log record or ledger rows could not be written (full disk...) and were dropped",
 )
-LEDGER_WRITTEN = Counter(
-    f"{NAMESPACE}_ledger_written_flats",
+LEDGER_WRITTEN = define(
+    Counter,
+    "ledger_written_flats",
     "Priced flats written to the shared feedback ledger (FLAT_PRICE_LEDGER_URL)",
 )
-LEDGER_DROPPED = Counter(
-    f"{NAMESPACE}_ledger_dropped_flats",
-    "Priced flats the shared ledger's buffer could not keep while the database was down or slow: POST /feedback cannot match them",
+LEDGER_DROPPED = define(
+    Counter,
+    "ledger_dropped_flats",
+    "Priced flats the shared ledger's buffer (FLAT_PRICE_LEDGER_BUFFER_FLATS per worker) could not keep while the database was down or slow: POST /feedback cannot match them",
 )
-LEDGER_WRITE_FAILURES = Counter(
-    f"{NAMESPACE}_ledger_write_failures",
+LEDGER_WRITE_FAILURES = define(
+    Counter,
+    "ledger_write_failures",
     "Failed writes to the shared feedback ledger (each retried from the buffer)",
 )
-LEDGER_BUFFERED = Gauge(
-    f"{NAMESPACE}_ledger_buffered_flats",
-    "Priced flats waiting to be written to the shared feedback ledger (summed over workers)",
+LEDGER_BUFFERED = define(
+    Gauge,
+    "ledger_buffered_flats",
+    "Priced flats waiting to be written to the shared feedback ledger (summed over workers; grows while it is down)",
     multiprocess_mode=MODES["buffered"],
 )
-FEEDBACK_ACTUALS = Counter(
-    f"{NAMESPACE}_feedback_actuals",
+FEEDBACK_ACTUALS = define(
+    Counter,
+    "feedback_actuals",
     "Real prices sent to POST /feedback: accepted, or refused as unknown or repeated (request id, flat)",
-    ["outcome"],
+    ("outcome",),
 )
-FEEDBACK_APE = Histogram(
-    f"{NAMESPACE}_feedback_absolute_percentage_error",
+FEEDBACK_APE = define(
+    Histogram,
+    "feedback_absolute_percentage_error",
     "|predicted / real price - 1| of each flat whose real price arrived, by the model that priced it",
-    ["model_tag"],
+    ("model_tag",),
     buckets=APE_BUCKETS,
 )
-FEEDBACK_LOG_ERROR = Histogram(
-    f"{NAMESPACE}_feedback_log_error",
+FEEDBACK_LOG_ERROR = define(
+    Histogram,
+    "feedback_log_error",
     "ln(predicted / real price) of each flat whose real price arrived, by the model that priced it (< 0: underpriced)",
-    ["model_tag"],
+    ("model_tag",),
     buckets=LOG_ERROR_BUCKETS,
 )
-HOLDOUT_LOG_ERROR_BAND = Gauge(
-    f"{NAMESPACE}_model_holdout_log_error_band",
-    "Where a day's median ln(predicted / real) stays for the holdout's own flats (bound: low, median, high)",
-    ["model_tag", "bound"],
+HOLDOUT_LOG_ERROR_BAND = define(
+    Gauge,
+    "model_holdout_log_error_band",
+    "Where a day's median ln(predicted / real) stays for the holdout's own flats (bound: low, median, high): the bias alert's band",
+    ("model_tag", "bound"),
     multiprocess_mode=MODES["reference"],
 )
-HOLDOUT_MEDIAN_APE = Gauge(
-    f"{NAMESPACE}_model_holdout_median_ape",
-    "Median absolute percentage error of the served model on its training holdout",
-    ["model_tag"],
+HOLDOUT_MEDIAN_APE = define(
+    Gauge,
+    "model_holdout_median_ape",
+    "Median absolute percentage error of the served model on its training holdout: the accuracy alert's baseline",
+    ("model_tag",),
     multiprocess_mode=MODES["reference"],
 )
 
+# The shadow's metrics, exposed once a challenger is loaded (FLAT_PRICE_CHALLENGER).
+CHALLENGER = (CHALLENGER_INFO, CHALLENGER_PRICE, CHALLENGER_DIFFERENCE)
 # (name as exposed, type) of every metric above, for tests and docs to check against /metrics;
 # read from the collectors themselves (prometheus_client's public describe()).
 EXPOSED = {
     family.name: family.type
-    for collector in (
-        PREDICTED_PRICE,
-        BATCH_ROWS,
-        REJECTED_INPUTS,
-        OUT_OF_RANGE,
-        DRIFT_ROWS,
-        DRIFT_BIN_ROWS,
-        DRIFT_UNSEEN_ROWS,
-        DRIFT_REFERENCE_SHARE,
-        DRIFT_CRITICAL,
-        DRIFT_REFERENCE_UNSEEN,
-        MODEL_INFO,
-        START_TIME,
-        WORKER_MEMORY,
-        WORKER_CPU,
-        REQUEST_SIZE,
-        RESPONSE_SIZE,
-        INJECTED_FAULTS,
-        INFERENCE_LOG_RECORDS,
-        INFERENCE_LOG_FAILURES,
-        LEDGER_WRITTEN,
-        LEDGER_DROPPED,
-        LEDGER_WRITE_FAILURES,
-        LEDGER_BUFFERED,
-        FEEDBACK_ACTUALS,
-        FEEDBACK_APE,
-        FEEDBACK_LOG_ERROR,
-        HOLDOUT_LOG_ERROR_BAND,
-        HOLDOUT_MEDIAN_APE,
-    )
+    for collector, _, _ in DEFINED
+    if collector not in CHALLENGER
     for family in collector.describe()
 }
-# The shadow's metrics, exposed once a challenger is loaded (FLAT_PRICE_CHALLENGER).
-CHALLENGER_EXPOSED = {
-    family.name: family.type
-    for collector in (CHALLENGER_INFO, CHALLENGER_PRICE, CHALLENGER_DIFFERENCE)
-    for family in collector.describe()
-}
+CHALLENGER_EXPOSED = {family.name: family.type for collector in CHALLENGER for family in collector.describe()}
+
+
+def _number(x: float) -> str:
+    return f"{x / 1e6:g}M" if abs(x) >= 1e6 else f"{x:g}"
+
+
+def markdown_table() -> str:
+    """Monitoring.md's table of the service's own metrics (`python -m flatprice.observability.metrics`)."""
+    rows = ["| metric | type | labels | what it counts |", "|---|---|---|---|"]
+    for collector, labels, options in DEFINED:
+        (family,) = collector.describe()
+        name = f"{family.name}_total" if family.type == "counter" else family.name
+        kind = family.type
+        if "buckets" in options:
+            buckets = options["buckets"]
+            kind += f", {len(buckets)} buckets {_number(buckets[0])} … {_number(buckets[-1])}"
+        if "multiprocess_mode" in options:
+            kind += f" ({options['multiprocess_mode']})"
+        shown = ", ".join(f"`{label}`" for label in labels) or "—"
+        rows.append(f"| `{name}` | {kind} | {shown} | {family.documentation} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

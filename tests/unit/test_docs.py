@@ -18,6 +18,20 @@ def test_readme_configuration_table_is_generated_from_the_settings():
     assert table == markdown_table()
 
 
+def test_monitoring_md_metrics_table_is_generated_from_the_metrics_module():
+    from flatprice.observability import metrics
+
+    text = (REPO / "Monitoring.md").read_text()
+    table = text.split("<!-- metrics:start -->\n", 1)[1].split("\n<!-- metrics:end -->", 1)[0]
+    assert table == metrics.markdown_table()
+    listed = set(re.findall(r"^\| `(\w+)` \|", table, re.M))
+    exposed = {
+        f"{name}_total" if kind == "counter" else name
+        for name, kind in (metrics.EXPOSED | metrics.CHALLENGER_EXPOSED).items()
+    }
+    assert listed == exposed
+
+
 def test_readme_error_table_lists_the_documented_statuses():
     rows = re.findall(r"^\| (\d{3}(?:, \d{3})*) \|", README, re.M)
     listed = {int(code) for row in rows for code in row.split(", ")}
