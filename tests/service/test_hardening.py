@@ -25,7 +25,9 @@ LIMITS = {"FLAT_PRICE_MAX_CONCURRENCY": "4", "FLAT_PRICE_BODY_TIMEOUT_S": "1"}
 
 @pytest.fixture(scope="module")
 def guarded(small_model, session_dir):
-    with BentoServer(session_dir / "serve-hardening", env=LIMITS) as server:
+    # One server for the module: tight limits, and the served model's digest pinned (it must still start).
+    pinned = small_model.info.metadata["file_sha256"]["pipeline.joblib"]
+    with BentoServer(session_dir / "serve-hardening", env=LIMITS | {"FLAT_PRICE_MODEL_SHA256": pinned}) as server:
         yield server
 
 
@@ -199,7 +201,6 @@ def test_a_pinned_digest_refuses_a_rewritten_store(small_model, session_dir, tmp
     assert "is not the one FLAT_PRICE_MODEL_SHA256 pins" in run.stdout + run.stderr
 
 
-def test_the_pinned_digest_of_the_served_model_is_accepted(small_model, session_dir):
-    pinned = small_model.info.metadata["file_sha256"]["pipeline.joblib"]
-    with BentoServer(session_dir / "serve-pinned", env={"FLAT_PRICE_MODEL_SHA256": pinned}) as server:
-        assert httpx.post(f"{server.url}/predict", json=EXAMPLE_FLAT).status_code == 200
+def test_the_pinned_digest_of_the_served_model_is_accepted(guarded):
+    assert guarded.env["FLAT_PRICE_MODEL_SHA256"]  # the module's server pins it
+    assert httpx.post(f"{guarded.url}/predict", json=EXAMPLE_FLAT).status_code == 200
