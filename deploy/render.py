@@ -70,6 +70,28 @@ def proxy_answer(status: int) -> bytes:
     return head.encode() + body
 
 
+# The proxy's settings: haproxy.cfg reads them from its environment, `presetenv` there gives the defaults
+# (tested equal to these); deploy/README.md's table is generated from them.
+PROXY_SETTINGS = (  # (variable, default, meaning)
+    ("FLAT_PRICE_REPLICAS_DNS", "", "a DNS name whose every address is a replica (compose: `flat-price:3000`; Kubernetes: a headless Service); unset: the `server` lines written in place of `# SERVERS`"),
+    ("FLAT_PRICE_REPLICA_MAXCONN", "2", "requests in flight per one-worker replica"),
+    ("FLAT_PRICE_QUEUE_BUDGET_MS", "250", "the longest a request waits for a replica's slot, then 503"),
+    ("FLAT_PRICE_SHED_QUEUE", "64", "past this many requests waiting per live replica, the rest get 503 at once"),
+    ("FLAT_PRICE_HAPROXY_ERRORS", "deploy/haproxy/errors", "the folder of the proxy's own answers (relative to where it runs)"),
+    ("HAPROXY_BIND", "127.0.0.1:8080", "where clients connect"),
+    ("HAPROXY_METRICS_BIND", "", "where Prometheus reads the proxy's `/metrics`; unset: not served"),
+)  # fmt: skip
+
+
+def proxy_settings_table() -> str:
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    rows += [
+        f"| `{name}` | {f'`{default}`' if default else '(unset)'} | {meaning} |"
+        for name, default, meaning in PROXY_SETTINGS
+    ]
+    return "\n".join(rows)
+
+
 def outputs() -> dict[Path, bytes]:
     return {
         DEPLOY / "kubernetes" / "base" / "prometheusrule.yaml": prometheus_rule().encode(),

@@ -2,6 +2,7 @@
 validated against the Kubernetes schemas, and tied to the service's routes, settings and
 alert rules (no cluster runs here)."""
 
+import re
 import shutil
 import subprocess
 import sys
@@ -184,3 +185,16 @@ def test_the_proxys_shedding_answer_is_the_error_shape():
     assert head.startswith(b"HTTP/1.1 503 ") and b"\r\nRetry-After: 1\r\n" in head
     assert f"Content-Length: {len(body)}".encode() in head
     assert ErrorBody.model_validate_json(body).detail[0].type == "overloaded"
+
+
+def test_the_proxy_settings_are_the_config_s_defaults_and_deploy_readme_s_table():
+    cfg = (render.DEPLOY / "haproxy" / "haproxy.cfg").read_text()
+    code = {line.split("#")[0].strip() for line in cfg.splitlines()}
+    preset = dict(re.findall(r"^presetenv (\w+) (\S+)$", "\n".join(code), re.M))
+    used = set(re.findall(r"\$\{(\w+)\}", cfg)) | set(re.findall(r"defined\((\w+)\)", cfg))
+    settings = {name: default for name, default, _ in render.PROXY_SETTINGS}
+    assert used == set(settings)  # every variable the proxy reads is documented, and nothing else
+    assert preset == {name: default for name, default in settings.items() if default}
+    readme = (render.DEPLOY / "README.md").read_text()
+    table = readme.split("<!-- proxy-settings:start -->\n", 1)[1].split("\n<!-- proxy-settings:end -->", 1)[0]
+    assert table == render.proxy_settings_table()
