@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import tempfile
 import threading
 import time
@@ -30,7 +29,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from devtools.servers import BentoServer, Webhook, alertmanager, prometheus, query_prometheus, wait_until
+from devtools.servers import BentoServer, Webhook, alertmanager, prometheus, query_prometheus, run_at_once, wait_until
 from devtools.traffic import building_batches
 from devtools.wrk import json_flat
 from flatprice.schema import FEATURE_NAMES
@@ -231,16 +230,7 @@ def main() -> None:
     runs = [
         Run(SCENARIOS[name], repeat, work, args) for repeat in range(args.repeats) for name in args.scenarios.split(",")
     ]
-    with contextlib.ExitStack() as stack:
-        for run in runs:
-            run.prepare(stack)
-        for run in runs:
-            run.start()
-        for run in runs:
-            run.join()
-    results = [run.result for run in runs]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2))
+    results = run_at_once(runs, args.out)
     for r in results:
         if "rate" not in r:
             print(f"{r['scenario']:22s} #{r['repeat']}: did not finish (see the log above)")

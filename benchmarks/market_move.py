@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import tempfile
 import threading
 import time
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import httpx
 
-from devtools.servers import BentoServer, prometheus, query_prometheus, wait_until
+from devtools.servers import BentoServer, prometheus, query_prometheus, run_at_once, wait_until
 from devtools.wrk import json_flat
 from flatprice.schema import FEATURE_NAMES
 from flatprice.synthetic import generate_flats
@@ -95,16 +94,7 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="flatprice-market-"))
     runs = [Run(name, work, args) for name in args.scenarios.split(",")]
-    with contextlib.ExitStack() as stack:
-        for run in runs:
-            run.prepare(stack)
-        for run in runs:
-            run.start()
-        for run in runs:
-            run.join()
-    results = [run.result for run in runs]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2))
+    results = run_at_once(runs, args.out)
     for r in results:
         print(
             f"{r['scenario']:12s} seconds to firing {r.get('seconds_to_fire')}; median ln(price / real) "

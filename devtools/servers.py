@@ -323,6 +323,22 @@ class Webhook:
         self.server.server_close()
 
 
+def run_at_once(runs: list, out: str) -> list[dict]:
+    """Benchmark scenarios as threads: each `prepare(stack)` in turn (server starts are CPU-heavy), then
+    all `run()` at once; their `result` dicts are written to `out` (JSON) and returned."""
+    with contextlib.ExitStack() as stack:
+        for run in runs:
+            run.prepare(stack)
+        for run in runs:
+            run.start()
+        for run in runs:
+            run.join()
+    results = [run.result for run in runs]
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(results, indent=2))
+    return results
+
+
 def train_into(home: Path, *args: str) -> subprocess.CompletedProcess:
     """`python -m train ARGS` into the model store of BentoML home `home` (a fresh process)."""
     return subprocess.run(
