@@ -20,6 +20,8 @@ from pathlib import Path
 
 import httpx
 
+from flatprice.config import bentoml_home
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -72,7 +74,7 @@ def worker_pids(root_pid: int) -> list[int]:
 def private_home(home: Path, models_from: Path | None = None) -> Path:
     """A BentoML home of its own (so its own metrics directory) sharing a model store."""
     home.mkdir(parents=True, exist_ok=True)
-    source = models_from or Path(os.environ.get("BENTOML_HOME", Path.home() / "bentoml")) / "models"
+    source = models_from or bentoml_home() / "models"
     if not (home / "models").exists():
         (home / "models").symlink_to(source, target_is_directory=True)
     return home

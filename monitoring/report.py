@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import html
 import json
-import os
 import re
 import sys
 from datetime import datetime, timedelta
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from flatprice.config import Settings
+from flatprice.config import Settings, bentoml_home
 from flatprice.observability.log_records import log_directory, read_flats
 from flatprice.reference import (
     BINNED_FEATURES,
@@ -389,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         import evidently  # noqa: F401
     except ImportError:
         raise SystemExit(f"cannot report: Evidently is not installed; {SETUP}") from None
-    home = Path(os.environ.get("BENTOML_HOME", Path.home() / "bentoml"))
+    home = bentoml_home()
     log_dir = args.log_dir or log_directory(Settings.load().inference_log_dir, str(home))
     page, figures = build(log_dir, home, args.since, args.actuals, args.model, args.until)
     args.out.write_text(page, encoding="utf-8")

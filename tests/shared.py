@@ -8,6 +8,7 @@ import httpx
 import yaml
 
 from devtools.servers import REPO
+from monitoring import alerts
 
 # The original service's documented request, byte for byte (../shared/seed/original-service.md).
 ORIGINAL_CURL = [
@@ -25,7 +26,6 @@ ORIGINAL_CURL = [
 ]
 LOCUSTFILE = str(REPO / "loadtest" / "locustfile.py")
 CONF = str(REPO / "loadtest" / "locust.conf")
-ALERTS = REPO / "monitoring" / "prometheus" / "alerts.yml"
 
 
 def curl_price(url: str) -> dict:
@@ -35,7 +35,7 @@ def curl_price(url: str) -> dict:
 
 def rules() -> list[dict]:
     """Every committed rule (alerting and recording), in file order."""
-    groups = yaml.safe_load(ALERTS.read_text())["groups"]
+    groups = yaml.safe_load(alerts.OUTPUT.read_text())["groups"]
     return [rule for group in groups for rule in group["rules"]]
 
 

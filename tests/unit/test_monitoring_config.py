@@ -90,54 +90,46 @@ def test_alerts_name_exactly_the_api_routes_and_the_psi_threshold():
 def test_the_drift_rules_use_the_code_s_window_and_thresholds():
     """Facts once: the windows, minimum rows, PSI effect, share floor and unseen margin of the drift
     rules are flatprice/reference.py's constants, and the alert text states them."""
-    from flatprice.reference import (
-        DRIFT_ALPHA,
-        DRIFT_FAST_MIN_ROWS,
-        DRIFT_FAST_WINDOW,
-        DRIFT_FOR,
-        DRIFT_JUDGED,
-        DRIFT_LONG_FOR,
-        DRIFT_LONG_WINDOW,
-        DRIFT_MIN_ROWS,
-        DRIFT_WINDOW,
-        PSI_NO_DRIFT,
-        SHARE_FLOOR,
-        UNSEEN_MARGIN,
-    )
+    from flatprice import reference as r
 
     found = drift_rules()
     exprs = " ".join(rule["expr"] for group in found.values() for rule in group)
-    assert set(re.findall(r"\[(\w+)\]", exprs)) == {DRIFT_FAST_WINDOW, DRIFT_WINDOW, DRIFT_LONG_WINDOW}
+    assert set(re.findall(r"\[(\w+)\]", exprs)) == {r.DRIFT_FAST_WINDOW, r.DRIFT_WINDOW, r.DRIFT_LONG_WINDOW}
     windows = {name.rsplit(":", 1)[1] for name in found if ":" in name and "reference" not in name}
-    assert windows == {DRIFT_FAST_WINDOW, DRIFT_WINDOW, DRIFT_JUDGED, DRIFT_LONG_WINDOW}
+    assert windows == {r.DRIFT_FAST_WINDOW, r.DRIFT_WINDOW, r.DRIFT_JUDGED, r.DRIFT_LONG_WINDOW}
     # Verdicts on the judged window and the long one only; the judged window is 5 minutes while they hold enough.
-    assert {name.rsplit(":", 1)[1] for name in found if "drift_detected" in name} == {DRIFT_JUDGED, DRIFT_LONG_WINDOW}
-    (judged_rows,) = found[f"flat_price:drift_rows:{DRIFT_JUDGED}"]
-    fast = f"flat_price:drift_rows:{DRIFT_FAST_WINDOW} >= {DRIFT_FAST_MIN_ROWS}"
+    assert {name.rsplit(":", 1)[1] for name in found if "drift_detected" in name} == {
+        r.DRIFT_JUDGED,
+        r.DRIFT_LONG_WINDOW,
+    }
+    (judged_rows,) = found[f"flat_price:drift_rows:{r.DRIFT_JUDGED}"]
+    fast = f"flat_price:drift_rows:{r.DRIFT_FAST_WINDOW} >= {r.DRIFT_FAST_MIN_ROWS}"
     assert (
-        judged_rows["expr"].count(fast) == 2 and f"flat_price:drift_rows:{DRIFT_WINDOW} unless" in judged_rows["expr"]
+        judged_rows["expr"].count(fast) == 2 and f"flat_price:drift_rows:{r.DRIFT_WINDOW} unless" in judged_rows["expr"]
     )
-    for window in (DRIFT_JUDGED, DRIFT_LONG_WINDOW):
+    for window in (r.DRIFT_JUDGED, r.DRIFT_LONG_WINDOW):
         psi_rule, unseen_rule = found[f"flat_price:drift_detected:{window}"]
-        assert float(re.search(r"drift_psi:\w+ >= ([0-9.]+)", psi_rule["expr"]).group(1)) == PSI_NO_DRIFT
+        assert float(re.search(r"drift_psi:\w+ >= ([0-9.]+)", psi_rule["expr"]).group(1)) == r.PSI_NO_DRIFT
         for rule in (psi_rule, unseen_rule):
-            assert int(re.search(r"drift_rows:\w+ >= (\d+)", rule["expr"]).group(1)) == DRIFT_MIN_ROWS
-        assert float(re.search(r"\+ ([0-9.]+)\)", unseen_rule["expr"]).group(1)) == UNSEEN_MARGIN
-    assert set(map(float, re.findall(r"clamp_min\([^,]+, ([0-9.]+)\)", exprs))) == {SHARE_FLOOR}
+            assert int(re.search(r"drift_rows:\w+ >= (\d+)", rule["expr"]).group(1)) == r.DRIFT_MIN_ROWS
+        assert float(re.search(r"\+ ([0-9.]+)\)", unseen_rule["expr"]).group(1)) == r.UNSEEN_MARGIN
+    assert set(map(float, re.findall(r"clamp_min\([^,]+, ([0-9.]+)\)", exprs))) == {r.SHARE_FLOOR}
     (short,), (long,) = found["FlatPriceDrift"], found["FlatPriceDriftSlow"]
     for alert in (short, long):
         text = alert["annotations"]["description"]
-        assert f"PSI >= {PSI_NO_DRIFT}" in text and f"{DRIFT_ALPHA:.0%}" in text and f"{UNSEEN_MARGIN} above" in text
+        assert (
+            f"PSI >= {r.PSI_NO_DRIFT}" in text and f"{r.DRIFT_ALPHA:.0%}" in text and f"{r.UNSEEN_MARGIN} above" in text
+        )
     described = short["annotations"]["description"]
     assert (
-        f'last {{{{ with printf "flat_price:drift_rows:{DRIFT_FAST_WINDOW}{{model_tag=%q}} >= {DRIFT_FAST_MIN_ROWS}"'
+        f'last {{{{ with printf "flat_price:drift_rows:{r.DRIFT_FAST_WINDOW}{{model_tag=%q}} >= {r.DRIFT_FAST_MIN_ROWS}"'
         in described
     )
-    for minutes in (DRIFT_FAST_WINDOW, DRIFT_WINDOW):
+    for minutes in (r.DRIFT_FAST_WINDOW, r.DRIFT_WINDOW):
         assert f"{int(minutes.removesuffix('m'))} minutes" in described
-    assert short["for"] == DRIFT_FOR and f"drift_detected:{DRIFT_JUDGED}" in short["expr"]
-    assert f"last {int(DRIFT_LONG_WINDOW.removesuffix('h'))} hours" in long["annotations"]["description"]
-    assert long["for"] == DRIFT_LONG_FOR and f"drift_rows:{DRIFT_WINDOW} < {DRIFT_MIN_ROWS}" in long["expr"]
+    assert short["for"] == r.DRIFT_FOR and f"drift_detected:{r.DRIFT_JUDGED}" in short["expr"]
+    assert f"last {int(r.DRIFT_LONG_WINDOW.removesuffix('h'))} hours" in long["annotations"]["description"]
+    assert long["for"] == r.DRIFT_LONG_FOR and f"drift_rows:{r.DRIFT_WINDOW} < {r.DRIFT_MIN_ROWS}" in long["expr"]
 
 
 def test_the_accuracy_rules_use_the_code_s_window_margin_and_minimum():
