@@ -14,10 +14,10 @@ from flatprice import registry, server
 from flatprice.api import payloads as io
 from flatprice.api import routes
 from flatprice.config import Settings
-from flatprice.observability.accuracy import feedback_answer
 from flatprice.observability.metrics import NAMESPACE
 from flatprice.runtime import Runtime, row_of
 from flatprice.server import home_lock
+from flatprice.server.feedback import feedback_answer
 
 settings = Settings.load()  # exits with one line naming a bad FLAT_PRICE_* variable
 home = home_lock.bentoml_home()
@@ -38,7 +38,6 @@ class FlatPriceService:
 
     def __init__(self) -> None:
         self.runtime = Runtime.load(settings, self.model_ref, self.challenger_ref, home)
-        self.tag = self.runtime.tag
         server.lean.serve_with(self.runtime)  # a valid /predict is answered before BentoML's handler
 
     def __is_ready__(self) -> bool:
@@ -51,25 +50,25 @@ class FlatPriceService:
     @bentoml.api(route=routes.PREDICT, input_spec=io.Flat, output_spec=io.Prediction)
     async def predict(self, ctx: bentoml.Context, **flat) -> io.Prediction:
         """Price of one flat, in rubles."""
-        prices, request_id = self.runtime.priced(row_of(flat), ctx)
-        price = io.rubles(prices)[0]
-        return io.Prediction(price=price, score=price, model=self.tag, request_id=request_id)
+        priced = self.runtime.priced(row_of(flat), ctx)
+        price = io.rubles(priced.prices)[0]
+        return io.Prediction(price=price, score=price, model=priced.model, request_id=priced.request_id)
 
     @bentoml.api(route=routes.PREDICT_BATCH, input_spec=io.FlatBatch, output_spec=io.BatchPrediction)
     async def predict_batch(self, ctx: bentoml.Context, flats: list[io.FlatFields]) -> io.BatchPrediction:
         """Prices of up to 1,000 flats, in the order sent."""
         rows = io.rows_matrix(flats)
         io.check_cross_fields(rows, "FlatBatch", lambda row, field: ("flats", row, field))
-        prices, request_id = self.runtime.priced(rows, ctx)
-        return io.BatchPrediction(prices=io.rubles(prices), model=self.tag, request_id=request_id)
+        priced = self.runtime.priced(rows, ctx)
+        return io.BatchPrediction(prices=io.rubles(priced.prices), model=priced.model, request_id=priced.request_id)
 
     @bentoml.api(route=routes.PREDICT_COLUMNS, input_spec=io.FlatColumns, output_spec=io.BatchPrediction)
     async def predict_columns(self, ctx: bentoml.Context, **columns: list) -> io.BatchPrediction:
         """Prices of up to 1,000 flats sent as 15 columns, in order: the fastest way to price many flats."""
         rows = io.columns_matrix(columns)
         io.check_cross_fields(rows, "FlatColumns", lambda row, field: (field, row))
-        prices, request_id = self.runtime.priced(rows, ctx)
-        return io.BatchPrediction(prices=io.rubles(prices), model=self.tag, request_id=request_id)
+        priced = self.runtime.priced(rows, ctx)
+        return io.BatchPrediction(prices=io.rubles(priced.prices), model=priced.model, request_id=priced.request_id)
 
     @bentoml.api(route=routes.EXPLAIN, input_spec=io.Flat, output_spec=io.Explanation)
     async def explain(self, ctx: bentoml.Context, **flat) -> io.Explanation:
@@ -94,9 +93,11 @@ class FlatPriceService:
             ctx.response.status_code = injected.status_code  # with a ctx, BentoML answers with the ctx's status
             return injected  # a 500 answer in the usual error shape, marked X-Injected-Fault
         row = self.runtime.random_row()
-        prices, request_id = self.runtime.priced(row, ctx)
+        priced = self.runtime.priced(row, ctx)
         flat = io.flat_from_row(row[0])
-        return io.RandomPrediction(flat=flat, price=io.rubles(prices)[0], model=self.tag, request_id=request_id)
+        return io.RandomPrediction(
+            flat=flat, price=io.rubles(priced.prices)[0], model=priced.model, request_id=priced.request_id
+        )
 
     @bentoml.api(route=routes.FEEDBACK, input_spec=io.Feedback, output_spec=io.FeedbackReceipt)
     def feedback(self, actuals: list[io.Actual]) -> io.FeedbackReceipt | Response:

@@ -21,7 +21,7 @@ from flatprice import compat as hooks  # noqa: E402
 from flatprice.features import as_feature_matrix  # noqa: E402
 from flatprice.observability import metrics  # noqa: E402
 from flatprice.observability.drift import DriftPublisher  # noqa: E402
-from flatprice.observability.monitor import PredictionMonitor  # noqa: E402
+from flatprice.observability.monitor import ModelSignals, PredictionMonitor  # noqa: E402
 from flatprice.reference import build_reference, known_values  # noqa: E402
 from flatprice.synthetic import generate_flats  # noqa: E402
 
@@ -37,11 +37,11 @@ def main() -> dict[str, float]:
     matrix, prices = as_feature_matrix(flats), flats.price.to_numpy(dtype=float)
     reference = build_reference(matrix, prices, matrix[:2000])
     drift = DriftPublisher("bench:model", reference, {"building_id": known_values(matrix, "building_id")})
-    monitor = PredictionMonitor(drift, reference, rows_per_request=10)
+    monitor = PredictionMonitor({"bench:model": ModelSignals(drift, reference)}, rows_per_request=10)
     row, price = matrix[:1], prices[:1]
     results = {
         "request path: queue one prediction for the monitor": per_call_us(
-            lambda: monitor.record(row, price, "0" * 32), 100_000
+            lambda: monitor.record(row, price, "0" * 32, "bench:model"), 100_000
         ),
         "request path: request + response size summaries": per_call_us(
             lambda: (
@@ -58,11 +58,11 @@ def main() -> dict[str, float]:
 
     def flush_singles(n=200):
         for i in range(n):
-            monitor.record(matrix[i : i + 1], prices[i : i + 1], "0" * 32)
+            monitor.record(matrix[i : i + 1], prices[i : i + 1], "0" * 32, "bench:model")
         monitor.flush()
 
     def flush_batch(n=1000):
-        monitor.record(matrix[:n], prices[:n], "0" * 32)
+        monitor.record(matrix[:n], prices[:n], "0" * 32, "bench:model")
         monitor.flush()
 
     results["background, per flat: 200 single predictions per flush"] = per_call_us(flush_singles, 20) / 200

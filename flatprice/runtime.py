@@ -1,16 +1,18 @@
-"""What a worker serves with, assembled once: the model and its pricer, the explainer, the prediction
-monitor (drift, the challenger's shadow, the inference log and the feedback ledger), fault injection.
+"""What a worker serves with, assembled once: the served models by tag and the policy that chooses
+one per request (`answering`), their explainers, the prediction monitor (drift, the challenger's
+shadow, the inference log and the feedback ledger), fault injection.
 `service.py` declares the API and delegates each request here."""
 
 from __future__ import annotations
 
-import functools
 import gc
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
+from .answering import Policy, Priced, ServedModel, always
 from .api.payloads import REQUEST_ID_HEADER, Explanation, rubles
 from .config import Settings
 from .explain import PriceExplainer
@@ -18,88 +20,111 @@ from .faults import FaultInjection
 from .observability.accuracy import band_of
 from .observability.drift import DriftPublisher
 from .observability.inference_log import InferenceLog
-from .observability.ledger import open_ledger
+from .observability.ledger_port import Ledger
 from .observability.log_records import log_directory
-from .observability.monitor import PredictionMonitor, publish_static
+from .observability.monitor import ModelSignals, PredictionMonitor, publish_static
 from .observability.shadow import Shadow, publish_challenger
-from .pricing import pricer
 from .schema import EXAMPLE_FLAT, FEATURE_NAMES
 from .store import load_pipeline
 
 
 @dataclass
 class Runtime:
-    tag: str
-    price: object  # rows (n, 15) -> prices: the Pipeline's steps, CatBoost on one thread (pricing.py)
-    pipeline: object
-    training_sample: np.ndarray
+    models: dict[str, ServedModel]  # every model that may answer, by tag
+    production: str  # the tag of the model that answers unless the policy says otherwise
+    policy: Policy
     faults: FaultInjection
     monitor: PredictionMonitor
-    ledger: object | None  # observability.ledger: SQLite, or PostgreSQL when FLAT_PRICE_LEDGER_URL is set
-    rng: np.random.Generator
+    ledger: Ledger | None
+    rng: np.random.Generator = field(default_factory=np.random.default_rng)
+    _explainers: dict[str, PriceExplainer] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, settings: Settings, model_ref, challenger_ref, home) -> Runtime:
-        loaded = load_pipeline(model_ref, settings.model_sha256)
-        price = pricer(loaded.pipeline)
-        # Checked, not just loaded: the original's example flat must get a positive price.
-        if not price(row_of(EXAMPLE_FLAT))[0] > 0:
-            raise RuntimeError(f"model {loaded.tag} gives a non-positive price for the example flat")
-        shadow = _shadow(challenger_ref)
-        log = InferenceLog(settings, str(loaded.tag), shadow.tag if shadow is not None else None)
+    def load(cls, settings: Settings, model_ref, challenger_ref, home, policy: Policy | None = None) -> Runtime:
+        """The production model (and the challenger in the shadow); `policy` chooses per request
+        among `models` (default: always production)."""
+        served = ServedModel.of(load_pipeline(model_ref, settings.model_sha256))
+        return cls.assemble(settings, [served], _shadow(challenger_ref), home, policy)
+
+    @classmethod
+    def assemble(cls, settings: Settings, models: list[ServedModel], shadow, home, policy=None) -> Runtime:
+        """A runtime over already loaded models; the first is production."""
+        for served in models:  # checked, not just loaded: the original's example flat must get a positive price
+            if not served.price(row_of(EXAMPLE_FLAT))[0] > 0:
+                raise RuntimeError(f"model {served.tag} gives a non-positive price for the example flat")
+        production = models[0].tag
+        log = InferenceLog(settings, shadow.tag if shadow is not None else None)
         ledger = open_ledger(settings, log_directory(settings.inference_log_dir, home)) if log.enabled else None
-        reference = loaded.metadata["reference"]
-        monitor = PredictionMonitor(
-            DriftPublisher(loaded.tag, reference, loaded.known),
-            reference,
-            settings.drift_rows_per_request,
-            shadow=shadow,
-            log=log,
-            ledger=ledger,
-        )
-        band = band_of(loaded.metadata)
-        publish_static(loaded.tag, loaded.metadata["trained_at"], loaded.metadata["metrics"], band)
+        signals = {}
+        for served in models:
+            band = band_of(served.metadata)
+            publish_static(served.tag, served.metadata["trained_at"], served.metadata["metrics"], band)
+            signals[served.tag] = ModelSignals(
+                DriftPublisher(served.tag, served.reference, served.known), served.reference
+            )
+        monitor = PredictionMonitor(signals, settings.drift_rows_per_request, shadow=shadow, log=log, ledger=ledger)
         monitor.start()
         # Long-lived objects leave the GC's generations and full collections run rarely:
         # each stalls the requests in flight (docs/decisions/0002-gc-freeze.md).
         gc.freeze()
         gc.set_threshold(700, 10, 1000)
         faults = FaultInjection(settings.fault_error_rate, settings.fault_max_delay_s)
-        sample = loaded.training_sample
-        return cls(loaded.tag, price, loaded.pipeline, sample, faults, monitor, ledger, np.random.default_rng())
+        by_tag = {served.tag: served for served in models}
+        return cls(by_tag, production, policy or always(production), faults, monitor, ledger)
 
-    @functools.cached_property
-    def explainer(self) -> PriceExplainer:
-        """Built at the first explanation (~0.5 s): its tables hold ~40 MB per worker that a
-        worker never asked to explain does not need (docs/performance.md, "Memory")."""
-        return PriceExplainer(self.pipeline.named_steps["features"], self.pipeline[-1])
+    @property
+    def tag(self) -> str:
+        """The production model's tag (what /random's training sample and the start line name)."""
+        return self.production
 
-    def priced(self, rows: np.ndarray, ctx=None) -> tuple[np.ndarray, str]:
-        """Prices and the answer's request id (also its header, given BentoML's `ctx`), by which
-        the inference log and POST /feedback know these flats."""
+    def priced(self, rows: np.ndarray, ctx=None) -> Priced:
+        """Prices by the model the policy chooses, its tag, and the answer's request id (also its
+        header, given BentoML's `ctx`), by which the inference log and POST /feedback know these flats."""
         request_id = uuid.uuid4().hex
         if ctx is not None:
             ctx.response.headers[REQUEST_ID_HEADER] = request_id
-        prices = self.price(rows)
-        self.monitor.record(rows, prices, request_id)
-        return prices, request_id
+        model = self.models[self.policy(rows)]
+        prices = model.price(rows)
+        self.monitor.record(rows, prices, request_id, model.tag)
+        return Priced(prices, model.tag, request_id)
+
+    def explainer(self, tag: str) -> PriceExplainer:
+        """Built at a model's first explanation (~0.5 s): its tables hold ~40 MB per worker that a
+        worker never asked to explain does not need (docs/performance.md, "Memory")."""
+        if tag not in self._explainers:
+            pipeline = self.models[tag].pipeline
+            self._explainers[tag] = PriceExplainer(pipeline.named_steps["features"], pipeline[-1])
+        return self._explainers[tag]
 
     def explained(self, rows: np.ndarray, ctx) -> list[Explanation]:
-        prices, request_id = self.priced(rows, ctx)
-        baseline = round(self.explainer.baseline, 2)
+        priced = self.priced(rows, ctx)
+        explainer = self.explainer(priced.model)
+        baseline = round(explainer.baseline, 2)
         return [
-            Explanation(price=price, baseline=baseline, model=self.tag, request_id=request_id, **answer)
-            for price, answer in zip(rubles(prices), self.explainer.explain(rows), strict=True)
+            Explanation(price=price, baseline=baseline, model=priced.model, request_id=priced.request_id, **answer)
+            for price, answer in zip(rubles(priced.prices), explainer.explain(rows), strict=True)
         ]
 
     def random_row(self) -> np.ndarray:
-        """A flat of the model's training data, as a (1, 15) row."""
-        return self.training_sample[self.rng.integers(len(self.training_sample))][None, :]
+        """A flat of the production model's training data, as a (1, 15) row."""
+        sample = self.models[self.production].training_sample
+        return sample[self.rng.integers(len(sample))][None, :]
 
 
 def row_of(flat: dict) -> np.ndarray:
     """One validated flat's fields as a (1, 15) row in schema order."""
     return np.array([[flat[name] for name in FEATURE_NAMES]], dtype=np.float64)
+
+
+def open_ledger(settings: Settings, directory: Path) -> Ledger:
+    """The shared PostgreSQL ledger when FLAT_PRICE_LEDGER_URL is set (replicas), else SQLite (one server)."""
+    if settings.ledger_url:
+        from .observability.ledger_pg import PostgresLedger  # psycopg only where a shared ledger is used
+
+        return PostgresLedger(settings.ledger_url, settings.ledger_keep_days, settings.ledger_buffer_flats)
+    from .observability.ledger import SqliteLedger
+
+    return SqliteLedger(directory, settings.feedback_max_flats)
 
 
 def _shadow(challenger_ref) -> Shadow | None:
@@ -109,4 +134,4 @@ def _shadow(challenger_ref) -> Shadow | None:
     loaded = load_pipeline(challenger_ref)
     publish_challenger(loaded.tag, loaded.metadata["trained_at"], loaded.metadata["metrics"]["r2"])
     drift = DriftPublisher(loaded.tag, loaded.metadata["reference"], loaded.known)
-    return Shadow(pricer(loaded.pipeline), drift, str(loaded.tag))
+    return Shadow(ServedModel.of(loaded).price, drift, str(loaded.tag))

@@ -326,6 +326,93 @@ def render() -> str:
     return header + yaml.dump(build(), Dumper=_Dumper, sort_keys=False, width=1000, allow_unicode=True)
 
 
+# Monitoring.md's alert table: what each alert watches, in short, and why it matters; its name, `for` and
+# severity come from the rules themselves (`markdown_table`, tested complete against build()).
+IN_SHORT = {
+    "FlatPriceServiceDown": (
+        '`up{job="flat-price"} == 0 or absent(...)`',
+        "",
+        "nothing works; absent() also catches a service never discovered",
+    ),
+    "FlatPriceHighServerErrorRatio": (
+        "5xx / all requests to API routes, 5 min rate",
+        "> 5 %",
+        "clients get failures; injected faults count too (they are meant to make it move)",
+    ),
+    "FlatPriceHighValidationErrorRatio": (
+        "4xx except 429 / all requests to API routes",
+        "> 20 %",
+        'a client integration is broken (see "Rejected inputs by field"); unknown paths (404 on `/__unknown__`) '
+        "and overload refusals (429) do not count",
+    ),
+    "FlatPriceOverloaded": (
+        "429 / all requests to API routes, 5 min rate",
+        "> 5 %",
+        "clients are refused for lack of capacity (`FLAT_PRICE_MAX_CONCURRENCY` per worker reached): add replicas, "
+        "or raise the limit if latency allows (README, Operating notes)",
+    ),
+    "FlatPriceHighLatencyP95": (
+        "p95 of API routes, 5 min",
+        f"> {LATENCY_P95_S * 1000:g} ms",
+        "the model answers in ~1 ms and a 1,000-flat batch in ~10–20 ms; "
+        f"{LATENCY_P95_S * 1000:g} ms means saturation or pauses",
+    ),
+    "FlatPriceNoPredictions": (
+        "API traffic > 0 and predictions == 0",
+        "",
+        "requests arrive but every one fails or is refused",
+    ),
+    "FlatPriceLedgerDropping": (
+        "flats dropped before reaching the shared ledger, 10 min",
+        "> 0",
+        "the ledger's database was down longer than the replicas' buffers last: real prices for those flats "
+        "will be refused",
+    ),
+    "FlatPriceOutOfRangeInputs": (
+        "out-of-range values by feature / flats priced, 10 min",
+        "> 5 %",
+        "the model extrapolates on a feature for a large share of flats",
+    ),
+    "FlatPriceDrift": (
+        f"`{N}:drift_detected:{DRIFT_JUDGED}` of the served model",
+        "present",
+        "an input or the price moved away from the training data; one alert per subject, grouped by model, "
+        "each listing every drifted subject strongest first (runbook: Drift)",
+    ),
+    "FlatPriceDriftSlow": (
+        f"`{N}:drift_detected:{DRIFT_LONG_WINDOW}` of the served model, while {DRIFT_WINDOW} hold "
+        f"1–{DRIFT_MIN_ROWS - 1} flats",
+        "present",
+        f"the same for a quiet service, over {DRIFT_LONG_WINDOW} (runbook: Drift)",
+    ),
+    "FlatPriceAccuracyDegraded": (
+        f"median APE of the real prices of the last {AW}, per model",
+        f"> {1 + accuracy.MARGIN:g} × holdout median APE with ≥ {accuracy.MIN_ACTUALS} real prices",
+        "the model prices sold flats worse than it priced its holdout (runbook: Accuracy)",
+    ),
+    "FlatPriceBiased": (
+        f"median ln(price / real) of the real prices of the last {AW}, per model",
+        f"outside the holdout's daily band with ≥ {accuracy.MIN_ACTUALS} real prices",
+        "the model prices sold flats too high or too low: the market moved (runbook: Accuracy)",
+    ),
+}
+_DURATION = {"s": "s", "m": "min", "h": "h", "d": "d"}
+
+
+def markdown_table() -> str:
+    """Monitoring.md's table of the alerts, in the rules' order (`python -m devtools.docs_tables`)."""
+    rows = ["| alert | expression (in short) | threshold, for | severity | why |", "|---|---|---|---|---|"]
+    for group in build()["groups"]:
+        for rule in group["rules"]:
+            if "alert" not in rule:
+                continue
+            short, threshold, why = IN_SHORT[rule["alert"]]
+            for_ = f"{rule['for'][:-1]} {_DURATION[rule['for'][-1]]}"
+            when = f"{threshold}, {for_}" if threshold else for_
+            rows.append(f"| {rule['alert']} | {short} | {when} | {rule['labels']['severity']} | {why} |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     OUTPUT.write_text(render())
     print(f"wrote {OUTPUT}")

@@ -9,16 +9,12 @@ day's median of it leaves the band that days of the holdout's own flats stay in 
 
 from __future__ import annotations
 
-import logging
 import math
 
 import numpy as np
-from starlette.responses import Response
 
-from ..api.errors import refusal_json
-from ..api.payloads import FeedbackReceipt
 from . import metrics
-from .ledger import Ledger, LedgerUnavailable, Settlement
+from .ledger_port import Ledger, Settlement
 
 WINDOW = "1d"  # real prices arrive in batches (deals closed per day): a day's median is stable
 MARGIN = 0.25  # alert when the median APE exceeds the holdout's by more than 25% (relative)
@@ -27,8 +23,6 @@ FOR = "1h"
 BAND_QUANTILES = (0.005, 0.995)  # a day of the holdout's own flats leaves the band 1% of the time
 BAND_DAYS = 4000  # days drawn from the holdout to find the band
 FALLBACK_BAND = 0.15  # models trained before the band was stored: their holdout median ± this
-
-logger = logging.getLogger(__name__)
 
 
 def record_feedback(ledger: Ledger, actuals: list[tuple[str, int, int]]) -> Settlement:
@@ -59,30 +53,3 @@ def band_of(metadata: dict) -> dict[str, float]:
     if "log_error_band" in metadata:
         return metadata["log_error_band"]
     return {"median": 0.0, "low": -FALLBACK_BAND, "high": FALLBACK_BAND, "flats_per_day": MIN_ACTUALS}
-
-
-def feedback_answer(ledger, actuals: list[tuple[str, int, int]]) -> FeedbackReceipt | Response:
-    """POST /feedback's answer: the receipt when every real price was recorded, else the error
-    shape: 404 (unknown flats, or no ledger), 409 (already recorded), 503 (the ledger cannot be reached)."""
-    if ledger is None:
-        problem = ("inference_log_off", ("body",), "the inference log is off (FLAT_PRICE_INFERENCE_LOG_SAMPLE=0)")
-        return _refusal(404, "no priced flats are kept", [problem], len(actuals))
-    try:
-        outcome = record_feedback(ledger, actuals)
-    except LedgerUnavailable as error:  # nothing recorded: the client sends the same call again
-        logger.warning("feedback refused with 503: %s", error)  # the database's words stay in our log
-        problem = ("ledger_unavailable", ("body",), "the feedback ledger cannot be reached or written")
-        return _refusal(503, "feedback ledger unavailable: nothing recorded, send again", [problem], 1)
-    if not outcome.refused:
-        return FeedbackReceipt(accepted=len(outcome.settled))
-    problems = sorted(
-        [(i, "unknown_request_id", "no flat priced under this request_id and flat is kept") for i in outcome.unknown]
-        + [(i, "repeated_request_id", "a real price was already recorded for it") for i in outcome.repeated]
-    )
-    status, reason = (404, "unknown request ids") if outcome.unknown else (409, "real prices already recorded")
-    details = [(kind, ("actuals", i, "request_id"), msg) for i, kind, msg in problems]
-    return _refusal(status, f"{reason}: nothing recorded", details, len(problems))
-
-
-def _refusal(status: int, reason: str, problems: list, total: int) -> Response:
-    return Response(refusal_json(reason, problems, total), status_code=status, media_type="application/json")

@@ -111,11 +111,10 @@ class RecordFormatter(logging.Formatter):
 
 
 class InferenceLog:
-    def __init__(self, settings: Settings, model_tag: str, challenger_tag: str | None = None):
+    def __init__(self, settings: Settings, challenger_tag: str | None = None):
         BoundedFileHandler.max_bytes = bytes_per_file(settings)
         self.max_flats_per_record = max(1, bytes_per_file(settings) // (RECORDS_PER_FILE * BYTES_PER_FLAT))
         self.sample = settings.inference_log_sample
-        self.model_tag = model_tag
         self.challenger_tag = challenger_tag
         self.rng = np.random.default_rng()
 
@@ -129,8 +128,16 @@ class InferenceLog:
             return np.arange(requests)
         return np.flatnonzero(self.rng.random(requests) < self.sample)
 
-    def write(self, request_ids: list[str], sizes: list[int], features: np.ndarray, prices: np.ndarray, shadow=None):
-        """The requests of one flush as few records as fit: each record holds whole requests and at most
+    def write(
+        self,
+        model_tag: str,
+        request_ids: list[str],
+        sizes: list[int],
+        features: np.ndarray,
+        prices: np.ndarray,
+        shadow=None,
+    ):
+        """The requests of one flush that `model_tag` priced, as few records as fit: each holds whole requests and at most
         `max_flats_per_record` flats (unless one request alone has more), so that a file overshoots its
         size by a small record, never by a whole busy flush."""
         ends = np.cumsum(sizes)
@@ -140,10 +147,12 @@ class InferenceLog:
             last = max(last, first + 1)  # a request larger than the limit is a record of its own
             end = int(ends[last - 1])
             part = None if shadow is None else shadow[start:end]
-            self._record(request_ids[first:last], sizes[first:last], features[start:end], prices[start:end], part)
+            self._record(
+                model_tag, request_ids[first:last], sizes[first:last], features[start:end], prices[start:end], part
+            )
             first, start = last, end
 
-    def _record(self, request_ids, sizes, features: np.ndarray, prices: np.ndarray, shadow) -> None:
+    def _record(self, model_tag: str, request_ids, sizes, features: np.ndarray, prices: np.ndarray, shadow) -> None:
         """One record: request ids, how many flats each priced, and the flats' features and answered prices
         (whole rubles) as sequences, in request order. A record costs ~0.3 ms of this thread whatever its size."""
         import bentoml  # only where a record is written: readers of the log need no BentoML
@@ -151,7 +160,7 @@ class InferenceLog:
         with bentoml.monitor(MONITOR_NAME) as record:
             record.log(request_ids, "request", "feature", "categorical")
             record.log(sizes, "flats", "feature", "numerical_sequence")
-            record.log(self.model_tag, "model", "feature", "categorical")
+            record.log(model_tag, "model", "feature", "categorical")
             for i, name in enumerate(FEATURE_NAMES):
                 record.log(features[:, i].tolist(), name, "feature", "numerical_sequence")
             record.log(prices.tolist(), "price", "prediction", "numerical_sequence")

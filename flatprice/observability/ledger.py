@@ -5,7 +5,7 @@ locks; WAL, so readers never wait for the writer). The prediction monitor's thre
 row per logged request (its prices as a JSON list); POST /feedback settles flats with their
 real prices in one transaction: a call whose every flat is known and unsettled is recorded,
 any other is refused whole, so a price is never counted twice. Only the requests holding the
-newest FLAT_PRICE_FEEDBACK_MAX_FLATS flats are kept.
+newest FLAT_PRICE_FEEDBACK_MAX_FLATS flats are kept. The port it implements: `ledger_port`.
 """
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ import json
 import sqlite3
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
+from .ledger_port import LedgerUnavailable, Sale, Settlement
 from .log_records import disk_has_room
 
 FILE_NAME = "ledger.sqlite3"
@@ -43,24 +44,7 @@ _SCHEMA = (
 )
 
 
-class LedgerUnavailable(RuntimeError):
-    """The ledger cannot be reached or written: a feedback call records nothing and may be sent again."""
-
-
-@dataclass
-class Settlement:
-    """What a feedback call did: the settled flats, or why it was refused (entry indices)."""
-
-    settled: list[tuple[str, int, int]] = field(default_factory=list)  # (model_tag, price, actual)
-    unknown: list[int] = field(default_factory=list)
-    repeated: list[int] = field(default_factory=list)
-
-    @property
-    def refused(self) -> bool:
-        return bool(self.unknown or self.repeated)
-
-
-class Ledger:
+class SqliteLedger:
     def __init__(self, directory: Path, max_flats: int):
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / FILE_NAME
@@ -77,10 +61,26 @@ class Ledger:
         db.execute("PRAGMA synchronous=NORMAL")  # in WAL mode a commit survives the process being killed
         return db
 
+    @classmethod
+    def reader(cls, path: Path) -> SqliteLedger:
+        """An existing ledger file opened to read its sales (the report, training): never created here."""
+        if not path.is_file():
+            raise LedgerUnavailable(f"no feedback ledger at {path}")
+        ledger = cls.__new__(cls)
+        ledger.path, ledger.max_flats, ledger._writer = path, 0, None
+        return ledger
+
     def add(self, model_tag: str, request_ids: list[str], prices: list[np.ndarray]) -> None:
         """One row per request: its answered prices (whole rubles). Called from one thread per worker."""
         if not disk_has_room(self.path.parent):  # keep the disk's last room for serving (log_records.py)
-            raise sqlite3.OperationalError("the disk is almost full: priced flats not recorded")
+            raise LedgerUnavailable("the disk is almost full: priced flats not recorded")
+        try:
+            self._add(model_tag, request_ids, prices)
+        except sqlite3.Error as error:  # a full disk or a stuck lock: the caller counts the loss
+            self.close()  # its open transaction goes with it; the next add reconnects
+            raise LedgerUnavailable(f"{type(error).__name__}: {error}") from None
+
+    def _add(self, model_tag: str, request_ids: list[str], prices: list[np.ndarray]) -> None:
         if self._writer is None:
             self._writer = self._connect()
         db, now = self._writer, time.time()
@@ -138,16 +138,32 @@ class Ledger:
         finally:
             db.close()
 
+    def sales_since(self, since: datetime | None = None) -> list[Sale]:
+        """Every settled flat (at or after `since`) with the model and price that answered it."""
+        after = since.timestamp() if since is not None else float("-inf")
+        try:
+            db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=10)
+            try:
+                rows = db.execute(
+                    "SELECT s.request_id, s.flat, p.model_tag, p.prices, s.actual, p.priced_at, s.settled_at "
+                    "FROM settled s JOIN priced p USING (request_id) WHERE s.settled_at >= ? "
+                    "ORDER BY s.settled_at, s.request_id, s.flat",
+                    (after,),
+                ).fetchall()
+            finally:
+                db.close()
+        except sqlite3.Error as error:
+            raise LedgerUnavailable(f"{type(error).__name__}: {error}") from None
+        return [
+            Sale(request_id, flat, tag, json.loads(prices)[flat], actual, _utc(priced_at), _utc(settled_at))
+            for request_id, flat, tag, prices, actual, priced_at, settled_at in rows
+        ]
+
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
 
 
-def open_ledger(settings, directory: Path):
-    """The shared PostgreSQL ledger when FLAT_PRICE_LEDGER_URL is set (replicas), else SQLite (one server)."""
-    if settings.ledger_url:
-        from .ledger_pg import PostgresLedger  # psycopg only where a shared ledger is used
-
-        return PostgresLedger(settings.ledger_url, settings.ledger_keep_days, settings.ledger_buffer_flats)
-    return Ledger(directory, settings.feedback_max_flats)
+def _utc(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)

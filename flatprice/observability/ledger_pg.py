@@ -9,6 +9,7 @@ alert FlatPriceLedgerDropping). `settle` (POST /feedback) runs in one transactio
 inserted with ON CONFLICT DO NOTHING, so two replicas settling the same flat at once record it once (the
 second waits for the first's commit and finds it taken: 409). Its commit precedes the answer, so an
 acknowledged real price is kept. Rows older than `keep_days` are deleted (priced and settled).
+`PostgresLedger.reader(url)` reads sales without a writer (the report, training). The port: `ledger_port`.
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ import logging
 import threading
 import time
 from collections import Counter
+from datetime import datetime
 
 import numpy as np
 import psycopg
 
 from . import metrics
-from .ledger import LedgerUnavailable, Settlement
+from .ledger_port import LedgerUnavailable, Sale, Settlement
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +50,13 @@ PRUNE_EVERY_S = 600
 
 
 class PostgresLedger:
+    @classmethod
+    def reader(cls, url: str) -> PostgresLedger:
+        """The ledger opened to read its sales only: no writer thread, no tables created."""
+        ledger = cls.__new__(cls)
+        ledger.url, ledger._schema_ready, ledger._thread = url, True, None
+        return ledger
+
     def __init__(self, url: str, keep_days: int, buffer_flats: int = 200_000, interval: float = 0.5):
         self.url, self.keep_days, self.buffer_flats, self.interval = url, keep_days, buffer_flats, interval
         self._buffer: collections.deque = collections.deque()
@@ -208,8 +217,26 @@ class PostgresLedger:
         except psycopg.Error as error:
             raise LedgerUnavailable(str(error).splitlines()[0] if str(error) else type(error).__name__) from None
 
+    # -- the read side ---------------------------------------------------------------------
+    def sales_since(self, since: datetime | None = None) -> list[Sale]:
+        """Every settled flat (at or after `since`) with the model and price that answered it."""
+        try:
+            with self._connect() as db:
+                rows = db.execute(
+                    "SELECT s.request_id, s.flat, p.model_tag, p.prices[s.flat + 1], s.actual, p.priced_at, "
+                    "s.settled_at FROM flat_price_settled s JOIN flat_price_priced p USING (request_id) "
+                    "WHERE %s::timestamptz IS NULL OR s.settled_at >= %s "
+                    "ORDER BY s.settled_at, s.request_id, s.flat",
+                    (since, since),
+                ).fetchall()
+        except psycopg.Error as error:
+            raise LedgerUnavailable(str(error).splitlines()[0] if str(error) else type(error).__name__) from None
+        return [Sale(*row) for row in rows]
+
     def close(self, timeout: float = 5) -> None:
         """Stop the writer after a last write of what is buffered (SIGTERM's drain)."""
+        if self._thread is None:  # a reader
+            return
         self._stop.set()
         self._thread.join(timeout)
         self._write()

@@ -93,13 +93,15 @@ def define(kind, name: str, documentation: str, labels: tuple[str, ...] = (), **
 PREDICTED_PRICE = define(
     Histogram,
     "predicted_price_rubles",
-    "Predicted flat prices, rubles (one observation per flat priced; log-spaced buckets)",
+    "Predicted flat prices, rubles, by the model that priced them (one observation per flat priced; log-spaced buckets)",
+    ("model_tag",),
     buckets=PRICE_BUCKETS,
 )
 BATCH_ROWS = define(
     Histogram,
     "batch_rows",
-    "Flats per prediction call (1 for /predict and /random): how clients batch",
+    "Flats per prediction call (1 for /predict and /random), by the model that priced them: how clients batch",
+    ("model_tag",),
     buckets=BATCH_ROWS_BUCKETS,
 )
 REJECTED_INPUTS = define(
@@ -111,8 +113,8 @@ REJECTED_INPUTS = define(
 OUT_OF_RANGE = define(
     Counter,
     "out_of_range_values",
-    "Accepted feature values outside the training data's min/max: where the model extrapolates",
-    ("feature",),
+    "Accepted feature values outside the training data's min/max, by the model that priced them: where it extrapolates",
+    ("model_tag", "feature"),
 )
 # Drift (flatprice/reference.py): workers count, Prometheus judges. Counters per model tag,
 # so a rollout's two models are judged against their own references; bins are reference bins.

@@ -1,9 +1,10 @@
 """Model signals computed off the request path.
 
-A request hands its feature rows, predictions and request id to `PredictionMonitor.record`
-(a deque append). A background thread in each worker drains the queue every `interval`
-seconds and updates the metrics: the price histogram, batch sizes, out-of-range counts, the
-drift counters (of a sample: of each request one flat per building, at most `rows_per_request`), and the
+A request hands its feature rows, predictions, request id and the tag of the model that priced
+them to `PredictionMonitor.record` (a deque append). A background thread in each worker drains the
+queue every `interval` seconds and updates the metrics, each under the answering model's tag: the
+price histogram, batch sizes, out-of-range counts, the drift counters against that model's
+reference (of a sample: of each request one flat per building, at most `rows_per_request`), and the
 worker's own memory and CPU; it writes the inference log and the feedback ledger
 (`inference_log`, `ledger`). A request never waits for it; SIGTERM flushes what is queued.
 """
@@ -13,9 +14,9 @@ from __future__ import annotations
 import collections
 import logging
 import os
-import sqlite3
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ from ..schema import FEATURE_NAMES
 from . import metrics
 from .drift import DriftPublisher
 from .inference_log import InferenceLog
-from .ledger import Ledger
+from .ledger_port import Ledger, LedgerUnavailable
 
 _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 _BUILDING = FEATURE_NAMES.index("building_id")
@@ -35,20 +36,29 @@ RESERVE_EVERY_S = 10.0
 logger = logging.getLogger(__name__)
 
 
+@dataclass
+class ModelSignals:
+    """One served model's signals: its drift counters and its training data's range."""
+
+    drift: DriftPublisher
+    reference: dict[str, dict] = field(repr=False)
+
+    def __post_init__(self):
+        self.low = np.array([self.reference[name]["min"] for name in FEATURE_NAMES])
+        self.high = np.array([self.reference[name]["max"] for name in FEATURE_NAMES])
+
+
 class PredictionMonitor:
     def __init__(
         self,
-        drift: DriftPublisher,
-        reference: dict[str, dict],
+        models: dict[str, ModelSignals],
         rows_per_request: int,
         interval: float = 0.5,
         shadow=None,
         log: InferenceLog | None = None,
         ledger: Ledger | None = None,
     ):
-        self.low = np.array([reference[name]["min"] for name in FEATURE_NAMES])
-        self.high = np.array([reference[name]["max"] for name in FEATURE_NAMES])
-        self.drift = drift
+        self.models = models  # by tag: every model that may answer
         self.rows_per_request = rows_per_request
         self.rng = np.random.default_rng()
         self.interval = interval
@@ -62,9 +72,9 @@ class PredictionMonitor:
         self._cpu_seconds = sum(os.times()[:2])
         self._reserved_at = -RESERVE_EVERY_S
 
-    def record(self, features: np.ndarray, predictions: np.ndarray, request_id: str) -> None:
-        """Called on the request path: O(1), no metric I/O."""
-        self._queue.append((features, predictions, request_id))
+    def record(self, features: np.ndarray, predictions: np.ndarray, request_id: str, model_tag: str) -> None:
+        """Called on the request path: O(1), no metric I/O. `model_tag`: the served model that priced them."""
+        self._queue.append((features, predictions, request_id, model_tag))
 
     def start(self) -> None:
         self._thread.start()
@@ -93,40 +103,55 @@ class PredictionMonitor:
         self._reserve_metric_files()
 
     def _update_model_signals(self, calls) -> None:
-        features = np.concatenate([f for f, _, _ in calls])
-        predictions = np.concatenate([p for _, p, _ in calls])
-        sizes = [len(p) for _, p, _ in calls]
-        compat.observe_many(metrics.PREDICTED_PRICE, predictions)
-        compat.observe_many(metrics.BATCH_ROWS, np.array(sizes, dtype=np.float64))
-        outside = ((features < self.low) | (features > self.high)).sum(axis=0)
-        for i in np.flatnonzero(outside):
-            metrics.OUT_OF_RANGE.labels(feature=FEATURE_NAMES[i]).inc(int(outside[i]))
+        features = np.concatenate([c[0] for c in calls])
+        predictions = np.concatenate([c[1] for c in calls])
+        sizes = [len(c[1]) for c in calls]
         sampled = sample_rows(sizes, self.rows_per_request, self.rng, features[:, _BUILDING])
-        self.drift.observe(features[sampled], predictions[sampled])
+        tags = [c[3] for c in calls]
+        for tag in dict.fromkeys(tags):  # each answering model's own series, in the order they came
+            if len(set(tags)) == 1:
+                rows, picked = slice(None), sampled
+            else:
+                rows = np.repeat(np.array(tags) == tag, sizes)
+                picked = sampled[rows[sampled]]
+            self._model_signals(
+                tag, features[rows], predictions[rows], [s for s, t in zip(sizes, tags, strict=False) if t == tag]
+            )
+            self.models[tag].drift.observe(features[picked], predictions[picked])
         shadow_prices = self.shadow.observe(features, predictions, sampled) if self.shadow is not None else None
         if self.log is not None:
             self._write_log(calls, np.cumsum([0, *sizes]), shadow_prices)
 
+    def _model_signals(self, tag: str, features: np.ndarray, predictions: np.ndarray, sizes: list[int]) -> None:
+        signals = self.models[tag]
+        compat.observe_many(metrics.PREDICTED_PRICE.labels(model_tag=tag), predictions)
+        compat.observe_many(metrics.BATCH_ROWS.labels(model_tag=tag), np.array(sizes, dtype=np.float64))
+        outside = ((features < signals.low) | (features > signals.high)).sum(axis=0)
+        for i in np.flatnonzero(outside):
+            metrics.OUT_OF_RANGE.labels(model_tag=tag, feature=FEATURE_NAMES[i]).inc(int(outside[i]))
+
     def _write_log(self, calls, offsets: np.ndarray, shadow_prices: np.ndarray | None) -> None:
-        """The chosen requests to the inference log (one record) and to the feedback ledger."""
+        """The chosen requests to the inference log (records per answering model) and to the feedback ledger."""
         chosen = self.log.chosen(len(calls))
-        if not len(chosen):
-            return
-        rows = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in chosen])
-        features = np.concatenate([calls[i][0] for i in chosen])
-        prices = whole_rubles(np.concatenate([calls[i][1] for i in chosen]))
-        request_ids = [calls[i][2] for i in chosen]
-        sizes = [len(calls[i][1]) for i in chosen]
-        shadow = None if shadow_prices is None else whole_rubles(shadow_prices[rows])
-        try:
-            self.log.write(request_ids, sizes, features, prices, shadow)
-        except Exception as error:  # e.g. an OTLP exporter that cannot start: the log's loss only
-            self._log_failed("inference log: cannot write a record", len(request_ids), error)
-        if self.ledger is not None:
+        by_model: dict[str, list[int]] = {}
+        for i in chosen:
+            by_model.setdefault(calls[i][3], []).append(int(i))
+        for tag, picked in by_model.items():
+            rows = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in picked])
+            features = np.concatenate([calls[i][0] for i in picked])
+            prices = whole_rubles(np.concatenate([calls[i][1] for i in picked]))
+            request_ids = [calls[i][2] for i in picked]
+            sizes = [len(calls[i][1]) for i in picked]
+            shadow = None if shadow_prices is None else whole_rubles(shadow_prices[rows])
             try:
-                self.ledger.add(self.log.model_tag, request_ids, np.split(prices, np.cumsum(sizes)[:-1]))
-            except sqlite3.Error as error:  # a full disk or a stuck lock costs feedback, never the signals
-                self._log_failed("feedback ledger: cannot add requests", len(request_ids), error)
+                self.log.write(tag, request_ids, sizes, features, prices, shadow)
+            except Exception as error:  # e.g. an OTLP exporter that cannot start: the log's loss only
+                self._log_failed("inference log: cannot write a record", len(request_ids), error)
+            if self.ledger is not None:
+                try:
+                    self.ledger.add(tag, request_ids, np.split(prices, np.cumsum(sizes)[:-1]))
+                except LedgerUnavailable as error:  # a full disk or a stuck lock costs feedback, never the signals
+                    self._log_failed("feedback ledger: cannot add requests", len(request_ids), error)
 
     def _log_failed(self, what: str, requests: int, error: Exception) -> None:
         metrics.INFERENCE_LOG_FAILURES.inc(requests)
@@ -172,9 +197,11 @@ def publish_static(model_tag: str, trained_at: str, holdout: dict[str, float], b
     for outcome in metrics.FEEDBACK_OUTCOMES:
         metrics.FEEDBACK_ACTUALS.labels(outcome=outcome)
     metrics.START_TIME.set(time.time())
-    for name in FEATURE_NAMES:  # expose every series from the start (rate() needs a 0)
-        metrics.OUT_OF_RANGE.labels(feature=name)
-    for field in metrics.REJECTED_FIELDS:
-        metrics.REJECTED_INPUTS.labels(field=field)
+    metrics.PREDICTED_PRICE.labels(model_tag=model_tag)  # expose every series from the start (rate() needs a 0)
+    metrics.BATCH_ROWS.labels(model_tag=model_tag)
+    for name in FEATURE_NAMES:
+        metrics.OUT_OF_RANGE.labels(model_tag=model_tag, feature=name)
+    for name in metrics.REJECTED_FIELDS:
+        metrics.REJECTED_INPUTS.labels(field=name)
     for kind in ("error", "delay"):
         metrics.INJECTED_FAULTS.labels(kind=kind)

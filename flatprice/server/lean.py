@@ -50,12 +50,12 @@ class LeanPredict:
             flat = io.Flat.model_validate_json(body)
         except ValidationError:
             return await self.app(scope, replay(body, receive), send)
-        prices, request_id = runtime.priced(row_of(flat.__dict__))
-        answer = prediction_json(io.rubles(prices)[0], runtime.tag, request_id)
+        priced = runtime.priced(row_of(flat.__dict__))
+        answer = prediction_json(io.rubles(priced.prices)[0], priced.model, priced.request_id)
         headers = [
             (b"content-length", str(len(answer)).encode()),
             (b"content-type", b"application/json"),
-            (io.REQUEST_ID_HEADER.lower().encode(), request_id.encode()),
+            (io.REQUEST_ID_HEADER.lower().encode(), priced.request_id.encode()),
         ]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": answer})

@@ -11,8 +11,8 @@ import pytest
 
 from devtools.servers import BentoServer, PostgresServer, haproxy, prometheus, start_together, wait_until
 from flatprice.observability import metrics
-from flatprice.observability.ledger import LedgerUnavailable
 from flatprice.observability.ledger_pg import PostgresLedger
+from flatprice.observability.ledger_port import LedgerUnavailable
 from flatprice.schema import FEATURE_NAMES
 from flatprice.synthetic import generate_flats
 

@@ -7,11 +7,11 @@ import time
 import numpy as np
 
 from devtools.servers import wait_until
-from flatprice.observability.ledger import FILE_NAME, Ledger
+from flatprice.observability.ledger import FILE_NAME, SqliteLedger
 from flatprice.schema import EXAMPLE_FLAT
 
 
-def rows(ledger: Ledger, table: str) -> int:
+def rows(ledger: SqliteLedger, table: str) -> int:
     with sqlite3.connect(ledger.path) as db:
         return db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
 
@@ -19,7 +19,7 @@ def rows(ledger: Ledger, table: str) -> int:
 def test_real_prices_go_with_the_flats_they_belong_to(tmp_path):
     """10 rounds of 1,000 flats priced (the newest 1,000 kept) and 100 of them settled: what is kept of
     the real prices is the last round's, not all 1,000."""
-    ledger = Ledger(tmp_path / "a" / "new" / "folder", max_flats=1000)  # made with its parents
+    ledger = SqliteLedger(tmp_path / "a" / "new" / "folder", max_flats=1000)  # made with its parents
     for round_ in range(10):
         ids = [f"{round_:02d}{i:030d}" for i in range(10)]
         ledger.add("m:1", ids, [np.full(100, 1_000_000 + i) for i in range(10)])
@@ -33,7 +33,7 @@ def test_real_prices_go_with_the_flats_they_belong_to(tmp_path):
 
 
 def test_a_flat_repeated_within_one_call_is_refused_and_nothing_is_recorded(tmp_path):
-    ledger = Ledger(tmp_path, max_flats=1000)
+    ledger = SqliteLedger(tmp_path, max_flats=1000)
     request_id = "ab" * 16
     ledger.add("m:1", [request_id], [np.array([5_000_000, 6_000_000])])
     outcome = ledger.settle([(request_id, 0, 5_500_000), (request_id, 1, 6_500_000), (request_id, 0, 5_600_000)])

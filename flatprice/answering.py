@@ -1,0 +1,52 @@
+"""The model that answers a request, as a value.
+
+A worker holds its served models by tag (`ServedModel`) and one policy that chooses, per request,
+which of them prices it (today: always production). Pricing returns a `Priced`: the prices, the
+tag of the model that priced them and the request id, and that tag travels with the flats to the
+answer, the monitor's metrics, the inference log and the feedback ledger.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .pricing import pricer
+from .store import LoadedModel
+
+# rows (n, 15) in schema order -> the tag of the served model that prices them
+Policy = Callable[[np.ndarray], str]
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    tag: str
+    price: Callable[[np.ndarray], np.ndarray]  # rows -> prices: the Pipeline's steps, CatBoost on one thread
+    pipeline: object
+    training_sample: np.ndarray
+    metadata: dict = field(repr=False)
+    known: dict[str, np.ndarray] = field(repr=False)
+
+    @classmethod
+    def of(cls, loaded: LoadedModel) -> ServedModel:
+        return cls(
+            loaded.tag, pricer(loaded.pipeline), loaded.pipeline, loaded.training_sample, loaded.metadata, loaded.known
+        )
+
+    @property
+    def reference(self) -> dict[str, dict]:
+        return self.metadata["reference"]
+
+
+@dataclass(frozen=True)
+class Priced:
+    prices: np.ndarray  # float rubles, one per row
+    model: str  # the tag of the model that priced them
+    request_id: str
+
+
+def always(tag: str) -> Policy:
+    """The policy of a service without a canary: every request goes to `tag`."""
+    return lambda rows: tag

@@ -1,0 +1,62 @@
+"""The feedback ledger's port: what the service and the readers of real prices need of a ledger,
+implemented by the SQLite ledger (one server, `ledger.py`) and the shared PostgreSQL one (replicas,
+`ledger_pg.py`). The types both share live here, so neither implementation imports the other.
+
+Write side: `add` (the prediction monitor's thread: the prices each logged request answered) and
+`settle` (POST /feedback: real prices, all or none). Read side: `sales_since` (every settled flat
+with the model and price that answered it), and `close`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+import numpy as np
+
+
+class LedgerUnavailable(RuntimeError):
+    """The ledger cannot be reached or written: a feedback call records nothing and may be sent again."""
+
+
+@dataclass
+class Settlement:
+    """What a feedback call did: the settled flats, or why it was refused (entry indices)."""
+
+    settled: list[tuple[str, int, int]] = field(default_factory=list)  # (model_tag, price, actual)
+    unknown: list[int] = field(default_factory=list)
+    repeated: list[int] = field(default_factory=list)
+
+    @property
+    def refused(self) -> bool:
+        return bool(self.unknown or self.repeated)
+
+
+@dataclass(frozen=True)
+class Sale:
+    """A priced flat whose real price was fed back: as the ledger recorded it (times in UTC)."""
+
+    request_id: str
+    flat: int  # its index in the request
+    model_tag: str  # the model that answered
+    price: int  # what it answered, whole rubles
+    actual: int  # the real price
+    priced_at: datetime
+    settled_at: datetime
+
+
+SALE_COLUMNS = tuple(Sale.__dataclass_fields__)
+
+
+class Ledger(Protocol):
+    def add(self, model_tag: str, request_ids: list[str], prices: list[np.ndarray]) -> None:
+        """One entry per request: the whole-ruble prices `model_tag` answered. Raises LedgerUnavailable."""
+
+    def settle(self, actuals: list[tuple[str, int, int]]) -> Settlement:
+        """(request_id, flat, real price) for every entry, or none. Raises LedgerUnavailable."""
+
+    def sales_since(self, since: datetime | None = None) -> list[Sale]:
+        """Every flat settled at or after `since` (all when None), oldest settlement first."""
+
+    def close(self) -> None: ...

@@ -1,0 +1,45 @@
+"""POST /feedback's HTTP answer: the receipt, or the error shape saying why nothing was recorded.
+
+The accounting (settling in the ledger, the errors on /metrics) is `observability.accuracy`'s;
+this module only turns its outcome into a status and a body.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.responses import Response
+
+from ..api.errors import refusal_json
+from ..api.payloads import FeedbackReceipt
+from ..observability.accuracy import record_feedback
+from ..observability.ledger_port import Ledger, LedgerUnavailable
+
+logger = logging.getLogger(__name__)
+
+
+def feedback_answer(ledger: Ledger | None, actuals: list[tuple[str, int, int]]) -> FeedbackReceipt | Response:
+    """The receipt when every real price was recorded, else the error shape: 404 (unknown flats, or
+    no ledger), 409 (already recorded), 503 (the ledger cannot be reached)."""
+    if ledger is None:
+        problem = ("inference_log_off", ("body",), "the inference log is off (FLAT_PRICE_INFERENCE_LOG_SAMPLE=0)")
+        return _refusal(404, "no priced flats are kept", [problem], len(actuals))
+    try:
+        outcome = record_feedback(ledger, actuals)
+    except LedgerUnavailable as error:  # nothing recorded: the client sends the same call again
+        logger.warning("feedback refused with 503: %s", error)  # the database's words stay in our log
+        problem = ("ledger_unavailable", ("body",), "the feedback ledger cannot be reached or written")
+        return _refusal(503, "feedback ledger unavailable: nothing recorded, send again", [problem], 1)
+    if not outcome.refused:
+        return FeedbackReceipt(accepted=len(outcome.settled))
+    problems = sorted(
+        [(i, "unknown_request_id", "no flat priced under this request_id and flat is kept") for i in outcome.unknown]
+        + [(i, "repeated_request_id", "a real price was already recorded for it") for i in outcome.repeated]
+    )
+    status, reason = (404, "unknown request ids") if outcome.unknown else (409, "real prices already recorded")
+    details = [(kind, ("actuals", i, "request_id"), msg) for i, kind, msg in problems]
+    return _refusal(status, f"{reason}: nothing recorded", details, len(problems))
+
+
+def _refusal(status: int, reason: str, problems: list, total: int) -> Response:
+    return Response(refusal_json(reason, problems, total), status_code=status, media_type="application/json")
