@@ -124,10 +124,32 @@ def set_stage(model: bentoml.Model, stage: str, **extra: str) -> bentoml.Model:
     return write_labels(model, {**model.info.labels, STAGE: stage, **extra})
 
 
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")  # orders promotions made in one second
+
+
+def first_stage(name: str = MODEL_NAME) -> dict[str, str]:
+    """The stage labels of a model about to be saved under `name`: the first one becomes production
+    (nothing else could be served), every later one a candidate until promoted."""
+    if production(name) is not None:
+        return {STAGE: CANDIDATE}
+    return {STAGE: PRODUCTION, PROMOTED_AT: _now()}
+
+
+def record_gate(model: bentoml.Model, passed: bool, promote: bool = False) -> list[str]:
+    """The promotion gate's verdict kept on a candidate (`promote` refuses a refused one without
+    `force`); with `promote`, a candidate that passed becomes production. Returns what changed."""
+    model = write_labels(model, {**model.info.labels, GATE: "passed" if passed else "refused"})
+    return promote_model(model) if passed and promote else []
+
+
 def promote(tag: str, name: str = MODEL_NAME, force: bool = False) -> list[str]:
     """Make `tag` the production model; the previous one is archived. Returns what changed.
     A candidate the promotion gate refused is promoted only with `force`."""
-    model = resolve(tag, name, setting="")
+    return promote_model(resolve(tag, name, setting=""), force)
+
+
+def promote_model(model: bentoml.Model, force: bool = False) -> list[str]:
     current = production(model.tag.name)
     if current is not None and current.tag == model.tag:
         return [f"{model.tag} is already production"]
@@ -141,7 +163,7 @@ def promote(tag: str, name: str = MODEL_NAME, force: bool = False) -> list[str]:
     if current is not None:
         set_stage(current, ARCHIVED)
         changes.append(f"{current.tag}: production -> archived")
-    now = datetime.now(UTC).isoformat(timespec="microseconds")  # orders promotions made in one second
+    now = _now()
     forced = " (the gate had refused it; --force)" if refused else ""
     changes.append(f"{model.tag}: {stage_of(model) or 'no stage'} -> production{forced}")
     set_stage(model, PRODUCTION, **{PROMOTED_AT: now})

@@ -24,7 +24,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from flatprice import feedback_data
 from flatprice.config import Settings, bentoml_home
+from flatprice.observability.ledger_port import LedgerUnavailable
 from flatprice.observability.log_records import log_directory, read_flats
 from flatprice.reference import (
     BINNED_FEATURES,
@@ -215,16 +217,15 @@ def price_over_time(flats: pd.DataFrame, period: str) -> pd.DataFrame:
     return table[table["flats"] > 0]
 
 
-def accuracy(flats: pd.DataFrame, actuals: pd.DataFrame) -> tuple[dict[str, pd.DataFrame], int]:
-    """Join real prices to logged predictions on (request, flat): MAE, median APE and the median signed
-    error ln(price / real) (bias: a market that moved) overall, by day, model and price band. Returns
-    the tables and the number of actuals that matched no logged flat."""
-    actuals = actuals.rename(columns={"request_id": "request", "price": "actual"})
-    joined = flats.merge(actuals[["request", "flat", "actual"]], on=["request", "flat"], how="inner")
+def accuracy(sold: feedback_data.SoldFlats) -> dict[str, pd.DataFrame]:
+    """Sold flats (logged predictions joined to real prices, flatprice/feedback_data.py): MAE, median APE
+    and the median signed error ln(price / real) (bias: a market that moved) overall, by day, model and
+    price band."""
+    joined = sold.frame.copy()
     joined["error"] = (joined["price"] - joined["actual"]).abs()
     joined["ape"] = joined["error"] / joined["actual"]
     joined["log_error"] = np.log(joined["price"] / joined["actual"])
-    joined["day"] = joined["timestamp"].dt.date
+    joined["day"] = pd.to_datetime(joined["priced_at"]).dt.date
     joined["price band"] = pd.cut(joined["price"], PRICE_BANDS, right=False).map(_band_name)
 
     def summary(group):
@@ -240,7 +241,7 @@ def accuracy(flats: pd.DataFrame, actuals: pd.DataFrame) -> tuple[dict[str, pd.D
     tables = {"all": summary(joined).to_frame().T}
     for key in ("day", "model", "price band"):
         tables[f"by {key}"] = joined.groupby(key, observed=True)[["error", "ape", "log_error"]].apply(summary)
-    return tables, len(actuals) - len(joined)
+    return tables
 
 
 def _band_name(interval) -> str:
@@ -250,22 +251,22 @@ def _band_name(interval) -> str:
 
 def actuals_name(source: str) -> str:
     """How the page names the source: a file's name, or the ledger's database without its credentials."""
+    if source == feedback_data.LEDGER:
+        return "the service's feedback ledger"
     if "://" in source:
         return "the shared ledger (" + source.split("@")[-1].split("?")[0] + ")"
     return Path(source).name
 
 
-def read_actuals(source: str) -> pd.DataFrame:
-    """Real prices from a CSV file, or from the shared ledger (its PostgreSQL URL: FLAT_PRICE_LEDGER_URL)."""
-    if source.startswith(("postgresql://", "postgres://")):
-        import psycopg
-
+def sold(source: str, flats: pd.DataFrame, log_dir: Path) -> feedback_data.SoldFlats:
+    """The logged flats joined to real prices from `ledger` (the service's own ledger), a ledger (a PostgreSQL
+    URL or a SQLite ledger file), or a CSV (request_id, flat (default 0), price)."""
+    if source == feedback_data.LEDGER or source.startswith(feedback_data.POSTGRES) or source.endswith(".sqlite3"):
         try:
-            with psycopg.connect(source, connect_timeout=5) as db:
-                rows = db.execute("SELECT request_id, flat, actual FROM flat_price_settled").fetchall()
-        except psycopg.Error as error:
-            raise SystemExit(f"cannot report: the shared ledger: {str(error).splitlines()[0]}") from None
-        return pd.DataFrame(rows, columns=["request_id", "flat", "price"])
+            reader = feedback_data.open_reader(source, log_dir, Settings.load().ledger_url)
+            return feedback_data.joined(flats, feedback_data.sales_frame(reader))
+        except LedgerUnavailable as error:
+            raise SystemExit(f"cannot report: the feedback ledger: {error}") from None
     path = Path(source)
     actuals = pd.read_csv(path)
     missing = {"request_id", "price"} - set(actuals.columns)
@@ -273,7 +274,7 @@ def read_actuals(source: str) -> pd.DataFrame:
         raise SystemExit(f"cannot report: {path} lacks the column(s) {', '.join(sorted(missing))}")
     if "flat" not in actuals:
         actuals["flat"] = 0
-    return actuals
+    return feedback_data.joined(flats, actuals.rename(columns={"price": "actual"}))
 
 
 def _table(frame: pd.DataFrame, formats: dict | None = None) -> str:
@@ -348,7 +349,8 @@ def build(
         _table(prices),
     ]
     if actuals is not None:
-        tables, unmatched = accuracy(flats, read_actuals(actuals))
+        sold_flats = sold(actuals, flats, log_dir)
+        tables, unmatched = accuracy(sold_flats), sold_flats.unlogged
         figures["accuracy"] = {name: table.reset_index().to_dict("records") for name, table in tables.items()}
         figures["unmatched"] = unmatched
         sections.append(
@@ -377,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--until", type=parse_since, help="the window's end, as --since (default: now)")
     parser.add_argument(
         "--actuals",
-        help="real prices: a CSV (request_id, flat (default 0), price) or the shared ledger's PostgreSQL URL",
+        help="real prices: `ledger` (the service's feedback ledger), a ledger's PostgreSQL URL or SQLite file, "
+        "or a CSV (request_id, flat (default 0), price)",
     )
     parser.add_argument("--out", type=Path, default=Path("report.html"), help="HTML file to write (report.html)")
     parser.add_argument("--model", help="model tag to judge (default: the one that priced most flats)")

@@ -97,14 +97,7 @@ def train(
         },
         name=model_name,
         known={name: known_values(train_matrix, name) for name in IDENTIFIERS},
-        labels=(
-            {registry.STAGE: registry.CANDIDATE}
-            if current is not None
-            else {
-                registry.STAGE: registry.PRODUCTION,
-                registry.PROMOTED_AT: datetime.now(UTC).isoformat(timespec="microseconds"),
-            }
-        ),
+        labels=registry.first_stage(model_name),
     )
     return model
 

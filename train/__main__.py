@@ -95,31 +95,25 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _gate(model, args: argparse.Namespace) -> int:
-    """Print the comparison with production; with --promote-if-better, promote or exit 1."""
-    comparison = model.info.metadata["comparison"]
-    if "error" in comparison:
-        print(f"not compared with {comparison['against']}: {comparison['error']}")
+    """Print the gate's decision on the candidate (train/gate.py decides, the registry records it)."""
+    decision = gate.decide(model, args.gate_metric, args.tolerance, args.promote_if_better)
+    if not decision.compared:
+        print(decision.reason)
         if args.promote_if_better:
             print(f"not promoted: {model.tag} stays a candidate", file=sys.stderr)
             return 1
         return 0
-    for rows_name in (gate.HOLDOUT, gate.EVALUATION):
-        if rows_name in comparison:
-            print(gate.table(comparison[rows_name], str(model.tag), comparison["against"], rows_name))
-    passed, reason = gate.verdict(comparison, args.gate_metric, args.tolerance)
-    # The verdict stays on the model: `models promote` refuses a refused candidate without --force.
-    model = registry.write_labels(model, {**model.info.labels, registry.GATE: "passed" if passed else "refused"})
+    print("\n".join(decision.tables))
     if not args.promote_if_better:
-        print(reason)
-        forced = "" if passed else " --force"
+        print(decision.reason)
+        forced = "" if decision.passed else " --force"
         print(f"{model.tag} is a candidate: promote it with `{registry.MODELS_COMMAND} promote {model.tag}{forced}`")
         return 0
-    if not passed:
-        print(f"{reason}; {model.tag} stays a candidate", file=sys.stderr)
+    if not decision.passed:
+        print(f"{decision.reason}; {model.tag} stays a candidate", file=sys.stderr)
         return 1
-    print(reason)
-    for change in registry.promote(str(model.tag), args.model_name):
-        print(change)
+    print(decision.reason)
+    print("\n".join(decision.changes))
     return 0
 
 

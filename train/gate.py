@@ -9,9 +9,12 @@ it, so 19.5% may rise to 19.695%). Lower is better for the APEs and MAE, higher 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 from sklearn.metrics import mean_absolute_error, r2_score
 
+from flatprice import registry
 from flatprice.registry import MOVED
 
 LOWER_IS_BETTER = {"median_ape": True, "p90_ape": True, "mae_rub": True, "r2": False}
@@ -67,3 +70,32 @@ def verdict(comparisons: dict, metric: str = DEFAULT_METRIC, tolerance: float = 
     if better_or_equal:
         return True, f"gate passed: {figures}"
     return False, f"gate refused: {figures}, worse beyond the {tolerance:.1%} tolerance"
+
+
+@dataclass
+class Decision:
+    """What the gate decided for a candidate, and what it changed in the store (for the CLI to print)."""
+
+    compared: bool  # False when production could not price the rows (e.g. other library versions)
+    passed: bool
+    reason: str
+    tables: list[str] = field(default_factory=list)  # the side-by-side comparisons
+    changes: list[str] = field(default_factory=list)  # stage changes made (a promotion)
+
+
+def decide(
+    model, metric: str = DEFAULT_METRIC, tolerance: float = DEFAULT_TOLERANCE, promote: bool = False
+) -> Decision:
+    """Judge a stored candidate on its saved comparison with production; the verdict is recorded on it
+    and, with `promote`, a passed candidate becomes production (flatprice/registry.py enforces both)."""
+    comparison = model.info.metadata["comparison"]
+    if "error" in comparison:  # not compared: no verdict recorded, never promoted
+        return Decision(False, False, f"not compared with {comparison['against']}: {comparison['error']}")
+    tables = [
+        table(comparison[rows_name], str(model.tag), comparison["against"], rows_name)
+        for rows_name in (HOLDOUT, EVALUATION)
+        if rows_name in comparison
+    ]
+    passed, reason = verdict(comparison, metric, tolerance)
+    changes = registry.record_gate(model, passed, promote)
+    return Decision(True, passed, reason, tables, changes)

@@ -24,7 +24,6 @@ from datetime import datetime
 import numpy as np
 import psycopg
 
-from . import metrics
 from .ledger_port import LedgerUnavailable, Sale, Settlement
 
 logger = logging.getLogger(__name__)
@@ -58,6 +57,9 @@ class PostgresLedger:
         return ledger
 
     def __init__(self, url: str, keep_days: int, buffer_flats: int = 200_000, interval: float = 0.5):
+        from . import metrics  # the writer's counters; a reader (the report's environment) needs no metrics
+
+        self._metrics = metrics
         self.url, self.keep_days, self.buffer_flats, self.interval = url, keep_days, buffer_flats, interval
         self._buffer: collections.deque = collections.deque()
         self._buffered = 0  # flats in the buffer
@@ -87,9 +89,9 @@ class PostgresLedger:
                 flats = sum(len(p) for p in prices[:kept])
                 self._buffer.append((model_tag, request_ids[:kept], [p.tolist() for p in prices[:kept]], flats))
                 self._buffered += flats
-                metrics.LEDGER_BUFFERED.set(self._buffered)
+                self._metrics.LEDGER_BUFFERED.set(self._buffered)
             if kept < len(prices):
-                metrics.LEDGER_DROPPED.inc(sum(len(p) for p in prices[kept:]))
+                self._metrics.LEDGER_DROPPED.inc(sum(len(p) for p in prices[kept:]))
 
     # -- the writer thread -------------------------------------------------------------------
     def _run(self) -> None:
@@ -122,14 +124,14 @@ class PostgresLedger:
                 with self._writer.transaction():
                     self._insert(rows)
                 written = sum(b[3] for b in batches)
-                metrics.LEDGER_WRITTEN.inc(written)
+                self._metrics.LEDGER_WRITTEN.inc(written)
                 self._failures = 0
             except psycopg.Error as error:
                 self._requeue(batches)
                 self._failed("cannot write priced flats; kept in the buffer", error)
         with self._lock:
             self._buffered = sum(b[3] for b in self._buffer)
-            metrics.LEDGER_BUFFERED.set(self._buffered)
+            self._metrics.LEDGER_BUFFERED.set(self._buffered)
         if time.monotonic() - self._pruned_at > PRUNE_EVERY_S:
             self._prune()
 
@@ -150,7 +152,7 @@ class PostgresLedger:
                     kept.append(batch)
                     room -= batch[3]
                 else:
-                    metrics.LEDGER_DROPPED.inc(batch[3])
+                    self._metrics.LEDGER_DROPPED.inc(batch[3])
             self._buffer = kept + self._buffer
         if self._writer is not None:
             self._writer.close()
@@ -170,7 +172,7 @@ class PostgresLedger:
             self._failed("cannot delete old rows", error)
 
     def _failed(self, what: str, error: Exception) -> None:
-        metrics.LEDGER_WRITE_FAILURES.inc()
+        self._metrics.LEDGER_WRITE_FAILURES.inc()
         self._failures += 1
         if self._failures == 1 or self._failures % 100 == 0:  # one line per outage, not one per half second
             logger.warning("feedback ledger: %s (%d failures in a row): %s", what, self._failures, error)

@@ -231,6 +231,27 @@ def test_the_report_s_psi_equals_the_live_rules_and_actuals_give_back_their_mae(
     assert overall["median ln(price / real)"] == pytest.approx(float(np.median(signed)))
     assert sum(row["flats"] for row in result["accuracy"]["by price band"]) == 200
 
+    # the same real prices sent to POST /feedback, read back from the service's own (SQLite) ledger
+    body = {
+        "actuals": [
+            {"request_id": r, "flat": i, "price": p + (10**6 if k % 2 else -(10**6))}
+            for k, (r, i, p) in enumerate(priced[:200])
+        ]
+    }
+    assert post(server, "/feedback", json=body).status_code == 200
+    run = subprocess.run(
+        [REPORT_PYTHON, "-m", "monitoring.report", "--since", start.isoformat(), "--log-dir", log_dir]
+        + ["--actuals", "ledger", "--out", tmp_path / "ledger.html", "--figures", figures],
+        cwd=REPO,
+        env={**os.environ, "BENTOML_HOME": str(home), "FLAT_PRICE_INFERENCE_LOG_DIR": str(log_dir)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    from_ledger = json.loads(figures.read_text())["accuracy"]["all"][0]
+    assert from_ledger == overall
+
     # what a person sees: every section, and Evidently's widgets drawn by its scripts
     text = rendered_dom(out.as_uri())
     for heading in ("the live rules' verdict", "Data quality", "Price over time", "Accuracy against real prices"):
