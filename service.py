@@ -50,6 +50,8 @@ class FlatPriceService:
     @bentoml.api(route=routes.PREDICT, input_spec=io.Flat, output_spec=io.Prediction)
     async def predict(self, ctx: bentoml.Context, **flat) -> io.Prediction:
         """Price of one flat, in rubles."""
+        # A valid flat is answered before this runs, by the lean route (flatprice/server/lean.py) with
+        # the same runtime and bytes; this handler answers when that route is off or not yet loaded.
         priced = self.runtime.priced(row_of(flat), ctx)
         price = io.rubles(priced.prices)[0]
         return io.Prediction(price=price, score=price, model=priced.model, request_id=priced.request_id)

@@ -8,7 +8,7 @@ one flat per building per request) and as the service counts now.
     python -m benchmarks.clustered_drift [--windows 40]
 
 Prints per scenario the windows called drifted and the flats counted per window.
-Figures: Monitoring.md, "Drift: detection".
+Figures: docs/lab-notes.md, "Drift detection".
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ Prints, per scenario and repeat: whether a drift alert fired, the seconds from t
 the drift to firing, the subjects it named, for a ramp the factor reached when it fired, for
 `stop` the seconds from the end of traffic until it cleared, and each notification the
 webhook received (seconds after the drift began, the subjects it listed as firing).
-Figures: Monitoring.md, "Drift: detection".
+Figures: docs/lab-notes.md, "Drift detection".
 """
 
 from __future__ import annotations

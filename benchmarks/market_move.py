@@ -12,7 +12,7 @@ prices `--flats` ordinary flats, then reports their real prices through POST /fe
 
 Prints per scenario the seconds from the real prices to FlatPriceBiased and FlatPriceAccuracyDegraded
 firing (None: did not fire within --minutes) and the median signed error the rules computed.
-Figures: Monitoring.md, "Accuracy".
+Figures: docs/lab-notes.md, "A market that moved".
 """
 
 from __future__ import annotations

@@ -9,10 +9,15 @@
     the bounded error shape and counted per field;
  5. `Admission`: 429 (Retry-After, after FLAT_PRICE_REFUSAL_DELAY_S) over
     FLAT_PRICE_MAX_CONCURRENCY requests in flight in this worker;
- 6. BentoML's routing and pydantic validation of `flatprice.api.payloads`: a 400 is logged
+ 6. `LeanPredict` (lean.py): a valid POST /predict is validated with the handler's own pydantic
+    model, priced by the runtime and answered here, byte for byte as the handler would. The
+    handler in `service.py` runs instead for an invalid flat, every other route, a worker whose
+    runtime is not loaded yet, and every request when FLAT_PRICE_LEAN_PREDICT=0;
+ 7. BentoML's routing and pydantic validation of `flatprice.api.payloads`: a 400 is logged
     as one line (hook: concise client-error logs);
- 7. the handler in `service.py`, and the model; its signals go to the monitor's background
-    thread (hook: bulk histogram observe).
+ 8. the handler in `service.py`, which delegates to the runtime: the policy chooses the model,
+    it prices (`answering.Priced`), and the signals go to the monitor's background thread
+    (hook: bulk histogram observe). POST /feedback's answer: feedback.py.
 /docs.json documents every error status with the real body (hook: error bodies).
 Hooks touch private code and are version-checked: see `hooks` and docs/upgrading.md.
 """

@@ -22,6 +22,7 @@ import asyncio
 import hmac
 import json
 import logging
+from typing import NamedTuple
 
 from ..api import API_INFO
 from ..api.errors import MAX_REPORTED_ERRORS, clip, error_json, listed_and_total, validation_json
@@ -39,6 +40,15 @@ _BODY_HEADERS = frozenset((b"content-type", b"content-length", b"content-encodin
 
 class ClientGone(Exception):
     """The client disconnected before its body was in."""
+
+
+class Refusal(NamedTuple):
+    """An API request refused by the guard: its status, the reason and error type of the body, extra headers."""
+
+    status: int
+    reason: str
+    error_type: str
+    headers: tuple = ()
 
 
 def error_messages(status: int, body: bytes, headers=()) -> tuple[dict, dict]:
@@ -143,67 +153,19 @@ class RequestGuard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = scope["path"]
-        if path == DOCS and scope["method"] == "GET":
-            return await self._docs(scope, receive, send)
-        if path == SWAGGER_UI and scope["method"] == "GET":  # our page, not BentoML's (docs_page.py)
-            for message in page_messages():
-                await send(message)
-            return None
         if path not in self.api_routes:
-            return await self.app(scope, receive, json_not_found(send, path))
-        if sum(len(k) + len(v) for k, v in scope["headers"]) > self.max_header_bytes:
-            return await self._refuse(
-                scope, send, 431, f"request headers over {self.max_header_bytes} bytes", "headers_too_large"
-            )
-        if path == FEEDBACK and self.feedback_authorization and not self._authorized(scope):
-            return await self._refuse(
-                scope,
-                send,
-                401,
-                "POST /feedback needs the service's bearer token: Authorization: Bearer <FLAT_PRICE_FEEDBACK_TOKEN>",
-                "unauthorized",
-                [(b"www-authenticate", b"Bearer")],
-            )
+            return await self._outside_api(scope, receive, send)
+        refusal = self._refused_headers(scope)
+        if refusal is not None:
+            return await self._refuse(scope, send, refusal)
         if scope["method"] == "GET" and path in self.get_routes:
-            # A GET has no body: whatever it declares about one (a multipart Content-Type...) is dropped.
-            headers = [(k, v) for k, v in scope["headers"] if k.lower() not in _BODY_HEADERS]
-            scope = dict(scope, method="POST", headers=headers)
-            receive, length = replay(b"", receive), 0
+            scope, receive, length = _get_as_post(scope), replay(b"", receive), 0
         elif scope["method"] == "POST":
-            headers = dict(scope["headers"])
-            declared = headers.get(b"content-length")
-            if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
-                return await self._refuse(
-                    scope, send, 413, f"request body over {self.max_body_bytes} bytes", "body_too_large"
-                )
-            encoding = headers.get(b"content-encoding", b"identity").strip().lower()
-            if encoding != b"identity":
-                shown = encoding.decode("latin-1")[:32]
-                return await self._refuse(
-                    scope,
-                    send,
-                    415,
-                    f"Content-Encoding {shown!r} is not accepted: send the body unencoded",
-                    "unsupported_encoding",
-                )
-            media_type = headers.get(b"content-type", b"application/json").split(b";")[0].strip().lower()
-            if media_type != b"application/json":
-                shown = media_type.decode("latin-1")[:64]
-                return await self._refuse(
-                    scope, send, 415, f"Content-Type must be application/json, not {shown!r}", "unsupported_media_type"
-                )
-            try:
-                body = await asyncio.wait_for(self._read(receive), self.body_timeout_s)
-            except TimeoutError:
-                return await self._refuse(
-                    scope, send, 408, f"request body not received within {self.body_timeout_s:g} s", "body_timeout"
-                )
-            except ClientGone:
+            body = self._refused_body_headers(scope) or await self._body_within_limits(receive)
+            if body is None:  # the client went away: nothing to answer
                 return None
-            if body is None:
-                return await self._refuse(
-                    scope, send, 413, f"request body over {self.max_body_bytes} bytes", "body_too_large"
-                )
+            if isinstance(body, Refusal):
+                return await self._refuse(scope, send, body)
             receive, length = replay(body, receive), len(body)
         else:
             allowed = "GET, POST" if path in self.get_routes else "POST"
@@ -211,6 +173,60 @@ class RequestGuard:
             return await send_error(send, 405, reason, "method_not_allowed", [(b"allow", allowed.encode())])
         metrics.REQUEST_SIZE.labels(endpoint=path).observe(length)
         await self.app(scope, receive, self._answering(send, path))
+
+    async def _outside_api(self, scope, receive, send):
+        """/docs.json (cached, corrected), the Swagger UI page, and BentoML's 404/405 in the error shape."""
+        path = scope["path"]
+        if path == DOCS and scope["method"] == "GET":
+            return await self._docs(scope, receive, send)
+        if path == SWAGGER_UI and scope["method"] == "GET":  # our page, not BentoML's (docs_page.py)
+            for message in page_messages():
+                await send(message)
+            return None
+        return await self.app(scope, receive, json_not_found(send, path))
+
+    def _refused_headers(self, scope) -> Refusal | None:
+        """431 for headers over the limit; 401 for POST /feedback without the token (when one is set)."""
+        if sum(len(k) + len(v) for k, v in scope["headers"]) > self.max_header_bytes:
+            return Refusal(431, f"request headers over {self.max_header_bytes} bytes", "headers_too_large")
+        if scope["path"] == FEEDBACK and self.feedback_authorization and not self._authorized(scope):
+            return Refusal(
+                401,
+                "POST /feedback needs the service's bearer token: Authorization: Bearer <FLAT_PRICE_FEEDBACK_TOKEN>",
+                "unauthorized",
+                ((b"www-authenticate", b"Bearer"),),
+            )
+        return None
+
+    def _refused_body_headers(self, scope) -> Refusal | None:
+        """Before a byte of the body is read: 413 by its declared length, 415 for an encoding or a media type."""
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
+            return Refusal(413, f"request body over {self.max_body_bytes} bytes", "body_too_large")
+        encoding = headers.get(b"content-encoding", b"identity").strip().lower()
+        if encoding != b"identity":
+            shown = encoding.decode("latin-1")[:32]
+            return Refusal(
+                415, f"Content-Encoding {shown!r} is not accepted: send the body unencoded", "unsupported_encoding"
+            )
+        media_type = headers.get(b"content-type", b"application/json").split(b";")[0].strip().lower()
+        if media_type != b"application/json":
+            shown = media_type.decode("latin-1")[:64]
+            return Refusal(415, f"Content-Type must be application/json, not {shown!r}", "unsupported_media_type")
+        return None
+
+    async def _body_within_limits(self, receive) -> bytes | Refusal | None:
+        """The whole body; a refusal past the size (413) or the time (408); None if the client went away."""
+        try:
+            body = await asyncio.wait_for(self._read(receive), self.body_timeout_s)
+        except TimeoutError:
+            return Refusal(408, f"request body not received within {self.body_timeout_s:g} s", "body_timeout")
+        except ClientGone:
+            return None
+        if body is None:
+            return Refusal(413, f"request body over {self.max_body_bytes} bytes", "body_too_large")
+        return body
 
     async def _read(self, receive) -> bytes | None:
         """The whole body, or None once it passes the limit."""
@@ -282,12 +298,24 @@ class RequestGuard:
         given = next((v for k, v in scope["headers"] if k.lower() == b"authorization"), b"")
         return hmac.compare_digest(given, self.feedback_authorization)
 
-    async def _refuse(self, scope, send, status: int, reason: str, error_type: str, headers=()):
+    async def _refuse(self, scope, send, refusal: Refusal):
         metrics.REJECTED_INPUTS.labels(field=metrics.BODY_FIELD).inc()
         refused_logger.warning(
-            "%s %s refused with %s: %s", scope["method"], scope["path"], status, error_type, extra={REFUSAL: True}
+            "%s %s refused with %s: %s",
+            scope["method"],
+            scope["path"],
+            refusal.status,
+            refusal.error_type,
+            extra={REFUSAL: True},
         )
-        await send_error(send, status, reason, error_type, headers)
+        await send_error(send, refusal.status, refusal.reason, refusal.error_type, refusal.headers)
+
+
+def _get_as_post(scope) -> dict:
+    """A GET on a GET route served by its POST API. A GET has no body: whatever it declares about one
+    (a multipart Content-Type...) is dropped."""
+    headers = [(k, v) for k, v in scope["headers"] if k.lower() not in _BODY_HEADERS]
+    return dict(scope, method="POST", headers=headers)
 
 
 def replay(body: bytes, receive):

@@ -59,3 +59,14 @@ def test_the_layout_names_every_top_level_folder_and_module():
     ]
     assert not folders_missing, folders_missing
     assert not [m for m in sorted(modules) if m not in layout]
+
+
+def test_monitoring_md_lists_every_api_route_and_every_generated_table_is_current():
+    from devtools import docs_tables
+    from flatprice.api.routes import API_ROUTES
+
+    text = (REPO / "Monitoring.md").read_text()
+    listed = text.split("(`flatprice/api/routes.py`: ", 1)[1].split(")", 1)[0]
+    assert re.findall(r"`(/\w+)`", listed) == list(API_ROUTES)
+    for (file, marker), generate in docs_tables.TABLES.items():
+        assert docs_tables.between((REPO / file).read_text(), marker) == generate(), f"{file} ({marker})"
