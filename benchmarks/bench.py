@@ -211,6 +211,12 @@ def main() -> None:
     parser.add_argument("--connections", default="1,8,32,64")
     parser.add_argument("--targets", default="service,original,fastpath,ceiling", help="servers to measure, in order")
     parser.add_argument("--out", default=str(RESULTS / "bench.json"))
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="a checkout of an earlier commit (`git worktree add /tmp/base COMMIT`), served as target `baseline` "
+        "with the same model and settings: before and after in one run",
+    )
     args = parser.parse_args()
     connections = [int(c) for c in args.connections.split(",")]
 
@@ -247,6 +253,11 @@ def main() -> None:
         "fastpath": lambda: FastAPIYardstick(work, work / "pipeline.joblib", fast_path=True),
         "ceiling": lambda: BentoServer(work / "home-ceiling", target="ceiling:Ceiling", cwd=work / "ceiling_app"),
     }
+    if args.baseline is not None:  # its own code first on the path, ahead of this checkout's editable install
+        base = args.baseline.resolve()
+        targets["baseline"] = lambda: BentoServer(work / "home-baseline", cwd=base, env={"PYTHONPATH": str(base)})
+        if "baseline" not in args.targets:
+            args.targets = args.targets.replace("service", "service,baseline", 1)
     chosen = args.targets.split(",")
     if "service" not in chosen or not set(chosen) <= set(targets):
         parser.error(f"--targets: service and any of {', '.join(targets)}")

@@ -75,3 +75,56 @@ def test_the_layers_import_downwards_only():
     assert not [m for m in compat if m.split(".")[0] in ("server", "observability")], compat
     for path in (REPO / "flatprice/observability").glob("*.py"):
         assert not [m for m in ours(imports(path)) if m.split(".")[0] == "server"], path
+
+
+def test_no_import_circle_in_the_package():
+    """Every import between flatprice's modules, at the top or inside a function, resolved to its module:
+    the graph has no cycle (the features that come next must not have to cut through a loop)."""
+    import ast
+
+    package = REPO / "flatprice"
+    modules = {
+        ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__"): path
+        for path in package.rglob("*.py")
+    }
+
+    def resolved(importer: str, path, node) -> set[str]:
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        else:
+            base = importer if path.name == "__init__.py" else importer.rsplit(".", 1)[0]
+            for _ in range(node.level - 1):
+                base = base.rsplit(".", 1)[0]
+            stem = (f"{base}.{node.module}" if node.module else base) if node.level else node.module
+            names = [f"{stem}.{alias.name}" if f"{stem}.{alias.name}" in modules else stem for alias in node.names]
+        return {n for n in names if n in modules and n != importer}
+
+    graph = {
+        name: set().union(
+            *(
+                resolved(name, path, n)
+                for n in ast.walk(ast.parse(path.read_text()))
+                if isinstance(n, ast.Import | ast.ImportFrom)
+            )
+        )
+        for name, path in modules.items()
+    }
+    # a package's __init__ importing its own modules is how a package is assembled, not a circle
+    graph = {name: {m for m in deps if not m.startswith(f"{name}.")} for name, deps in graph.items()}
+
+    def cycle_from(start: str, trail: list[str]) -> list[str] | None:
+        for nxt in sorted(graph[start]):
+            if nxt in trail:
+                return [*trail[trail.index(nxt) :], nxt]
+            if nxt not in done and (found := cycle_from(nxt, [*trail, nxt])):
+                return found
+        done.add(start)
+        return None
+
+    done: set[str] = set()
+    cycles = [c for name in sorted(graph) if name not in done and (c := cycle_from(name, [name]))]
+    assert not cycles, cycles
+    assert graph["flatprice.observability.ledger"] == {
+        "flatprice.observability.ledger_port",
+        "flatprice.observability.log_records",
+    }
