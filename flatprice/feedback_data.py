@@ -44,6 +44,13 @@ def open_reader(source: str, log_dir: Path, ledger_url: str = "") -> Ledger:
     return SqliteLedger.reader(Path(source))
 
 
+def source_name(source: str) -> str:
+    """How reports and lineage name a source: `ledger`, a file's name, or a database without its credentials."""
+    if "://" in source:
+        return "the shared ledger (" + source.split("@")[-1].split("?")[0] + ")"
+    return source if source == LEDGER else Path(source).name
+
+
 def sales_frame(ledger: Ledger, since: datetime | None = None) -> pd.DataFrame:
     """The ledger's sales settled at or after `since` (all when None), one row per sold flat."""
     sales = ledger.sales_since(since)

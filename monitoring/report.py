@@ -253,9 +253,7 @@ def actuals_name(source: str) -> str:
     """How the page names the source: a file's name, or the ledger's database without its credentials."""
     if source == feedback_data.LEDGER:
         return "the service's feedback ledger"
-    if "://" in source:
-        return "the shared ledger (" + source.split("@")[-1].split("?")[0] + ")"
-    return Path(source).name
+    return feedback_data.source_name(source)
 
 
 def sold(source: str, flats: pd.DataFrame, log_dir: Path) -> feedback_data.SoldFlats:

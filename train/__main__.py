@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import UTC, datetime
+from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from flatprice import registry
+from flatprice.config import bentoml_home
 from flatprice.data import DEFAULT_TABLE, DataError
 from flatprice.store import MODEL_NAME, PICKLE_FILE, ModelError, latest_model
 from flatprice.synthetic import DEFAULT_ROWS
 
 from . import gate, train
+from . import sales as sales_module
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -39,6 +43,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--eval-data",
         metavar="SOURCE",
         help="a fixed evaluation set (file or URL, as --data) on which the gate compares the new and production models",
+    )
+    parser.add_argument(
+        "--sales",
+        metavar="SOURCE",
+        help="also learn from what was sold: `ledger` (the service's feedback ledger), a ledger's PostgreSQL URL "
+        "or SQLite file; the gate then judges on the sales after the cut-off (docs/models.md)",
+    )
+    parser.add_argument(
+        "--log-dir", type=Path, help="the inference log holding the sold flats' features (default: the service's)"
+    )
+    parser.add_argument(
+        "--cutoff",
+        type=datetime.fromisoformat,
+        help=f"the label cut-off, an ISO time in UTC (default: the newest {sales_module.GATE_SHARE * 100:.0f}%% of sales are judged)",
+    )
+    parser.add_argument(
+        "--half-life-days",
+        type=float,
+        default=sales_module.HALF_LIFE_DAYS,
+        help=f"a sale's weight halves every this many days before the cut-off (default {sales_module.HALF_LIFE_DAYS:g})",
+    )
+    parser.add_argument(
+        "--sale-weight",
+        type=float,
+        default=sales_module.SALE_WEIGHT,
+        help=f"a sale at the cut-off weighs this many base rows (default {sales_module.SALE_WEIGHT:g})",
     )
     parser.add_argument(
         "--promote-if-better",
@@ -71,6 +101,15 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"model store has {registry.summary(served)}; not training")
         return 0
+    sales = None
+    if args.sales:  # read and checked before anything is trained: too few sales leave the store as it was
+        try:
+            sales = _sales(args)
+        except sales_module.SalesError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        counts = ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in sales.counts.items())
+        print(f"sales from {sales.source}: {counts}; label cut-off {sales.cutoff:%Y-%m-%d %H:%M:%S} UTC")
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     try:
         with Progress(*columns) as progress:
@@ -83,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
                 seed=args.seed,
                 model_name=args.model_name,
                 eval_data=args.eval_data,
+                sales=sales,
+                half_life_days=args.half_life_days,
+                sale_weight=args.sale_weight,
                 progress=progress,
             )
     except DataError as exc:
@@ -92,6 +134,16 @@ def main(argv: list[str] | None = None) -> int:
     stage = registry.stage_of(model)
     print(f"saved {model.tag} as {stage} ({PICKLE_FILE} sha256 {digest}: pin it with FLAT_PRICE_MODEL_SHA256)")
     return _gate(model, args) if stage == registry.CANDIDATE else 0
+
+
+def _sales(args: argparse.Namespace):
+    from flatprice.config import Settings
+    from flatprice.observability.log_records import log_directory
+
+    settings = Settings.load()
+    log_dir = args.log_dir or log_directory(settings.inference_log_dir, str(bentoml_home()))
+    cutoff = args.cutoff.replace(tzinfo=args.cutoff.tzinfo or UTC) if args.cutoff else None
+    return sales_module.load_sales(args.sales, log_dir, settings.ledger_url, cutoff)
 
 
 def _gate(model, args: argparse.Namespace) -> int:

@@ -319,6 +319,9 @@ class RandomPrediction(BaseModel):
     request_id: str = _request_id()
 
 
+ACTUAL_PRICE_RANGE = (100_000, 100_000_000_000)  # a real price fed back, whole rubles: what training accepts too
+
+
 class Actual(BaseModel):
     """The real price of a flat priced earlier: the answer's request_id and the flat's place in it."""
 
@@ -326,7 +329,9 @@ class Actual(BaseModel):
     few_unknown_keys = model_validator(mode="before")(_few_unknown_keys)
     request_id: str = Field(pattern=REQUEST_ID_PATTERN, description="request_id of the answer that priced the flat")
     flat: int = Field(0, ge=0, le=MAX_BATCH_ROWS - 1, description="The flat's index in that request (0 for one flat)")
-    price: int = Field(ge=100_000, le=100_000_000_000, description="The real price the flat sold for, whole rubles")
+    price: int = Field(
+        ge=ACTUAL_PRICE_RANGE[0], le=ACTUAL_PRICE_RANGE[1], description="The real price the flat sold for, whole rubles"
+    )
 
 
 class Feedback(BaseModel):
