@@ -9,7 +9,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export BENTOML_DO_NOT_TRACK ?= True
 
 REPORT_VENV ?= .venv-report
-.PHONY: image images serve install install-dev install-batch install-loadtest model test test-fast system-deps build bench soak format mutation compose-env grafana-env ledger-env report-env
+.PHONY: retrain image images serve install install-dev install-batch install-loadtest model test test-fast system-deps build bench soak format mutation compose-env grafana-env ledger-env report-env
 
 serve: install model  ## install, train the default model if the store has none, serve on $(HOST):$(PORT)
 	$(PYTHON) -m bentoml serve service:FlatPriceService --host $(HOST) --port $(PORT)
@@ -42,6 +42,9 @@ install: $(VENV)/.installed-train  ## serving and training the default model: .[
 install-dev: $(VENV)/.installed-dev  ## tests and tools: .[dev]
 install-batch: $(VENV)/.installed-batch  ## batch pricing on Spark: .[batch] (python -m batch)
 install-loadtest: $(VENV)/.installed-loadtest  ## the load test: .[loadtest] (.venv/bin/locust)
+
+retrain: install  ## a candidate from the real prices fed back (docs/models.md), promoted if the gate passes
+	$(PYTHON) -m train --sales ledger --promote-if-better
 
 model:
 	@echo "[make] a model in the store? (else train the default one: about 25 s here)"

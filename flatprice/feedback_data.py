@@ -16,12 +16,13 @@ from pathlib import Path
 import pandas as pd
 
 from .observability.ledger import FILE_NAME, SqliteLedger
-from .observability.ledger_port import SALE_COLUMNS, Ledger
+from .observability.ledger_port import SALE_COLUMNS, Ledger, LedgerUnavailable
 from .observability.log_records import read_flats
 from .schema import FEATURE_NAMES
 
 LEDGER = "ledger"  # the source that names the service's own ledger (FLAT_PRICE_LEDGER_URL, else the SQLite file)
 POSTGRES = ("postgresql://", "postgres://")
+__all__ = ["LedgerUnavailable"]  # what readers of this module catch
 COLUMNS = ("request_id", "flat", "model", "price", "actual", "priced_at", "settled_at", *FEATURE_NAMES)
 
 
@@ -61,8 +62,8 @@ def sales_frame(ledger: Ledger, since: datetime | None = None) -> pd.DataFrame:
 def joined(flats: pd.DataFrame, actuals: pd.DataFrame) -> SoldFlats:
     """Logged flats (`read_flats`) ⋈ real prices (request_id, flat, actual[, priced_at, settled_at]) on the
     request and the flat's index. A flat sold twice keeps the first real price (the ledger refuses a second)."""
-    actuals = actuals.drop_duplicates(["request_id", "flat"], keep="first")
-    logged = flats.rename(columns={"request": "request_id", "timestamp": "logged_at"})
+    actuals = actuals.drop_duplicates(["request_id", "flat"], keep="first").astype({"request_id": object})
+    logged = flats.rename(columns={"request": "request_id", "timestamp": "logged_at"}).astype({"request_id": object})
     logged = logged.drop_duplicates(["request_id", "flat"], keep="first")
     wanted = ["request_id", "flat", "actual", *(c for c in ("priced_at", "settled_at") if c in actuals)]
     frame = logged.merge(actuals[wanted], on=["request_id", "flat"], how="inner", validate="one_to_one")

@@ -14,7 +14,7 @@ from flatprice.store import MODEL_NAME, ModelError
 
 
 def rows(name: str) -> list[list[str]]:
-    table = [["tag", "stage", "trained at", "rows", "holdout R²", "MAE, ₽", "median APE", "gate"]]
+    table = [["tag", "stage", "trained at", "rows", "holdout R²", "MAE, ₽", "median APE", "gate", "parent", "sales"]]
     for model in registry.stored(name):
         meta = model.info.metadata
         metrics = meta.get("metrics", {})
@@ -28,9 +28,20 @@ def rows(name: str) -> list[list[str]]:
                 f"{metrics['mae_rub']:,.0f}" if metrics else "-",
                 f"{metrics['median_ape']:.2%}" if metrics else "-",
                 model.info.labels.get(registry.GATE, "-"),
+                *lineage(meta.get("lineage", {})),
             ]
         )
     return table
+
+
+def lineage(meta: dict) -> list[str]:
+    """The parent model's version, and the sales learned from: training and judged counts, to the cut-off."""
+    parent = meta.get("parent") or "-"
+    sales = meta.get("sales")
+    if not sales:
+        return [parent.split(":")[-1], "-"]
+    counts = sales["counts"]
+    return [parent.split(":")[-1], f"{counts['train']:,}+{counts['gate']:,} to {sales['label_cutoff'][:16]}"]
 
 
 def aligned(table: list[list[str]]) -> str:
@@ -44,7 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=registry.MODELS_COMMAND, description=__doc__.split("\n")[0])
     parser.add_argument("--name", default=MODEL_NAME, help=f"model name in the store (default {MODEL_NAME})")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("list", help="every stored version: stage, when trained, rows, holdout metrics")
+    commands.add_parser(
+        "list",
+        help="every stored version: stage, when trained, rows, holdout metrics, gate, parent, sales learned from",
+    )
     promote = commands.add_parser("promote", help="make TAG production (the current production is archived)")
     promote.add_argument("tag", help="a tag (flat_price:VERSION), a version, or a stage such as candidate")
     promote.add_argument("--force", action="store_true", help="promote a candidate the promotion gate refused")

@@ -296,6 +296,29 @@ def accuracy_rules() -> list[dict]:
             '{{ $value | printf "%.3f" }} ({{ if lt $value 0.0 }}under{{ else }}over{{ end }}priced), outside the band '
             f"a day of its holdout's own flats stays in, for {hours}.",
         ),
+        *loop_rules(actuals),
+    ]
+
+
+def loop_rules(actuals: str) -> list[dict]:
+    """The feedback loop itself, per model over the accuracy window: PPE10 (the share of sold flats priced within
+    ±10%), the share of priced flats whose real price came back, and the median delay from pricing to sale."""
+    ape, delay = f"{N}_feedback_absolute_percentage_error", f"{N}_feedback_delay_seconds"
+    return [
+        {
+            "record": f"{N}:feedback_ppe10:{AW}",
+            "expr": f'sum by (model_tag) (increase({ape}_bucket{{le="{accuracy.PPE:g}"}}[{AW}]))\n'
+            f"  / on (model_tag) ({actuals} > 0)",
+        },
+        {
+            "record": f"{N}:feedback_coverage:{AW}",
+            "expr": f"{actuals}\n  / on (model_tag) (sum by (model_tag) (increase({N}_predicted_price_rubles_count[{AW}])) > 0)",
+        },
+        {
+            "record": f"{N}:feedback_delay_median_seconds:{AW}",
+            "expr": f"histogram_quantile(0.5,\n  sum by (model_tag, le) (increase({delay}_bucket[{AW}])))\n"
+            f"  and on (model_tag) {actuals} > 0",
+        },
     ]
 
 

@@ -351,6 +351,24 @@ ROWS: list[tuple[str, list[Panel]]] = [
                 "short",
             ),
             Panel(
+                f"PPE10 over the last {accuracy.WINDOW}",
+                f"The share of the flats whose real price arrived in the last {accuracy.WINDOW} that the model priced within ±10% of it (PPE10, a valuation desk's measure), by model.",
+                [(f"flat_price:feedback_ppe10:{accuracy.WINDOW}", "{{model_tag}}")],
+                "percentunit",
+            ),
+            Panel(
+                "The feedback loop: real prices back, and how late",
+                f"Over the last {accuracy.WINDOW}, by model: real prices received per flat priced (how much of the traffic the loop sees; sales lag pricing, so a share of the same window), and the median time from pricing to the real price's arrival.",
+                [
+                    (f"flat_price:feedback_coverage:{accuracy.WINDOW}", "real prices per flat priced {{model_tag}}"),
+                    (
+                        f"flat_price:feedback_delay_median_seconds:{accuracy.WINDOW} / 86400",
+                        "median delay, days {{model_tag}}",
+                    ),
+                ],
+                "short",
+            ),
+            Panel(
                 "Real prices received",
                 "Real prices sent to POST /feedback per hour: accepted, or refused as unknown (not logged, or no longer kept) or repeated.",
                 [(f"sum by (outcome) (increase({N}_feedback_actuals_total[1h]))", "{{outcome}}")],

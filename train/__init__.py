@@ -40,6 +40,7 @@ def train(
     sales: Sales | None = None,
     half_life_days: float = HALF_LIFE_DAYS,
     sale_weight: float = SALE_WEIGHT,
+    market_index: bool = True,
     progress=None,
 ):
     """Train, evaluate on a holdout, save to the model store; returns the stored bentoml.Model.
@@ -58,9 +59,10 @@ def train(
     current = registry.production(model_name)
     X, y = loaded.frame[list(FEATURE_NAMES)], loaded.frame[TARGET].to_numpy()
     index = 1.0
-    if sales is not None:  # the base data's prices in today's market, as the sales measure it
+    if sales is not None and market_index:  # the base data's prices in today's market, as the sales measure it
         index = sales.market_index(band_of(current.info.metadata)["median"] if current is not None else 0.0)
         y = np.rint(y * index)
+    if sales is not None:
         step(
             f"sales: {len(sales.train):,} to train on, {len(sales.gate):,} after the cut-off; market index {index:.4f}"
         )

@@ -71,6 +71,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"a sale at the cut-off weighs this many base rows (default {sales_module.SALE_WEIGHT:g})",
     )
     parser.add_argument(
+        "--no-market-index",
+        action="store_true",
+        help="with --sales, leave the base data's prices as they are (to compare: the sales' weights alone)",
+    )
+    parser.add_argument(
         "--promote-if-better",
         action="store_true",
         help="promote the new model if the gate passes; else it stays a candidate and the command exits 1",
@@ -125,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                 sales=sales,
                 half_life_days=args.half_life_days,
                 sale_weight=args.sale_weight,
+                market_index=not args.no_market_index,
                 progress=progress,
             )
     except DataError as exc:

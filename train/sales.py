@@ -29,8 +29,8 @@ from flatprice.api.payloads import ACTUAL_PRICE_RANGE
 from flatprice.observability.ledger_port import LedgerUnavailable
 from flatprice.schema import FEATURE_NAMES, TARGET
 
-# The newest share of the sales, judged out of time (when no cut-off is given): the cut-off is the time of
-# the sale at that quantile, and sales settled at that same moment stay on the training side.
+# The newest share of the sales (at least MIN_GATE_SALES), judged out of time when no cut-off is given: the
+# cut-off is the latest time of sale with that many after it (`default_cutoff`).
 GATE_SHARE = 0.3
 MIN_GATE_SALES = 50  # fewer sales after the cut-off say nothing about which model is better
 MIN_TRAIN_SALES = 50  # fewer before it cannot say how far the market moved
@@ -100,7 +100,7 @@ def load_sales(
     if cutoff is None:
         if len(frame) < MIN_TRAIN_SALES + MIN_GATE_SALES:
             raise SalesError(_too_few(len(frame), counts, MIN_TRAIN_SALES + MIN_GATE_SALES, "usable sales"))
-        cutoff = frame["sold_at"].iloc[max(0, math.ceil(len(frame) * (1 - gate_share)) - 1)].to_pydatetime()
+        cutoff = default_cutoff(frame["sold_at"], max(math.ceil(len(frame) * gate_share), MIN_GATE_SALES))
     after = (frame["sold_at"] > pd.Timestamp(cutoff)).to_numpy()
     train, gate = frame.loc[~after].reset_index(drop=True), frame.loc[after].reset_index(drop=True)
     counts |= {"train": len(train), "gate": len(gate)}
@@ -113,6 +113,16 @@ def load_sales(
             _too_few(len(train), counts, MIN_TRAIN_SALES, f"sales up to the cut-off {cutoff:%Y-%m-%d %H:%M}")
         )
     return Sales(train, gate, cutoff, feedback_data.source_name(source), counts)
+
+
+def default_cutoff(sold_at: pd.Series, judged: int) -> datetime:
+    """The latest time of sale with at least `judged` sales after it. Real prices arrive in calls, each at
+    its own moment: the cut-off falls between two of them, never inside one."""
+    times = np.sort(pd.to_datetime(sold_at, utc=True).dt.tz_convert(None).to_numpy())  # UTC, as datetime64
+    i = len(times) - judged - 1
+    while i >= 0 and len(times) - np.searchsorted(times, times[i], side="right") < judged:
+        i = np.searchsorted(times, times[i], side="left") - 1  # the moment before this one
+    return pd.Timestamp(times[max(i, 0)]).tz_localize("UTC").to_pydatetime()
 
 
 def checked(sold: feedback_data.SoldFlats) -> tuple[pd.DataFrame, dict[str, int]]:

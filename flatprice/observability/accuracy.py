@@ -10,6 +10,7 @@ day's median of it leaves the band that days of the holdout's own flats stay in 
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 
@@ -19,6 +20,7 @@ from .ledger_port import Ledger, Settlement
 WINDOW = "1d"  # real prices arrive in batches (deals closed per day): a day's median is stable
 MARGIN = 0.25  # alert when the median APE exceeds the holdout's by more than 25% (relative)
 MIN_ACTUALS = 50  # fewer real prices in the window say nothing about the median
+PPE = 0.10  # PPE10: the share of sold flats priced within ±10% of the real price (an APE bucket's bound)
 FOR = "1h"
 BAND_QUANTILES = (0.005, 0.995)  # a day of the holdout's own flats leaves the band 1% of the time
 BAND_DAYS = 4000  # days drawn from the holdout to find the band
@@ -33,9 +35,11 @@ def record_feedback(ledger: Ledger, actuals: list[tuple[str, int, int]]) -> Sett
             metrics.FEEDBACK_ACTUALS.labels(outcome=name).inc(len(entries))
     if outcome.settled:
         metrics.FEEDBACK_ACTUALS.labels(outcome="accepted").inc(len(outcome.settled))
-    for tag, price, actual in outcome.settled:  # at most 1,000 per call
+    now = time.time()
+    for (tag, price, actual), priced_at in zip(outcome.settled, outcome.priced_at, strict=True):  # at most 1,000
         metrics.FEEDBACK_APE.labels(model_tag=tag).observe(abs(price / actual - 1))
         metrics.FEEDBACK_LOG_ERROR.labels(model_tag=tag).observe(math.log(price / actual))
+        metrics.FEEDBACK_DELAY.labels(model_tag=tag).observe(max(now - priced_at, 0.0))
     return outcome
 
 

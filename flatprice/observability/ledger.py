@@ -111,7 +111,9 @@ class SqliteLedger:
         try:
             db.execute("BEGIN IMMEDIATE")  # other workers' feedback waits: no double settlement
             for i, (request_id, flat, actual) in enumerate(actuals):
-                row = db.execute("SELECT model_tag, prices FROM priced WHERE request_id = ?", (request_id,)).fetchone()
+                row = db.execute(
+                    "SELECT model_tag, prices, priced_at FROM priced WHERE request_id = ?", (request_id,)
+                ).fetchone()
                 prices = json.loads(row[1]) if row else []
                 if flat >= len(prices):
                     outcome.unknown.append(i)
@@ -124,9 +126,11 @@ class SqliteLedger:
                     outcome.repeated.append(i)
                 else:
                     outcome.settled.append((row[0], prices[flat], actual))
+                    outcome.priced_at.append(row[2])
             if outcome.refused:
                 db.execute("ROLLBACK")
                 outcome.settled.clear()
+                outcome.priced_at.clear()
                 return outcome
             now = time.time()
             db.executemany(

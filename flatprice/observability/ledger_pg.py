@@ -185,22 +185,25 @@ class PostgresLedger:
             with self._connect() as db:
                 ids = sorted({request_id for request_id, _, _ in actuals})
                 known = {
-                    request_id: (tag, prices)
-                    for request_id, tag, prices in db.execute(
-                        "SELECT request_id, model_tag, prices FROM flat_price_priced WHERE request_id = ANY(%s)",
+                    request_id: (tag, prices, priced_at)
+                    for request_id, tag, prices, priced_at in db.execute(
+                        "SELECT request_id, model_tag, prices, extract(epoch FROM priced_at)::float8 "
+                        "FROM flat_price_priced WHERE request_id = ANY(%s)",
                         (ids,),
                     )
                 }
                 for i, (request_id, flat, actual) in enumerate(actuals):
-                    tag, prices = known.get(request_id, ("", []))
+                    tag, prices, priced_at = known.get(request_id, ("", [], 0.0))
                     if flat >= len(prices):
                         outcome.unknown.append(i)
                     elif seen[request_id, flat] > 1:
                         outcome.repeated.append(i)
                     else:
                         outcome.settled.append((tag, prices[flat], actual))
+                        outcome.priced_at.append(priced_at)
                 if outcome.unknown or outcome.repeated:
                     outcome.settled.clear()
+                    outcome.priced_at.clear()
                     return outcome
                 inserted = db.execute(
                     "INSERT INTO flat_price_settled (request_id, flat, actual) "
@@ -212,6 +215,7 @@ class PostgresLedger:
                     new = set(inserted)
                     outcome.repeated = [i for i, (r, f, _) in enumerate(actuals) if (r, f) not in new]
                     outcome.settled.clear()
+                    outcome.priced_at.clear()
                     db.rollback()
                     return outcome
                 db.commit()

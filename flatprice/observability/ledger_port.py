@@ -25,6 +25,7 @@ class Settlement:
     """What a feedback call did: the settled flats, or why it was refused (entry indices)."""
 
     settled: list[tuple[str, int, int]] = field(default_factory=list)  # (model_tag, price, actual)
+    priced_at: list[float] = field(default_factory=list)  # of each settled flat, Unix seconds
     unknown: list[int] = field(default_factory=list)
     repeated: list[int] = field(default_factory=list)
 

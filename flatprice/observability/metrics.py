@@ -68,6 +68,21 @@ APE_BUCKETS = (
     1,
     2,
 )
+# From pricing to the real price's arrival, seconds: minutes (tests, a quick deal) to half a year (the ledger keeps 180 days).
+DELAY_BUCKETS = (
+    60,
+    600,
+    3600,
+    6 * 3600,
+    86_400,
+    3 * 86_400,
+    7 * 86_400,
+    14 * 86_400,
+    30 * 86_400,
+    60 * 86_400,
+    90 * 86_400,
+    180 * 86_400,
+)
 FEEDBACK_OUTCOMES = ("accepted", "unknown", "repeated")
 BAND_BOUNDS = ("low", "median", "high")  # of the holdout's band of daily median signed errors
 BODY_FIELD = "body"  # label for errors not tied to one field (malformed JSON, empty batch...)
@@ -266,6 +281,13 @@ FEEDBACK_APE = define(
     "|predicted / real price - 1| of each flat whose real price arrived, by the model that priced it",
     ("model_tag",),
     buckets=APE_BUCKETS,
+)
+FEEDBACK_DELAY = define(
+    Histogram,
+    "feedback_delay_seconds",
+    "Time from pricing a flat to its real price's arrival (POST /feedback), by the model that priced it",
+    ("model_tag",),
+    buckets=DELAY_BUCKETS,
 )
 FEEDBACK_LOG_ERROR = define(
     Histogram,

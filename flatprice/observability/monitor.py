@@ -194,6 +194,7 @@ def publish_static(model_tag: str, trained_at: str, holdout: dict[str, float], b
         metrics.HOLDOUT_LOG_ERROR_BAND.labels(model_tag=model_tag, bound=bound).set(band[bound])
     metrics.FEEDBACK_APE.labels(model_tag=model_tag)
     metrics.FEEDBACK_LOG_ERROR.labels(model_tag=model_tag)
+    metrics.FEEDBACK_DELAY.labels(model_tag=model_tag)
     for outcome in metrics.FEEDBACK_OUTCOMES:
         metrics.FEEDBACK_ACTUALS.labels(outcome=outcome)
     metrics.START_TIME.set(time.time())

@@ -120,9 +120,9 @@ def test_a_candidate_retrained_on_the_moved_market_passes_the_gate_and_serves_wi
     tag = next(line.split()[1] for line in retrained.stdout.splitlines() if line.startswith("saved "))
     metadata = _metadata(home, tag)
     lineage = metadata["lineage"]
-    # the cut-off falls at the 70% quantile's settlement: the first five calls train, the sixth judges
-    assert lineage["parent"] == parent and lineage["rows"]["sales"] == 500
-    assert lineage["sales"]["counts"]["gate"] == 100 and lineage["sales"]["joined_share"] == 1.0
+    # the newest 30% (180) are judged, and the cut-off falls between two calls: the last two calls judge
+    assert lineage["parent"] == parent and lineage["rows"]["sales"] == 400
+    assert lineage["sales"]["counts"]["gate"] == 200 and lineage["sales"]["joined_share"] == 1.0
     assert 1.2 < lineage["market_index"] < 1.4
     judged = metadata["comparison"]["latest sales"]
     assert judged["production"]["bias"] < -0.15 < judged["new"]["bias"]  # production underprices the new market
