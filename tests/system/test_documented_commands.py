@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from devtools.servers import REPO, wait_until
+from devtools.wrk import json_flat
 from flatprice.schema import FEATURE_NAMES
 from flatprice.synthetic import generate_flats
 
@@ -50,6 +51,7 @@ COMMANDS = {
     ".venv/bin/python -m batch INPUT OUTPUT [--model TAG] [--master URL] [--partitions N] [--table T] [--overwrite]": SAME,
     ".venv/bin/python -m batch s3a://bucket/listings/ s3a://bucket/priced/2026-11-28/ --master spark://spark-master:7077": "needs S3 and a Spark cluster",
     ".venv/bin/python -m models rollback": "run",
+    "make retrain": "run",
     "make image IMAGE=registry.example.com/ml/flat_price:1.0.0": NO_DOCKER,
     "docker push registry.example.com/ml/flat_price:1.0.0": NO_CLUSTER,
     "kubectl apply -k deploy/kubernetes/overlays/example": NO_CLUSTER,
@@ -183,6 +185,34 @@ def test_training_and_the_lifecycle_commands(user):
         promoted = user.run(f".venv/bin/python -m models promote {candidate} --force")
     ok(promoted, f"{candidate}: candidate -> production")
     ok(user.run(".venv/bin/python -m models rollback"), f"{candidate}: production -> archived")
+
+
+def test_make_retrain_learns_from_the_real_prices_fed_back(user):
+    """As docs/models.md writes it: flats priced by `make serve`, their real prices sent to /feedback in calls
+    over time, then `make retrain` (the gate decides; refused leaves a candidate and exits 1)."""
+    flats = generate_flats(300, seed=8)
+    actuals = []
+    with httpx.Client(timeout=30) as http:
+        for start in range(0, 300, 50):
+            part = flats.iloc[start : start + 50]
+            body = {"flats": [json_flat(r) for r in part[list(FEATURE_NAMES)].to_dict("records")]}
+            answer = http.post("http://127.0.0.1:3000/predict_batch", json=body).json()
+            actuals += [
+                {"request_id": answer["request_id"], "flat": i, "price": int(p * 1.3)}
+                for i, p in enumerate(part["price"])
+            ]
+        for start in range(0, 300, 100):
+            call = {"actuals": actuals[start : start + 100]}
+            wait_until(
+                lambda call=call: http.post("http://127.0.0.1:3000/feedback", json=call).status_code == 200,
+                15,
+                0.2,
+                "recorded",
+            )
+    done = user.run("make retrain", timeout=900)
+    assert done.returncode in (0, 1), (done.stdout + done.stderr)[-3000:]
+    assert "sales from ledger: read 300" in done.stdout and "on the latest sales (" in done.stdout, done.stdout[-3000:]
+    assert ("gate passed" in done.stdout) if done.returncode == 0 else ("gate refused" in done.stderr)
 
 
 def test_batch_pricing_after_its_install(user):
