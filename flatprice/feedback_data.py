@@ -31,6 +31,7 @@ class SoldFlats:
     frame: pd.DataFrame  # COLUMNS, oldest sale first
     sales: int  # real prices read
     unlogged: int  # of them, sales whose flat the inference log does not hold (not sampled, or rotated out)
+    corrupt_log_lines: int = 0  # lines of the log skipped: not whole records
 
 
 def open_reader(source: str, log_dir: Path, ledger_url: str = "") -> Ledger:
@@ -70,7 +71,8 @@ def joined(flats: pd.DataFrame, actuals: pd.DataFrame) -> SoldFlats:
     if "priced_at" not in frame:  # a CSV of real prices: the log's time is when the flat was priced
         frame["priced_at"], frame["settled_at"] = frame["logged_at"], pd.NaT
     frame = frame.sort_values(["settled_at", "priced_at", "request_id", "flat"], kind="stable", ignore_index=True)
-    return SoldFlats(frame[list(COLUMNS)], len(actuals), len(actuals) - len(frame))
+    corrupt = flats.attrs.get("corrupt_lines", 0)
+    return SoldFlats(frame[list(COLUMNS)], len(actuals), len(actuals) - len(frame), corrupt)
 
 
 def sold_flats(log_dir: Path, ledger: Ledger, since: datetime | None = None) -> SoldFlats:

@@ -128,7 +128,12 @@ def default_cutoff(sold_at: pd.Series, judged: int) -> datetime:
 def checked(sold: feedback_data.SoldFlats) -> tuple[pd.DataFrame, dict[str, int]]:
     """The sold flats that may be trained on, and how many each rule set aside."""
     frame = sold.frame
-    counts = {"read": sold.sales, "unlogged": sold.unlogged, "joined": len(frame)}
+    counts = {
+        "read": sold.sales,
+        "unlogged": sold.unlogged,
+        "joined": len(frame),
+        "corrupt_log_lines": sold.corrupt_log_lines,
+    }
     priced_at = pd.to_datetime(frame["priced_at"], utc=True)
     sold_at = pd.to_datetime(frame["settled_at"], utc=True)
     before = (sold_at < priced_at).to_numpy()

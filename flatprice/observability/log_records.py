@@ -44,15 +44,21 @@ def data_files(directory: str | Path) -> list[Path]:
 
 def read_flats(directory: str | Path, since: datetime | None = None, until: datetime | None = None) -> pd.DataFrame:
     """One row per flat: timestamp (server's local time), request, flat (index in the request),
-    model, the 15 features, price, and challenger/challenger_price when one was shadowing."""
+    model, the 15 features, price, and challenger/challenger_price when one was shadowing. A line that is
+    not a whole record (torn by a crash, altered) is skipped and counted in `frame.attrs["corrupt_lines"]`."""
     import pandas as pd  # here: the service imports this module for `log_directory`, pandas brings pyarrow
 
     columns: dict[str, list] = {name: [] for name in (*ID_COLUMNS, *FEATURE_NAMES, "price")}
     shadow: dict[str, list] = {"challenger": [], "challenger_price": []}
+    corrupt = 0
     for path in data_files(directory):
-        with open(path, encoding="utf-8") as lines:
+        with open(path, encoding="utf-8", errors="replace") as lines:
             for line in lines:
-                record = json.loads(line)
+                try:
+                    record = _record(line)
+                except (ValueError, KeyError, TypeError):  # a torn or altered line: skipped and counted
+                    corrupt += 1
+                    continue
                 at = datetime.fromisoformat(record["timestamp"])
                 if (since is not None and at < since) or (until is not None and at >= until):
                     continue
@@ -69,4 +75,18 @@ def read_flats(directory: str | Path, since: datetime | None = None, until: date
     frame = pd.DataFrame(columns)
     if any(tag is not None for tag in shadow["challenger"]):
         frame = frame.assign(**shadow)
-    return frame.sort_values(["timestamp", "request", "flat"], kind="stable", ignore_index=True)
+    frame = frame.sort_values(["timestamp", "request", "flat"], kind="stable", ignore_index=True)
+    frame.attrs["corrupt_lines"] = corrupt
+    return frame
+
+
+def _record(line: str) -> dict:
+    """One log line, checked to hold what a record holds: every sequence as long as its flats."""
+    record = json.loads(line)
+    datetime.fromisoformat(record["timestamp"])
+    flats = sum(record["flats"])
+    if len(record["request"]) != len(record["flats"]) or any(
+        len(record[name]) != flats for name in (*FEATURE_NAMES, "price")
+    ):
+        raise ValueError("a record whose sequences disagree in length")
+    return record

@@ -1,6 +1,7 @@
 """Training rows from sales (train/sales.py), in process: each rule that sets a sale aside, counted; the
 cut-off between calls; the weights' decay; the market index net of the answering model's own bias."""
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -40,6 +41,7 @@ def test_each_rule_sets_sales_aside_and_counts_them():
         "read": 12,
         "unlogged": 2,
         "joined": 10,
+        "corrupt_log_lines": 0,
         "sold_before_priced": 1,
         "refused_inputs": 1,
         "refused_prices": 2,
@@ -82,3 +84,20 @@ def test_too_few_sales_say_how_many_there_are_and_are_needed(tmp_path):
     SqliteLedger(tmp_path, max_flats=100).close()  # an empty ledger beside an empty log
     with pytest.raises(SalesError, match=r"too few sales: 0 usable sales, 100 needed \(of 0 read"):
         load_sales(str(tmp_path / "ledger.sqlite3"), tmp_path)
+
+
+def test_a_torn_or_altered_log_line_is_skipped_and_counted(tmp_path):
+    from benchmarks.sales_join import write_log
+    from flatprice.observability.inference_log import MONITOR_NAME
+    from flatprice.observability.log_records import read_flats
+
+    write_log(tmp_path, 2_000)
+    data = tmp_path / MONITOR_NAME / "data" / "data.0.log"
+    whole = data.read_text()
+    first = whole.splitlines()[0]
+    record = json.loads(first)
+    record["flats"][0] += 1  # its sequences no longer as long as its flats
+    altered = json.dumps(record)
+    data.write_text(whole + altered + "\n" + first[: len(first) // 2] + "\n")  # and a line torn by a crash
+    flats = read_flats(tmp_path)
+    assert len(flats) == 2_000 and flats.attrs["corrupt_lines"] == 2
