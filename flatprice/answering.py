@@ -28,11 +28,18 @@ class ServedModel:
     training_sample: np.ndarray
     metadata: dict = field(repr=False)
     known: dict[str, np.ndarray] = field(repr=False)
+    labels: dict[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
     def of(cls, loaded: LoadedModel) -> ServedModel:
         return cls(
-            loaded.tag, pricer(loaded.pipeline), loaded.pipeline, loaded.training_sample, loaded.metadata, loaded.known
+            loaded.tag,
+            pricer(loaded.pipeline),
+            loaded.pipeline,
+            loaded.training_sample,
+            loaded.metadata,
+            loaded.known,
+            loaded.labels,
         )
 
     @property

@@ -52,6 +52,8 @@ def summary(model: bentoml.Model) -> str:
     """One line: tag, stage and holdout metrics, for messages."""
     metrics = model.info.metadata.get("metrics", {})
     stage = stage_of(model) or "no stage"
+    if model.info.labels.get(GATE) == "refused":  # served anyway (FLAT_PRICE_MODEL): the start line says so
+        stage += ", REFUSED by the promotion gate"
     if not metrics:
         return f"{model.tag} ({stage})"
     return (

@@ -24,6 +24,7 @@ from .observability.ledger_port import Ledger
 from .observability.log_records import log_directory
 from .observability.monitor import ModelSignals, PredictionMonitor, publish_static
 from .observability.shadow import Shadow, publish_challenger
+from .registry import GATE
 from .schema import EXAMPLE_FLAT, FEATURE_NAMES
 from .store import load_pipeline
 
@@ -58,7 +59,8 @@ class Runtime:
         signals = {}
         for served in models:
             band = band_of(served.metadata)
-            publish_static(served.tag, served.metadata["trained_at"], served.metadata["metrics"], band)
+            gate = served.labels.get(GATE, "none")
+            publish_static(served.tag, served.metadata["trained_at"], served.metadata["metrics"], band, gate)
             signals[served.tag] = ModelSignals(
                 DriftPublisher(served.tag, served.reference, served.known), served.reference
             )

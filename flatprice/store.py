@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import version
 
 import bentoml
@@ -84,6 +84,7 @@ class LoadedModel:
     tag: str
     metadata: dict
     known: dict[str, np.ndarray]  # identifier -> its training values (empty for models saved before they were kept)
+    labels: dict[str, str] = field(default_factory=dict)  # the store's labels: stage, the gate's verdict
 
 
 def verified_files(model: bentoml.Model, pinned_sha256: str = "") -> dict[str, bytes]:
@@ -136,6 +137,7 @@ def load_pipeline(model: bentoml.Model, pinned_sha256: str = "") -> LoadedModel:
         training_sample=np.load(io.BytesIO(payloads[SAMPLE_FILE]), allow_pickle=False),
         tag=str(model.tag),
         metadata=dict(model.info.metadata),
+        labels=dict(model.info.labels),
         known={
             file.removeprefix("known_").removesuffix(".npy"): np.load(io.BytesIO(payload), allow_pickle=False)
             for file, payload in payloads.items()

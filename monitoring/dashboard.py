@@ -250,8 +250,13 @@ ROWS: list[tuple[str, list[Panel]]] = [
             ),
             Panel(
                 "Live model",
-                "Tag, training time and holdout R² of the model each replica serves.",
-                [(f"max by (model_tag, trained_at, holdout_r2) ({N}_model_info)", "{{model_tag}} R² {{holdout_r2}}")],
+                "Tag, training time, holdout R² and the promotion gate's verdict (refused: served against the gate's advice; none: never judged) of the model each replica serves.",
+                [
+                    (
+                        f"max by (model_tag, trained_at, holdout_r2, gate) ({N}_model_info)",
+                        "{{model_tag}} R² {{holdout_r2}} gate {{gate}}",
+                    )
+                ],
                 kind="table",
                 width=16,
                 instant=True,

@@ -84,6 +84,7 @@ DELAY_BUCKETS = (
     180 * 86_400,
 )
 FEEDBACK_OUTCOMES = ("accepted", "unknown", "repeated")
+GATE_VERDICTS = ("passed", "refused", "none")  # model_info's gate label: none for a first model, never judged
 BAND_BOUNDS = ("low", "median", "high")  # of the holdout's band of daily median signed errors
 BODY_FIELD = "body"  # label for errors not tied to one field (malformed JSON, empty batch...)
 REJECTED_FIELDS = (*FEATURE_NAMES, BODY_FIELD)
@@ -175,8 +176,8 @@ DRIFT_REFERENCE_UNSEEN = define(
 MODEL_INFO = define(
     Gauge,
     "model_info",
-    "1 for the model being served, described by its labels",
-    ("model_tag", "trained_at", "holdout_r2"),
+    "1 for the model being served, described by its labels (gate: the promotion gate's verdict on it, none if never judged)",
+    ("model_tag", "trained_at", "holdout_r2", "gate"),
     multiprocess_mode=MODES["model_info"],
 )
 START_TIME = define(

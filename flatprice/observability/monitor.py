@@ -185,10 +185,15 @@ class PredictionMonitor:
             metrics.WORKER_MEMORY.set(int(f.read().split()[1]) * _PAGE_BYTES)
 
 
-def publish_static(model_tag: str, trained_at: str, holdout: dict[str, float], band: dict[str, float]) -> None:
+def publish_static(
+    model_tag: str, trained_at: str, holdout: dict[str, float], band: dict[str, float], gate: str = "none"
+) -> None:
     """Metrics set once per worker at start-up (`holdout`: the model's holdout metrics; `band`: where a
-    day's median signed error stays on the holdout, accuracy.daily_band)."""
-    metrics.MODEL_INFO.labels(model_tag=model_tag, trained_at=trained_at, holdout_r2=f"{holdout['r2']:.4f}").set(1)
+    day's median signed error stays on the holdout, accuracy.daily_band; `gate`: the gate's verdict on it)."""
+    verdict = gate if gate in metrics.GATE_VERDICTS else "none"
+    metrics.MODEL_INFO.labels(
+        model_tag=model_tag, trained_at=trained_at, holdout_r2=f"{holdout['r2']:.4f}", gate=verdict
+    ).set(1)
     metrics.HOLDOUT_MEDIAN_APE.labels(model_tag=model_tag).set(holdout["median_ape"])
     for bound in metrics.BAND_BOUNDS:
         metrics.HOLDOUT_LOG_ERROR_BAND.labels(model_tag=model_tag, bound=bound).set(band[bound])

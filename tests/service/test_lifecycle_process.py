@@ -76,7 +76,19 @@ def test_gate_refuses_a_worse_model_and_promotes_a_better_one(store):
     assert f"promote {b} --force" in refused.stderr
     assert stages(home) == {c: "production", b: "candidate", a: "archived"}
     listing = run(home, "-m", "models", "list").stdout.splitlines()
-    assert listing[0].split()[-1] == "gate" and next(line for line in listing if line.startswith(b)).endswith("refused")
+    # the gate's column, then the lineage's (parent, sales)
+    assert listing[0].split()[-3:] == ["gate", "parent", "sales"]
+    assert next(line for line in listing if line.startswith(b)).split()[-3:] == ["refused", a.split(":")[1], "-"]
+
+
+def test_serving_a_model_the_gate_refused_says_so_at_start_and_in_its_info_series(store):
+    home, first, worse, better = store
+    refused = saved_tag(worse)
+    with serving(home, "serve-refused", {"FLAT_PRICE_MODEL": refused}) as server:
+        (info,) = scrape(server.url)[f"{metrics.NAMESPACE}_model_info"].samples
+        log = server.log_text()
+    assert info.labels["model_tag"] == refused and info.labels["gate"] == "refused"
+    assert f"serving {refused} (candidate, REFUSED by the promotion gate;" in log
 
 
 def test_production_serves_and_a_challenger_prices_every_flat_in_the_shadow(store):

@@ -182,6 +182,7 @@ def test_labels_are_bounded_and_carry_no_request_data(server):
         "model_tag": None,
         "trained_at": None,
         "holdout_r2": None,  # one value per model
+        "gate": set(metrics.GATE_VERDICTS),
         "subject": {*DRIFT_SUBJECTS, *IDENTIFIERS},
         "bin": None,  # the model's reference bins: counted below
     }
