@@ -26,6 +26,7 @@ server.one_line_start_failures()  # e.g. a port in use: one line, not BentoML's 
 # Fail here, in `bentoml serve` itself, when the store has no usable model: a worker
 # that fails in __init__ is restarted forever and the message drowns in the log.
 champion, challenger = registry.served_models(settings)  # exits with one line saying what to run
+canary = registry.canary_model(settings, champion)  # FLAT_PRICE_CANARY: a sticky share of requests
 
 
 @bentoml.service(
@@ -35,9 +36,10 @@ class FlatPriceService:
     # Class-level references: `bentoml build` packs exactly these models into the Bento.
     model_ref = bentoml.models.BentoModel(str(champion.tag))
     challenger_ref = bentoml.models.BentoModel(str(challenger.tag)) if challenger is not None else None
+    canary_ref = bentoml.models.BentoModel(str(canary.tag)) if canary is not None else None
 
     def __init__(self) -> None:
-        self.runtime = Runtime.load(settings, self.model_ref, self.challenger_ref, home)
+        self.runtime = Runtime.load(settings, self.model_ref, self.challenger_ref, home, self.canary_ref)
         server.lean.serve_with(self.runtime)  # a valid /predict is answered before BentoML's handler
 
     def __is_ready__(self) -> bool:

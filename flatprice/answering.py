@@ -16,8 +16,8 @@ import numpy as np
 from .pricing import pricer
 from .store import LoadedModel
 
-# rows (n, 15) in schema order -> the tag of the served model that prices them
-Policy = Callable[[np.ndarray], str]
+# (rows (n, 15) in schema order, the client's own key or None) -> the tag of the served model that prices them
+Policy = Callable[[np.ndarray, str | None], str]
 
 
 @dataclass(frozen=True)
@@ -56,4 +56,4 @@ class Priced:
 
 def always(tag: str) -> Policy:
     """The policy of a service without a canary: every request goes to `tag`."""
-    return lambda rows: tag
+    return lambda rows, client=None: tag

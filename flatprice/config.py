@@ -54,6 +54,14 @@ class Settings(BaseSettings):
         max_length=200,
         description="A model (named as above) pricing every flat in the shadow, for metrics only",
     )
+    canary: str = Field(
+        "",
+        max_length=200,
+        description="A model (named as above) answering a sticky share of requests",
+    )
+    canary_weight: float = Field(
+        0.0, ge=0, le=100, description="Percent of keys (X-Client-ID, else building) it answers"
+    )
     model_sha256: str = Field(
         "",
         pattern=r"^([0-9a-f]{64})?$",

@@ -219,3 +219,20 @@ def served_models(settings) -> tuple[bentoml.Model, bentoml.Model | None]:
         return champion, challenger
     except ModelError as error:
         raise SystemExit(f"cannot serve: {error}") from None
+
+
+def canary_model(settings, production_model: bentoml.Model) -> bentoml.Model | None:
+    """The canary (FLAT_PRICE_CANARY, when its weight is above 0), its files verified; or exit with one line."""
+    if not settings.canary or settings.canary_weight <= 0:
+        return None
+    try:
+        if settings.model_sha256:  # as for the challenger: the pin vouches for one pickle only
+            raise ModelError("FLAT_PRICE_CANARY cannot be used while FLAT_PRICE_MODEL_SHA256 pins the served model")
+        canary = resolve(settings.canary, setting="FLAT_PRICE_CANARY")
+        if canary.tag == production_model.tag:
+            raise ModelError(f"FLAT_PRICE_CANARY={settings.canary} is the model FLAT_PRICE_MODEL serves ({canary.tag})")
+        verified_files(canary)
+    except ModelError as error:
+        raise SystemExit(f"cannot serve: {error}") from None
+    _announce(f"canary: {summary(canary)} answers {settings.canary_weight:g}% of keys (FLAT_PRICE_CANARY_WEIGHT)")
+    return canary

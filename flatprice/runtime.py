@@ -14,6 +14,7 @@ import numpy as np
 
 from .answering import Policy, Priced, ServedModel, always
 from .api.payloads import REQUEST_ID_HEADER, Explanation, rubles
+from .canary import CLIENT_HEADER, sticky_share
 from .config import Settings
 from .explain import PriceExplainer
 from .faults import FaultInjection
@@ -41,11 +42,15 @@ class Runtime:
     _explainers: dict[str, PriceExplainer] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, settings: Settings, model_ref, challenger_ref, home, policy: Policy | None = None) -> Runtime:
-        """The production model (and the challenger in the shadow); `policy` chooses per request
-        among `models` (default: always production)."""
-        served = ServedModel.of(load_pipeline(model_ref, settings.model_sha256))
-        return cls.assemble(settings, [served], _shadow(challenger_ref), home, policy)
+    def load(cls, settings: Settings, model_ref, challenger_ref, home, canary_ref=None) -> Runtime:
+        """The production model, the challenger in the shadow, and the canary answering its sticky share
+        (flatprice/canary.py); without a canary every request goes to production."""
+        served = [ServedModel.of(load_pipeline(model_ref, settings.model_sha256))]
+        policy = None
+        if canary_ref is not None:
+            served.append(ServedModel.of(load_pipeline(canary_ref)))
+            policy = sticky_share(served[0].tag, served[1].tag, settings.canary_weight)
+        return cls.assemble(settings, served, _shadow(challenger_ref), home, policy)
 
     @classmethod
     def assemble(cls, settings: Settings, models: list[ServedModel], shadow, home, policy=None) -> Runtime:
@@ -79,13 +84,15 @@ class Runtime:
         """The production model's tag (what /random's training sample and the start line name)."""
         return self.production
 
-    def priced(self, rows: np.ndarray, ctx=None) -> Priced:
-        """Prices by the model the policy chooses, its tag, and the answer's request id (also its
-        header, given BentoML's `ctx`), by which the inference log and POST /feedback know these flats."""
+    def priced(self, rows: np.ndarray, ctx=None, client: str | None = None) -> Priced:
+        """Prices by the model the policy chooses for these rows and this client (its X-Client-ID, read from
+        BentoML's `ctx` when given), its tag, and the answer's request id (also its header), by which the
+        inference log and POST /feedback know these flats."""
         request_id = uuid.uuid4().hex
         if ctx is not None:
             ctx.response.headers[REQUEST_ID_HEADER] = request_id
-        model = self.models[self.policy(rows)]
+            client = ctx.request.headers.get(CLIENT_HEADER)
+        model = self.models[self.policy(rows, client)]
         prices = model.price(rows)
         self.monitor.record(rows, prices, request_id, model.tag)
         return Priced(prices, model.tag, request_id)

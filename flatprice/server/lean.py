@@ -19,9 +19,11 @@ from pydantic import ValidationError
 
 from ..api import payloads as io
 from ..api.routes import PREDICT
+from ..canary import CLIENT_HEADER
 from ..runtime import Runtime, row_of
 from .guard import replay
 
+_CLIENT = CLIENT_HEADER.lower().encode()
 _runtime: Runtime | None = None  # this worker's, once the service's __init__ has loaded it
 
 
@@ -50,7 +52,8 @@ class LeanPredict:
             flat = io.Flat.model_validate_json(body)
         except ValidationError:
             return await self.app(scope, replay(body, receive), send)
-        priced = runtime.priced(row_of(flat.__dict__))
+        client = next((v for k, v in scope["headers"] if k == _CLIENT), None)  # ASGI: lower-case names
+        priced = runtime.priced(row_of(flat.__dict__), client=client.decode("latin-1") if client else None)
         answer = prediction_json(io.rubles(priced.prices)[0], priced.model, priced.request_id)
         headers = [
             (b"content-length", str(len(answer)).encode()),

@@ -45,7 +45,7 @@ def two_model_runtime(small_model, challenger_model, tmp_path, monkeypatch):
     models = [ServedModel.of(load_pipeline(m)) for m in (small_model, challenger_model)]
     tags = [m.tag for m in models]
 
-    def by_building_parity(rows: np.ndarray) -> str:  # a test policy: odd buildings go to the second model
+    def by_building_parity(rows: np.ndarray, client=None) -> str:  # a test policy: odd buildings, second model
         return tags[int(rows[0, BUILDING]) % 2]
 
     runtime = Runtime.assemble(Settings.load(), models, None, str(tmp_path), policy=by_building_parity)
@@ -94,6 +94,6 @@ def test_every_answer_log_record_ledger_row_and_series_names_the_model_that_pric
 
 def test_an_unknown_model_from_the_policy_is_an_error_not_a_silent_default(two_model_runtime):
     runtime, _ = two_model_runtime
-    runtime.policy = lambda rows: "flat_price:not-served"
+    runtime.policy = lambda rows, client=None: "flat_price:not-served"
     with pytest.raises(KeyError):
         runtime.priced(generate_flats(1, seed=1)[list(FEATURE_NAMES)].to_numpy(dtype=np.float64))
