@@ -4,6 +4,7 @@ every per-model metric series."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -42,7 +43,11 @@ def two_model_runtime(small_model, challenger_model, tmp_path, monkeypatch):
     monkeypatch.setenv("FLAT_PRICE_INFERENCE_LOG_DIR", str(tmp_path / "log"))
     monkeypatch.setattr("flatprice.runtime.InferenceLog", RecordedLog)
     RecordedLog.records = []
-    models = [ServedModel.of(load_pipeline(m)) for m in (small_model, challenger_model)]
+    # Tags of their own: no other in-process runtime's flush can add to these series during the test.
+    models = [
+        replace(ServedModel.of(load_pipeline(m)), tag=f"two-models-test:{i}")
+        for i, m in enumerate((small_model, challenger_model))
+    ]
     tags = [m.tag for m in models]
 
     def by_building_parity(rows: np.ndarray, client=None) -> str:  # a test policy: odd buildings, second model
