@@ -212,6 +212,11 @@ def judged(window: str) -> list[dict]:
             "expr": f"{N}:drift_unseen_share:{window} > on (model_tag, subject) (max by (model_tag, subject) ({N}_drift_reference_unseen_share) + {UNSEEN_MARGIN})\n"
             f"  {enough}",
         },
+        # 1 while the window holds too few flats for a verdict, none included ("no alert" then means "not judged").
+        {
+            "record": f"{N}:drift_not_judged:{window}",
+            "expr": f"{rows} < bool {DRIFT_MIN_ROWS}",
+        },
         # The served model's drifted subjects (0 when none, absent without traffic); a challenger's never alert.
         {
             "record": f"{N}:drift_subjects:{window}",
@@ -296,6 +301,8 @@ def accuracy_rules() -> list[dict]:
             '{{ $value | printf "%.3f" }} ({{ if lt $value 0.0 }}under{{ else }}over{{ end }}priced), outside the band '
             f"a day of its holdout's own flats stays in, for {hours}.",
         ),
+        # 1 while fewer real prices arrived than the alerts need, else 0: silence then is "not judged".
+        {"record": f"{N}:feedback_not_judged:{AW}", "expr": f"{actuals} < bool {accuracy.MIN_ACTUALS}"},
         *loop_rules(actuals),
     ]
 

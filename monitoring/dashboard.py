@@ -20,6 +20,7 @@ from flatprice.reference import (
     DRIFT_FAST_WINDOW,
     DRIFT_FOR,
     DRIFT_JUDGED,
+    DRIFT_LONG_WINDOW,
     DRIFT_MIN_ROWS,
     DRIFT_WINDOW,
     IDENTIFIERS,
@@ -206,7 +207,7 @@ ROWS: list[tuple[str, list[Panel]]] = [
             ),
             Panel(
                 "Median and p90 predicted price",
-                "Typical predicted price: watch for a shift in what the model answers.",
+                "Typical predicted price: watch for a shift in what the model answers. Unweighted: every flat counts once, so a client pricing one building per batch moves it with its buildings (drift counts one flat per building per request instead).",
                 [
                     (
                         f"histogram_quantile(0.5, sum by (le) (rate({N}_predicted_price_rubles_bucket[$__rate_interval])))",
@@ -288,6 +289,23 @@ ROWS: list[tuple[str, list[Panel]]] = [
                 width=4,
                 height=9,
                 thresholds=[(1, "red")],
+                instant=True,
+            ),
+            Panel(
+                "Not judged: too few flats or real prices",
+                f"1 (orange) while a window holds too little for a verdict (nothing included), so no alert there means no verdict, not no problem: drift under {DRIFT_MIN_ROWS} flats (the judged window, and {DRIFT_LONG_WINDOW}), accuracy under {accuracy.MIN_ACTUALS} real prices in {accuracy.WINDOW}; 0 (green): judged.",
+                [
+                    (f"flat_price:drift_not_judged:{J} and on (model_tag) {SERVED}", "drift {{model_tag}}"),
+                    (
+                        f"flat_price:drift_not_judged:{DRIFT_LONG_WINDOW} and on (model_tag) {SERVED}",
+                        f"drift {DRIFT_LONG_WINDOW} {{{{model_tag}}}}",
+                    ),
+                    (f"flat_price:feedback_not_judged:{accuracy.WINDOW}", "accuracy {{model_tag}}"),
+                ],
+                kind="stat",
+                width=4,
+                height=9,
+                thresholds=[(1, "orange")],
                 instant=True,
             ),
             Panel(
