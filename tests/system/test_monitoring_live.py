@@ -18,8 +18,14 @@ pytestmark = pytest.mark.slow  # starts real servers or Debian tools
 
 # Panels that honestly read 0 here; every other panel must move. Network traffic leaves out loopback, and
 # every byte of this test goes over loopback; the proxy's queue is empty once the test's flood is over; the
-# test's traffic need not drift; the inference log never fails to write here.
-MAY_READ_ZERO: set[str] = {"Network traffic", "Proxy queue", "Drifted subjects", "Inference log: records and failures"}
+# test's traffic need not drift; the inference log never fails to write here; a window may hold enough to judge.
+MAY_READ_ZERO: set[str] = {
+    "Network traffic",
+    "Proxy queue",
+    "Drifted subjects",
+    "Inference log: records and failures",
+    "Not judged: too few flats or real prices",  # 0 once the test's traffic is enough for a verdict
+}
 # Grafana's variables, as Grafana would set them for a short time range at 1 s scrapes.
 GRAFANA_VARIABLES = {"$__rate_interval": "15s", "$__range": "2m", "$subject": "total_area"}
 
