@@ -149,8 +149,8 @@ def test_encoded_bodies_get_415_naming_the_encoding(guarded):
     assert answer.status_code == 415 and "'gzip'" in answer.json()["error"]
 
 
-def negative_model_home(tmp_path):
-    """A copy of the store whose model loads but prices the example flat below zero."""
+def negative_model_home(tmp_path, model):
+    """A copy of the store whose production model (`model`) loads but prices the example flat below zero."""
     import hashlib
 
     import joblib
@@ -158,7 +158,8 @@ def negative_model_home(tmp_path):
 
     home = tmp_path / "negative-home"
     shutil.copytree(os.environ["BENTOML_HOME"] + "/models", home / "models")
-    [pickle] = list((home / "models").rglob("pipeline.joblib"))
+    name, version = str(model.tag).split(":")  # the store may hold other models too (a challenger)
+    pickle = home / "models" / name / version / "pipeline.joblib"
     pipeline = joblib.load(pickle)
     rows = np.load(pickle.parent / "training_sample.npy")
     regressor = CatBoostRegressor(iterations=5, verbose=False, allow_writing_files=False)
@@ -173,7 +174,7 @@ def negative_model_home(tmp_path):
 
 
 def test_a_model_that_loads_but_cannot_price_is_never_ready(small_model, session_dir, tmp_path):
-    server = BentoServer(negative_model_home(tmp_path), share_models=False)
+    server = BentoServer(negative_model_home(tmp_path, small_model), share_models=False)
     server.log = open(server.log_path, "wb")
     server.process = subprocess.Popen(
         server.cmd, cwd=REPO, env=server.env, stdout=server.log, stderr=subprocess.STDOUT, start_new_session=True
@@ -195,7 +196,9 @@ def test_a_pinned_digest_refuses_a_rewritten_store(small_model, session_dir, tmp
     """A store whose pickle and recorded checksum were both rewritten passes the store's own check;
     the digest pinned outside the store stops it before anything is unpickled."""
     pinned = small_model.info.metadata["file_sha256"]["pipeline.joblib"]
-    server = BentoServer(negative_model_home(tmp_path), share_models=False, env={"FLAT_PRICE_MODEL_SHA256": pinned})
+    server = BentoServer(
+        negative_model_home(tmp_path, small_model), share_models=False, env={"FLAT_PRICE_MODEL_SHA256": pinned}
+    )
     run = subprocess.run(server.cmd, cwd=REPO, env=server.env, capture_output=True, text=True, timeout=60)
     assert run.returncode != 0
     assert "is not the one FLAT_PRICE_MODEL_SHA256 pins" in run.stdout + run.stderr
