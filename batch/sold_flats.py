@@ -24,6 +24,7 @@ from pyspark.sql.types import ArrayType, DoubleType, LongType, StringType, Struc
 from flatprice import feedback_data
 from flatprice.config import Settings
 from flatprice.observability.inference_log import MONITOR_NAME
+from flatprice.observability.ledger_port import LedgerUnavailable
 from flatprice.schema import FEATURE_NAMES
 
 from .job import session
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         reader = feedback_data.open_reader(args.sales, args.log_dir, Settings.load().ledger_url)
         sales = feedback_data.sales_frame(reader)
-    except feedback_data.LedgerUnavailable as error:
+    except LedgerUnavailable as error:
         print(f"error: cannot read the sales: {error}", file=sys.stderr)
         return 2
     spark = session(args.master)

@@ -16,13 +16,12 @@ from pathlib import Path
 import pandas as pd
 
 from .observability.ledger import FILE_NAME, SqliteLedger
-from .observability.ledger_port import SALE_COLUMNS, Ledger, LedgerUnavailable
+from .observability.ledger_port import SALE_COLUMNS, Ledger
 from .observability.log_records import read_flats
 from .schema import FEATURE_NAMES
 
 LEDGER = "ledger"  # the source that names the service's own ledger (FLAT_PRICE_LEDGER_URL, else the SQLite file)
 POSTGRES = ("postgresql://", "postgres://")
-__all__ = ["LedgerUnavailable"]  # what readers of this module catch
 COLUMNS = ("request_id", "flat", "model", "price", "actual", "priced_at", "settled_at", *FEATURE_NAMES)
 
 
