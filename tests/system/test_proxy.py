@@ -102,6 +102,20 @@ def test_only_the_public_api_passes_however_a_path_is_spelled(proxy, path):
     assert b"flat_price_" not in body
 
 
+def test_http2_cleartext_is_refused_on_the_client_port(proxy):
+    """h2c (prior knowledge) would carry bodies past every length rule: the client port speaks HTTP/1.1 only."""
+    import json
+    import subprocess
+
+    body = json.dumps(EXAMPLE_FLAT)
+    common = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{http_version}", "-X", "POST", f"{proxy}/predict"]
+    common += ["-H", "Content-Type: application/json", "--data", body, "--max-time", "10"]
+    h2 = subprocess.run([*common, "--http2-prior-knowledge"], capture_output=True, text=True)
+    assert not h2.stdout.startswith("200"), h2.stdout  # refused (curl sees no HTTP/2 answer), never served
+    h1 = subprocess.run(common, capture_output=True, text=True)
+    assert h1.stdout == "200 1.1", h1.stdout
+
+
 def test_a_chunked_body_is_refused_at_the_proxy(proxy):
     chunked = "POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
     answer = raw_request(proxy, chunked + "Connection: close\r\n\r\n2\r\n{}\r\n0\r\n\r\n")
