@@ -11,10 +11,13 @@ import os
 import sys
 from pathlib import Path
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PREFIX = "FLAT_PRICE_"
+
+
+MIN_TOKEN_CHARS = 16
 
 
 class Settings(BaseSettings):
@@ -110,8 +113,22 @@ class Settings(BaseSettings):
     )
     # A secret: SecretStr keeps it out of reprs and logs.
     feedback_token: SecretStr = Field(
-        SecretStr(""), description="If set, POST /feedback needs `Authorization: Bearer <this>`"
+        SecretStr(""),
+        description="If set (16+ characters), POST /feedback needs `Authorization: Bearer <this>`",
     )
+
+    @field_validator("feedback_token")
+    @classmethod
+    def _strong_token(cls, token: SecretStr) -> SecretStr:
+        """A weak token is refused at start: a guessable one lets anyone move the accuracy alerts."""
+        value = token.get_secret_value()
+        if value and (len(value) < MIN_TOKEN_CHARS or any(c.isspace() for c in value) or "change-me" in value):
+            raise ValueError(
+                f"a weak token (under {MIN_TOKEN_CHARS} characters, with spaces, or the example's placeholder); "
+                "generate one: python3 -c 'import secrets; print(secrets.token_urlsafe(24))'"
+            )
+        return token
+
     fault_error_rate: float = Field(0.0, ge=0, le=1, description="Share of /random requests answered 500 on purpose")
     fault_max_delay_s: float = Field(0.0, ge=0, le=5, description="Each /random request first sleeps U(0, this) s")
 
@@ -131,6 +148,8 @@ class Settings(BaseSettings):
 def accepted(name: str) -> str:
     """What a field accepts, in words: its type and bounds."""
     field = Settings.model_fields[name]
+    if name == "feedback_token":
+        return f"{MIN_TOKEN_CHARS}+ characters without spaces, or empty"
     kind = {int: "an integer", float: "a number", bool: "0 or 1", str: "text"}[field.annotation]
     if name == "model_sha256":
         return "64 lowercase hex digits, or empty"

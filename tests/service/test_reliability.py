@@ -282,3 +282,13 @@ def test_a_flood_of_bad_requests_logs_a_bounded_number_of_lines(small_model, ses
 
         assert wait_until(summary, timeout=10, interval=0.3, what="a line counting those left out")
     assert len(flood) <= LINES_PER_WINDOW * (int(seconds) + 2) < 300, (len(flood), seconds)
+
+
+@pytest.mark.parametrize("token", ["x9q", " ", "change-me-token", "a token with spaces 7q"])
+def test_a_weak_feedback_token_stops_the_start_with_one_line_that_says_how_to_make_one(small_model, session_dir, token):
+    server = BentoServer(session_dir / "serve-weak-token", env={"FLAT_PRICE_FEEDBACK_TOKEN": token})
+    run = subprocess.run(server.cmd, cwd=REPO, env=server.env, capture_output=True, text=True, timeout=60)
+    assert run.returncode != 0
+    lines = (run.stdout + run.stderr).strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("invalid setting: FLAT_PRICE_FEEDBACK_TOKEN: "), lines
+    assert "secrets.token_urlsafe" in lines[0] and (token.strip() == "" or token not in lines[0])  # never echoed
