@@ -83,6 +83,10 @@ def saved_tag(stdout: str) -> str | None:
     return next((line.split()[1] for line in stdout.splitlines() if line.startswith("saved ")), None)
 
 
+def _shown(m: dict | None) -> str:
+    return f"{m['bias']:+.3f}, {m['median_ape']:.1%}, {m['ppe10']:.0%}" if m else "—"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--moves", default="1.3,0.8")
@@ -137,8 +141,7 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|")
     for move, n, variant, new, old, verdict, seconds in rows:
-        shown = lambda m: f"{m['bias']:+.3f}, {m['median_ape']:.1%}, {m['ppe10']:.0%}" if m else "—"  # noqa: E731
-        print(f"| {move - 1:+.0%} | {n:,} | {variant} | {shown(new)} | {shown(old)} | {verdict} | {seconds:.0f} s |")
+        print(f"| {move - 1:+.0%} | {n:,} | {variant} | {_shown(new)} | {_shown(old)} | {verdict} | {seconds:.0f} s |")
 
 
 if __name__ == "__main__":

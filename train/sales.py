@@ -69,16 +69,20 @@ class Sales:
 
     def lineage(self) -> dict:
         """What the model's metadata records of the sales."""
-        window = lambda frame: [str(frame["sold_at"].min()), str(frame["sold_at"].max())] if len(frame) else []  # noqa: E731
         return {
             "source": self.source,
             "label_cutoff": self.cutoff.isoformat(),
-            "train_window": window(self.train),
-            "gate_window": window(self.gate),
+            "train_window": _window(self.train),
+            "gate_window": _window(self.gate),
             "counts": self.counts,
             "joined_share": round(self.counts["joined"] / self.counts["read"], 4) if self.counts["read"] else 0.0,
             "sha256": self.digest,
         }
+
+
+def _window(frame: pd.DataFrame) -> list[str]:
+    """The first and last time of sale in `frame` (empty for no sales)."""
+    return [str(frame["sold_at"].min()), str(frame["sold_at"].max())] if len(frame) else []
 
 
 def load_sales(

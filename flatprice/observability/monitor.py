@@ -107,16 +107,16 @@ class PredictionMonitor:
         predictions = np.concatenate([c[1] for c in calls])
         sizes = [len(c[1]) for c in calls]
         sampled = sample_rows(sizes, self.rows_per_request, self.rng, features[:, _BUILDING])
-        tags = [c[3] for c in calls]
-        for tag in dict.fromkeys(tags):  # each answering model's own series, in the order they came
-            if len(set(tags)) == 1:
-                rows, picked = slice(None), sampled
+        answered = dict.fromkeys(c[3] for c in calls)  # each answering model's own series, in the order they came
+        for tag in answered:
+            if len(answered) == 1:
+                rows, picked, own = slice(None), sampled, sizes
             else:
-                rows = np.repeat(np.array(tags) == tag, sizes)
+                mine = np.array([c[3] == tag for c in calls])
+                rows = np.repeat(mine, sizes)
                 picked = sampled[rows[sampled]]
-            self._model_signals(
-                tag, features[rows], predictions[rows], [s for s, t in zip(sizes, tags, strict=False) if t == tag]
-            )
+                own = [size for size, is_mine in zip(sizes, mine, strict=True) if is_mine]
+            self._model_signals(tag, features[rows], predictions[rows], own)
             self.models[tag].drift.observe(features[picked], predictions[picked])
         shadow_prices = self.shadow.observe(features, predictions, sampled) if self.shadow is not None else None
         if self.log is not None:
