@@ -56,23 +56,23 @@ class FlatPriceService:
         # the same runtime and bytes; this handler answers when that route is off or not yet loaded.
         priced = self.runtime.priced(row_of(flat), ctx)
         price = io.rubles(priced.prices)[0]
-        return io.Prediction(price=price, score=price, model=priced.model, request_id=priced.request_id)
+        return io.Prediction(
+            price=price, score=price, model=priced.model, request_id=priced.request_id, **io.one_range(priced)
+        )
 
     @bentoml.api(route=routes.PREDICT_BATCH, input_spec=io.FlatBatch, output_spec=io.BatchPrediction)
     async def predict_batch(self, ctx: bentoml.Context, flats: list[io.FlatFields]) -> io.BatchPrediction:
         """Prices of up to 1,000 flats, in the order sent."""
         rows = io.rows_matrix(flats)
         io.check_cross_fields(rows, "FlatBatch", lambda row, field: ("flats", row, field))
-        priced = self.runtime.priced(rows, ctx)
-        return io.BatchPrediction(prices=io.rubles(priced.prices), model=priced.model, request_id=priced.request_id)
+        return io.batch_prediction(self.runtime.priced(rows, ctx))
 
     @bentoml.api(route=routes.PREDICT_COLUMNS, input_spec=io.FlatColumns, output_spec=io.BatchPrediction)
     async def predict_columns(self, ctx: bentoml.Context, **columns: list) -> io.BatchPrediction:
         """Prices of up to 1,000 flats sent as 15 columns, in order: the fastest way to price many flats."""
         rows = io.columns_matrix(columns)
         io.check_cross_fields(rows, "FlatColumns", lambda row, field: (field, row))
-        priced = self.runtime.priced(rows, ctx)
-        return io.BatchPrediction(prices=io.rubles(priced.prices), model=priced.model, request_id=priced.request_id)
+        return io.batch_prediction(self.runtime.priced(rows, ctx))
 
     @bentoml.api(route=routes.EXPLAIN, input_spec=io.Flat, output_spec=io.Explanation)
     async def explain(self, ctx: bentoml.Context, **flat) -> io.Explanation:
@@ -98,9 +98,12 @@ class FlatPriceService:
             return injected  # a 500 answer in the usual error shape, marked X-Injected-Fault
         row = self.runtime.random_row()
         priced = self.runtime.priced(row, ctx)
-        flat = io.flat_from_row(row[0])
         return io.RandomPrediction(
-            flat=flat, price=io.rubles(priced.prices)[0], model=priced.model, request_id=priced.request_id
+            flat=io.flat_from_row(row[0]),
+            price=io.rubles(priced.prices)[0],
+            model=priced.model,
+            request_id=priced.request_id,
+            **io.one_range(priced),
         )
 
     @bentoml.api(route=routes.FEEDBACK, input_spec=io.Feedback, output_spec=io.FeedbackReceipt)

@@ -1,8 +1,8 @@
 """The model that answers a request, as a value.
 
 A worker holds its served models by tag (`ServedModel`) and one policy that chooses, per request,
-which of them prices it (today: always production). Pricing returns a `Priced`: the prices, the
-tag of the model that priced them and the request id, and that tag travels with the flats to the
+which of them prices it (today: always production). Pricing returns a `Priced`: the prices, their
+ranges, the tag of the model that priced them and the request id, and that tag travels with the flats to the
 answer, the monitor's metrics, the inference log and the feedback ledger.
 """
 
@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .intervals import Calibration, Ranges
 from .pricing import pricer
 from .store import LoadedModel
 
@@ -29,6 +30,7 @@ class ServedModel:
     metadata: dict = field(repr=False)
     known: dict[str, np.ndarray] = field(repr=False)
     labels: dict[str, str] = field(default_factory=dict, repr=False)
+    calibration: Calibration | None = field(default=None, repr=False)  # its price ranges (None: trained before them)
 
     @classmethod
     def of(cls, loaded: LoadedModel) -> ServedModel:
@@ -40,6 +42,7 @@ class ServedModel:
             loaded.metadata,
             loaded.known,
             loaded.labels,
+            Calibration.of(loaded.metadata),
         )
 
     @property
@@ -52,6 +55,7 @@ class Priced:
     prices: np.ndarray  # float rubles, one per row
     model: str  # the tag of the model that priced them
     request_id: str
+    ranges: Ranges | None = None  # at the level asked for; None when the model has no calibration
 
 
 def always(tag: str) -> Policy:

@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 
 from .answering import Policy, Priced, ServedModel, always
-from .api.payloads import REQUEST_ID_HEADER, Explanation, rubles
+from .api.payloads import REQUEST_ID_HEADER, Explanation, level_of, ranges_of, rubles
 from .canary import CLIENT_HEADER, sticky_share
 from .config import Settings
 from .explain import PriceExplainer
 from .faults import FaultInjection
+from .intervals import DEFAULT_LEVEL, LEVEL_PARAMETER
 from .observability.accuracy import band_of
 from .observability.drift import DriftPublisher
 from .observability.inference_log import InferenceLog
@@ -65,9 +66,10 @@ class Runtime:
         for served in models:
             band = band_of(served.metadata)
             gate = served.labels.get(GATE, "none")
-            publish_static(served.tag, served.metadata["trained_at"], served.metadata["metrics"], band, gate)
+            level = DEFAULT_LEVEL if served.calibration is not None else None
+            publish_static(served.tag, served.metadata["trained_at"], served.metadata["metrics"], band, gate, level)
             signals[served.tag] = ModelSignals(
-                DriftPublisher(served.tag, served.reference, served.known), served.reference
+                DriftPublisher(served.tag, served.reference, served.known), served.reference, served.calibration
             )
         monitor = PredictionMonitor(signals, settings.drift_rows_per_request, shadow=shadow, log=log, ledger=ledger)
         monitor.start()
@@ -88,6 +90,9 @@ class Runtime:
         """Prices by the model the policy chooses for these rows and this client (its X-Client-ID, read from
         BentoML's `ctx` when given), its tag, and the answer's request id (also its header), by which the
         inference log and POST /feedback know these flats."""
+        level = DEFAULT_LEVEL
+        if ctx is not None:
+            level = level_of(ctx.request.query_params.getlist(LEVEL_PARAMETER))  # a 400 before anything is priced
         request_id = uuid.uuid4().hex
         if ctx is not None:
             ctx.response.headers[REQUEST_ID_HEADER] = request_id
@@ -95,7 +100,8 @@ class Runtime:
         model = self.models[self.policy(rows, client)]
         prices = model.price(rows)
         self.monitor.record(rows, prices, request_id, model.tag)
-        return Priced(prices, model.tag, request_id)
+        ranges = model.calibration.ranges(rows, prices, level) if model.calibration is not None else None
+        return Priced(prices, model.tag, request_id, ranges)
 
     def explainer(self, tag: str) -> PriceExplainer:
         """Built at a model's first explanation (~0.5 s): its tables hold ~40 MB per worker that a
@@ -109,9 +115,21 @@ class Runtime:
         priced = self.priced(rows, ctx)
         explainer = self.explainer(priced.model)
         baseline = round(explainer.baseline, 2)
+        ranges, grades = ranges_of(priced)
+        ranges, grades = ranges or [None] * len(rows), grades or [None] * len(rows)
         return [
-            Explanation(price=price, baseline=baseline, model=priced.model, request_id=priced.request_id, **answer)
-            for price, answer in zip(rubles(priced.prices), explainer.explain(rows), strict=True)
+            Explanation(
+                price=price,
+                interval=interval,
+                confidence=grade,
+                baseline=baseline,
+                model=priced.model,
+                request_id=priced.request_id,
+                **answer,
+            )
+            for price, interval, grade, answer in zip(
+                rubles(priced.prices), ranges, grades, explainer.explain(rows), strict=True
+            )
         ]
 
     def random_row(self) -> np.ndarray:

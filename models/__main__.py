@@ -9,12 +9,26 @@ from __future__ import annotations
 import argparse
 import sys
 
-from flatprice import registry
+from flatprice import intervals, registry
 from flatprice.store import MODEL_NAME, ModelError
 
 
 def rows(name: str) -> list[list[str]]:
-    table = [["tag", "stage", "trained at", "rows", "holdout R²", "MAE, ₽", "median APE", "gate", "parent", "sales"]]
+    table = [
+        [
+            "tag",
+            "stage",
+            "trained at",
+            "rows",
+            "holdout R²",
+            "MAE, ₽",
+            "median APE",
+            f"{intervals.DEFAULT_LEVEL:.0%} range",
+            "gate",
+            "parent",
+            "sales",
+        ]
+    ]
     for model in registry.stored(name):
         meta = model.info.metadata
         metrics = meta.get("metrics", {})
@@ -27,11 +41,21 @@ def rows(name: str) -> list[list[str]]:
                 f"{metrics['r2']:.4f}" if metrics else "-",
                 f"{metrics['mae_rub']:,.0f}" if metrics else "-",
                 f"{metrics['median_ape']:.2%}" if metrics else "-",
+                ranges(meta),
                 model.info.labels.get(registry.GATE, "-"),
                 *lineage(meta.get("lineage", {})),
             ]
         )
     return table
+
+
+def ranges(meta: dict) -> str:
+    """The default level's coverage on the holdout (two-fold) and the ranges' mean width, or `-` for a model
+    trained before ranges existed."""
+    measured = meta.get("intervals", {}).get("coverage", {}).get("holdout", {}).get(str(intervals.DEFAULT_LEVEL))
+    if not measured:
+        return "-"
+    return f"{measured['coverage']:.1%} in, ±{measured['mean_width'] / 2:.0%}"
 
 
 def lineage(meta: dict) -> list[str]:

@@ -10,7 +10,7 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from flatprice import data as data_module
-from flatprice import registry
+from flatprice import intervals, registry
 from flatprice.config import Settings
 from flatprice.features import as_feature_matrix, build_pipeline
 from flatprice.observability import accuracy
@@ -86,9 +86,28 @@ def train(
         f"holdout ({len(y_test):,} rows): R² {metrics['r2']:.4f}, MAE {metrics['mae_rub']:,.0f} ₽, median APE {metrics['median_ape']:.2%}"
     )
     evaluation = data_module.load(eval_data, table=table) if eval_data else None
-    comparison = _compare(current, pipeline, X_test, y_test, evaluation, sales) if current is not None else {}
+    test_matrix = as_feature_matrix(X_test)
+    # The ranges: calibrated on the holdout (flats the Pipeline never fitted), their coverage measured two-fold
+    # on it (no flat judged by offsets it set) and on the latest sales (out of time), if any.
+    calibration = intervals.calibrate(test_matrix, predictions, y_test)
+    ranges = {"calibration": calibration.to_metadata(), "coverage": {}}
+    ranges["coverage"][gate.HOLDOUT] = intervals.cross_coverage(test_matrix, predictions, y_test, seed)
+    level = str(intervals.DEFAULT_LEVEL)
+    step(
+        f"{intervals.DEFAULT_LEVEL:.0%} ranges on the holdout (two-fold): {ranges['coverage'][gate.HOLDOUT][level]['coverage']:.1%} of real prices inside"
+    )
+    comparison = (
+        _compare(current, pipeline, calibration, (X_test, y_test, ranges["coverage"]), evaluation, sales)
+        if current is not None
+        else {}
+    )
+    if sales is not None:
+        sold = as_feature_matrix(sales.gate)
+        ranges["coverage"][gate.SALES] = intervals.coverage(
+            calibration, sold, pipeline.predict(sold), sales.gate[TARGET].to_numpy(dtype=np.float64)
+        )
     train_matrix = as_feature_matrix(X_train)
-    reference = build_reference(train_matrix, pipeline.predict(X_train), as_feature_matrix(X_test))
+    reference = build_reference(train_matrix, pipeline.predict(X_train), test_matrix)
     sample_rows = np.random.default_rng(seed).choice(
         len(train_matrix), size=min(SAMPLE_ROWS, len(train_matrix)), replace=False
     )
@@ -98,6 +117,7 @@ def train(
         {
             "metrics": metrics,
             "log_error_band": accuracy.daily_band(predictions, y_test, seed),
+            "intervals": ranges,
             "params": {
                 "iterations": iterations,
                 "depth": depth,
@@ -137,10 +157,11 @@ def train(
     return model
 
 
-def _compare(current, pipeline, X_test, y_test, evaluation, sales=None) -> dict:
+def _compare(current, pipeline, calibration, holdout, evaluation, sales=None) -> dict:
     """The new Pipeline and the production model on the holdout (and the evaluation set, and the sales
-    after the cut-off). Production is loaded in a child process without this one's credentials
-    (train/production_scores.py)."""
+    after the cut-off), with both models' ranges on the same flats. Production is loaded in a child
+    process without this one's credentials (train/production_scores.py)."""
+    X_test, y_test, cross = holdout
     frames = [X_test] + ([evaluation.frame] if evaluation is not None else [])
     frames += [sales.gate] if sales is not None else []
     matrices = [frame[list(FEATURE_NAMES)].to_numpy(dtype=np.float64) for frame in frames]
@@ -148,17 +169,23 @@ def _compare(current, pipeline, X_test, y_test, evaluation, sales=None) -> dict:
         production = production_prices(current, matrices, Settings.load().model_sha256)
     except ModelError as error:  # e.g. trained with other library versions: no comparison, no promotion
         return {"against": str(current.tag), "error": str(error)}
-    comparison = {
-        "against": str(current.tag),
-        gate.HOLDOUT: gate.compare(y_test, pipeline.predict(X_test), production[0]),
-    }
+    theirs = intervals.Calibration.of(current.info.metadata)
+    comparison = {"against": str(current.tag)}
+    judged = [(gate.HOLDOUT, matrices[0], y_test, production[0])]
     if evaluation is not None:
-        X_eval, y_eval = evaluation.frame[list(FEATURE_NAMES)], evaluation.frame[TARGET].to_numpy()
-        comparison[gate.EVALUATION] = gate.compare(y_eval, pipeline.predict(X_eval), production[1])
+        judged.append((gate.EVALUATION, matrices[1], evaluation.frame[TARGET].to_numpy(), production[1]))
         comparison["evaluation_set"] = {"source": evaluation.source, "sha256": evaluation.sha256}
     if sales is not None:
-        X_sold, y_sold = sales.gate[list(FEATURE_NAMES)], sales.gate[TARGET].to_numpy(dtype=np.float64)
-        comparison[gate.SALES] = gate.compare_sales(y_sold, pipeline.predict(X_sold), production[-1])
+        judged.append((gate.SALES, matrices[-1], sales.gate[TARGET].to_numpy(dtype=np.float64), production[-1]))
+    for rows_name, rows, real, old in judged:
+        new = pipeline.predict(rows)
+        compared = gate.compare_sales(real, new, old) if rows_name == gate.SALES else gate.compare(real, new, old)
+        ours = cross[gate.HOLDOUT] if rows_name == gate.HOLDOUT else intervals.coverage(calibration, rows, new, real)
+        compared["ranges"] = {
+            "new": gate.range_figures(ours),
+            "production": gate.range_figures(intervals.coverage(theirs, rows, old, real)) if theirs else None,
+        }
+        comparison[rows_name] = compared
     return comparison
 
 

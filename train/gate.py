@@ -13,6 +13,10 @@ the same flats for both models) of the candidate-minus-production difference: of
 for median APE (their median), MAE and PPE (their means), of the two models' values for p90 APE and
 |bias|. The candidate passes when the interval's worse end stays within the tolerance (relative to
 production's value of the metric).
+
+A candidate must also give honest price ranges: on the rows that judge it, its ranges' coverage at the
+default level may not miss that level by more than intervals.TOLERANCE beyond the sampling noise of those
+rows (a Wilson interval), too narrow or too wide; the table shows both models' coverage and width.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.metrics import mean_absolute_error, r2_score
 
-from flatprice import registry
+from flatprice import intervals, registry
 from flatprice.registry import MOVED
 
 LOWER_IS_BETTER = {
@@ -119,6 +123,12 @@ def compare(y_true: np.ndarray, new: np.ndarray, production: np.ndarray) -> dict
     }
 
 
+def range_figures(measured: dict) -> dict:
+    """The default level's coverage and width from intervals.coverage's measures."""
+    at = measured[str(intervals.DEFAULT_LEVEL)]
+    return {"level": intervals.DEFAULT_LEVEL, **{key: value for key, value in at.items() if key != "by_segment"}}
+
+
 def table(comparison: dict, new_tag: str, production_tag: str, rows_name: str) -> str:
     """Side by side, as printed by `python -m train`."""
     new, old = comparison["new"], comparison["production"]
@@ -137,17 +147,43 @@ def table(comparison: dict, new_tag: str, production_tag: str, rows_name: str) -
             if "ppe10" in new
             else []
         ),
+        *_range_lines(comparison.get("ranges")),
         f"  flats whose price moved more than {MOVED:.0%}: {comparison['moved_share']:.1%}",
     ]
     return "\n".join(lines)
 
 
+def _range_lines(ranges: dict | None) -> list[str]:
+    if not ranges:
+        return []
+    new, old = ranges["new"], ranges["production"] or {}
+
+    def cells(key):
+        return "   ".join(format(format(f[key], ".1%") if key in f else "none", ">10") for f in (new, old))
+
+    level = f"{new['level']:.0%}"
+    return [
+        f"  {level + ' coverage':<13}{cells('coverage')}   (real prices inside the range)",
+        f"  {level + ' width':<13}{cells('mean_width')}   (mean (high - low) / price)",
+    ]
+
+
 def verdict(comparisons: dict, metric: str = DEFAULT_METRIC, tolerance: float = DEFAULT_TOLERANCE) -> tuple[bool, str]:
     """(promote?, why). Decided on the latest sales when there are any (a bootstrap interval), else on
     the evaluation set when there is one, else on the holdout (point estimates)."""
-    if SALES in comparisons:
+    rows_name = SALES if SALES in comparisons else EVALUATION if EVALUATION in comparisons else HOLDOUT
+    passed, reason = _metric_verdict(comparisons, rows_name, metric, tolerance)
+    ranges = comparisons[rows_name].get("ranges")
+    if passed and ranges:  # a candidate trained before ranges existed has none to judge
+        broken = intervals.calibration_verdict(ranges["new"])
+        if broken:
+            return False, f"gate refused: {broken} on the {rows_name} ({ranges['new']['flats']:,} flats)"
+    return passed, reason
+
+
+def _metric_verdict(comparisons: dict, rows_name: str, metric: str, tolerance: float) -> tuple[bool, str]:
+    if rows_name == SALES:
         return _sales_verdict(comparisons[SALES], metric, tolerance)
-    rows_name = EVALUATION if EVALUATION in comparisons else HOLDOUT
     comparison = comparisons[rows_name]
     new, old = comparison["new"][metric], comparison["production"][metric]
     if LOWER_IS_BETTER[metric]:

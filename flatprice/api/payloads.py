@@ -27,9 +27,10 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from ..intervals import DEFAULT_LEVEL, LEVEL_PARAMETER, LEVELS, requested_level
 from ..pricing import whole_rubles
 from ..schema import CROSS_FIELD_INPUTS, CROSS_FIELD_RULES, EXAMPLE_FLAT, FEATURE_NAMES, FEATURES
-from .errors import MAX_REPORTED_ERRORS, MORE_PROBLEMS, more_problems_message
+from .errors import MAX_LOC_CHARS, MAX_REPORTED_ERRORS, MORE_PROBLEMS, more_problems_message
 
 MAX_BATCH_ROWS = 1000
 MAX_EXPLAIN_ROWS = 100  # an explanation costs ~0.2 ms of CPU per flat in a batch, ~10x a price
@@ -299,17 +300,34 @@ def _request_id():
     )
 
 
+class PriceRange(BaseModel):
+    level: float = Field(description=f"How often such a range holds the real price (default {DEFAULT_LEVEL})")
+    low: int = Field(description="Lower bound, whole rubles (at most the price)")
+    high: int = Field(description="Upper bound, whole rubles (at least the price)")
+
+
+_INTERVAL = (
+    f"The price's calibrated range (ask another level with ?{LEVEL_PARAMETER}= one of {', '.join(map(str, LEVELS))}); "
+    "null for a model trained before ranges existed"
+)
+_CONFIDENCE = "high, medium or low: the forecast standard deviation the range implies (up to 10%, 20%, more); null without a range"
+
+
 class Prediction(BaseModel):
     price: int = Field(description="Predicted price, whole rubles")
     score: int = Field(description="Same as price; the original service's name for it, kept for its clients")
     model: str = Field(description="Tag of the model that made the prediction")
     request_id: str = _request_id()
+    interval: PriceRange | None = Field(None, description=_INTERVAL)
+    confidence: str | None = Field(None, description=_CONFIDENCE)
 
 
 class BatchPrediction(BaseModel):
     prices: list[int] = Field(description="Predicted prices in whole rubles, in the order of the flats sent")
     model: str = Field(description="Tag of the model that made the predictions")
     request_id: str = _request_id()
+    intervals: list[PriceRange] | None = Field(None, description=_INTERVAL + "; one per flat, in order")
+    confidence: list[str] | None = Field(None, description=_CONFIDENCE + "; one per flat, in order")
 
 
 class RandomPrediction(BaseModel):
@@ -317,6 +335,51 @@ class RandomPrediction(BaseModel):
     price: int = Field(description="Predicted price, whole rubles")
     model: str
     request_id: str = _request_id()
+    interval: PriceRange | None = Field(None, description=_INTERVAL)
+    confidence: str | None = Field(None, description=_CONFIDENCE)
+
+
+def ranges_of(priced) -> tuple[list[PriceRange] | None, list[str] | None]:
+    """A Priced's ranges and grades as answered, per flat; (None, None) when its model has no ranges."""
+    if priced.ranges is None:
+        return None, None
+    ranges = priced.ranges
+    bounds = zip(ranges.low.tolist(), ranges.high.tolist(), strict=True)
+    return [PriceRange(level=ranges.level, low=low, high=high) for low, high in bounds], ranges.grades(priced.prices)
+
+
+def one_range(priced) -> dict:
+    """A one-flat answer's `interval` and `confidence` keys."""
+    ranges, grades = ranges_of(priced)
+    return {"interval": ranges[0] if ranges else None, "confidence": grades[0] if grades else None}
+
+
+def batch_prediction(priced) -> BatchPrediction:
+    ranges, grades = ranges_of(priced)
+    return BatchPrediction(
+        prices=rubles(priced.prices),
+        model=priced.model,
+        request_id=priced.request_id,
+        intervals=ranges,
+        confidence=grades,
+    )
+
+
+def level_of(query_values: list[str]) -> float:
+    """The range level a client asked for (?interval_level=), or the default; a 400 naming it otherwise."""
+    try:
+        return requested_level(query_values)
+    except ValueError as error:
+        problem = {
+            "type": PydanticCustomError(LEVEL_PARAMETER, str(error)),
+            "loc": ("query", LEVEL_PARAMETER),
+            "input": clip_input(query_values),
+        }
+        raise ValidationError.from_exception_data("Query", [problem]) from None
+
+
+def clip_input(values: list[str]) -> str:
+    return ",".join(values)[:MAX_LOC_CHARS]
 
 
 ACTUAL_PRICE_RANGE = (100_000, 100_000_000_000)  # a real price fed back, whole rubles: what training accepts too
@@ -369,6 +432,8 @@ class Contribution(BaseModel):
 
 class Explanation(BaseModel):
     price: int = Field(description="Predicted price, whole rubles (as /predict answers it)")
+    interval: PriceRange | None = Field(None, description=_INTERVAL)
+    confidence: str | None = Field(None, description=_CONFIDENCE)
     baseline: float = Field(description="The model's expected price over its training data, rubles")
     contributions: list[Contribution] = Field(description="Every input's part, largest effect first (exact SHAP)")
     summary: str = Field(description="The largest effects in words")

@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 
+from ..intervals import SEGMENTS
 from . import metrics
 from .ledger_port import Ledger, Settlement
 
@@ -36,11 +37,21 @@ def record_feedback(ledger: Ledger, actuals: list[tuple[str, int, int]]) -> Sett
     if outcome.settled:
         metrics.FEEDBACK_ACTUALS.labels(outcome="accepted").inc(len(outcome.settled))
     now = time.time()
-    for (tag, price, actual), priced_at in zip(outcome.settled, outcome.priced_at, strict=True):  # at most 1,000
+    for (tag, price, actual), priced_at, answered in zip(
+        outcome.settled, outcome.priced_at, outcome.ranges, strict=True
+    ):  # at most 1,000
         metrics.FEEDBACK_APE.labels(model_tag=tag).observe(abs(price / actual - 1))
         metrics.FEEDBACK_LOG_ERROR.labels(model_tag=tag).observe(math.log(price / actual))
         metrics.FEEDBACK_DELAY.labels(model_tag=tag).observe(max(now - priced_at, 0.0))
+        if answered is not None and 0 <= answered[2] < len(SEGMENTS):
+            position = range_position(actual, answered[0], answered[1])
+            metrics.FEEDBACK_RANGE.labels(model_tag=tag, segment=SEGMENTS[answered[2]], position=position).inc()
     return outcome
+
+
+def range_position(actual: float, low: float, high: float) -> str:
+    """Where a real price fell against the range answered for its flat (metrics.RANGE_POSITIONS)."""
+    return "below" if actual < low else "above" if actual > high else "inside"
 
 
 def daily_band(predicted: np.ndarray, actual: np.ndarray, seed: int = 0) -> dict[str, float]:

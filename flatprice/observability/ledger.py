@@ -31,7 +31,8 @@ _SCHEMA = (
         request_id TEXT NOT NULL UNIQUE,
         model_tag TEXT NOT NULL,
         prices TEXT NOT NULL,
-        priced_at REAL NOT NULL
+        priced_at REAL NOT NULL,
+        ranges TEXT
     )""",
     """CREATE TABLE IF NOT EXISTS settled (
         request_id TEXT NOT NULL,
@@ -53,6 +54,9 @@ class SqliteLedger:
             db.execute("PRAGMA journal_mode=WAL")  # kept by the file: one writer, readers never blocked
             for statement in _SCHEMA:
                 db.execute(statement)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(priced)")}
+            if "ranges" not in columns:  # a ledger written before price ranges: its old rows have none
+                db.execute("ALTER TABLE priced ADD COLUMN ranges TEXT")
         self._writer: sqlite3.Connection | None = None  # the monitor thread's own connection
 
     def _connect(self) -> sqlite3.Connection:
@@ -70,27 +74,33 @@ class SqliteLedger:
         ledger.path, ledger.max_flats, ledger._writer = path, 0, None
         return ledger
 
-    def add(self, model_tag: str, request_ids: list[str], prices: list[np.ndarray]) -> None:
-        """One row per request: its answered prices (whole rubles). Called from one thread per worker."""
+    def add(self, model_tag: str, request_ids: list[str], prices: list[np.ndarray], ranges=None) -> None:
+        """One row per request: its answered prices (whole rubles) and ranges (the port's `add`).
+        Called from one thread per worker."""
         if not disk_has_room(self.path.parent):  # keep the disk's last room for serving (log_records.py)
             raise LedgerUnavailable("the disk is almost full: priced flats not recorded")
         try:
-            self._add(model_tag, request_ids, prices)
+            self._add(model_tag, request_ids, prices, ranges or [None] * len(prices))
         except sqlite3.Error as error:  # a full disk or a stuck lock: the caller counts the loss
             self.close()  # its open transaction goes with it; the next add reconnects
             raise LedgerUnavailable(f"{type(error).__name__}: {error}") from None
 
-    def _add(self, model_tag: str, request_ids: list[str], prices: list[np.ndarray]) -> None:
+    def _add(self, model_tag: str, request_ids: list[str], prices: list[np.ndarray], ranges: list) -> None:
         if self._writer is None:
             self._writer = self._connect()
         db, now = self._writer, time.time()
         db.execute("BEGIN IMMEDIATE")  # the workers' inserts take turns, so flats_so_far stays a running count
         (total,) = db.execute("SELECT coalesce(max(flats_so_far), 0) FROM priced").fetchone()
         rows = []
-        for request_id, answered in zip(request_ids, prices, strict=True):
+        for request_id, answered, given in zip(request_ids, prices, ranges, strict=True):
             total += len(answered)
-            rows.append((total, request_id, model_tag, json.dumps(answered.tolist()), now))
-        db.executemany("INSERT OR IGNORE INTO priced VALUES (?, ?, ?, ?, ?)", rows)
+            stored = json.dumps(given.tolist()) if given is not None else None
+            rows.append((total, request_id, model_tag, json.dumps(answered.tolist()), now, stored))
+        db.executemany(
+            "INSERT OR IGNORE INTO priced (flats_so_far, request_id, model_tag, prices, priced_at, ranges) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            rows,
+        )
         db.execute("DELETE FROM priced WHERE flats_so_far <= ?", (total - self.max_flats,))
         # A flat is settled after it was priced: real prices recorded before the oldest kept flat was
         # priced belong to flats already gone (a range delete on the index; nothing to do most flushes).
@@ -112,7 +122,7 @@ class SqliteLedger:
             db.execute("BEGIN IMMEDIATE")  # other workers' feedback waits: no double settlement
             for i, (request_id, flat, actual) in enumerate(actuals):
                 row = db.execute(
-                    "SELECT model_tag, prices, priced_at FROM priced WHERE request_id = ?", (request_id,)
+                    "SELECT model_tag, prices, priced_at, ranges FROM priced WHERE request_id = ?", (request_id,)
                 ).fetchone()
                 prices = json.loads(row[1]) if row else []
                 if flat >= len(prices):
@@ -125,12 +135,10 @@ class SqliteLedger:
                 ):
                     outcome.repeated.append(i)
                 else:
-                    outcome.settled.append((row[0], prices[flat], actual))
-                    outcome.priced_at.append(row[2])
+                    outcome.keep(row[0], prices[flat], actual, row[2], json.loads(row[3])[flat] if row[3] else None)
             if outcome.refused:
                 db.execute("ROLLBACK")
-                outcome.settled.clear()
-                outcome.priced_at.clear()
+                outcome.drop_all()
                 return outcome
             now = time.time()
             db.executemany(

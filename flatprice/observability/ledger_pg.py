@@ -35,6 +35,8 @@ _SCHEMA = (
         prices bigint[] NOT NULL,
         priced_at timestamptz NOT NULL DEFAULT now())""",
     "CREATE INDEX IF NOT EXISTS flat_price_priced_at ON flat_price_priced (priced_at)",
+    # each flat's (low, high, segment) in threes; a ledger created before price ranges gains the column
+    "ALTER TABLE flat_price_priced ADD COLUMN IF NOT EXISTS ranges bigint[]",
     """CREATE TABLE IF NOT EXISTS flat_price_settled (
         request_id text NOT NULL,
         flat integer NOT NULL,
@@ -77,8 +79,9 @@ class PostgresLedger:
         self._thread.start()
 
     # -- the monitor thread ------------------------------------------------------------------
-    def add(self, model_tag: str, request_ids: list[str], prices: list[np.ndarray]) -> None:
+    def add(self, model_tag: str, request_ids: list[str], prices: list[np.ndarray], ranges=None) -> None:
         """Buffer the requests in order while they fit; the rest are dropped and counted."""
+        ranges = ranges or [None] * len(prices)
         with self._lock:
             room = self.buffer_flats - self._buffered
             kept = 0
@@ -87,7 +90,11 @@ class PostgresLedger:
                 kept += 1
             if kept:
                 flats = sum(len(p) for p in prices[:kept])
-                self._buffer.append((model_tag, request_ids[:kept], [p.tolist() for p in prices[:kept]], flats))
+                answered = [
+                    (p.tolist(), r.ravel().tolist() if r is not None else None)
+                    for p, r in zip(prices[:kept], ranges[:kept], strict=True)
+                ]
+                self._buffer.append((model_tag, request_ids[:kept], answered, flats))
                 self._buffered += flats
                 self._metrics.LEDGER_BUFFERED.set(self._buffered)
             if kept < len(prices):
@@ -117,9 +124,9 @@ class PostgresLedger:
                 if self._writer is None or self._writer.closed:
                     self._writer = self._connect()
                 rows = [
-                    (request_id, tag, prices)
+                    (request_id, tag, prices, ranges)
                     for tag, ids, answered, _ in batches
-                    for request_id, prices in zip(ids, answered, strict=True)
+                    for request_id, (prices, ranges) in zip(ids, answered, strict=True)
                 ]
                 with self._writer.transaction():
                     self._insert(rows)
@@ -138,7 +145,7 @@ class PostgresLedger:
     def _insert(self, rows) -> None:
         with self._writer.cursor() as cursor:
             cursor.executemany(
-                "INSERT INTO flat_price_priced (request_id, model_tag, prices) VALUES (%s, %s, %s) "
+                "INSERT INTO flat_price_priced (request_id, model_tag, prices, ranges) VALUES (%s, %s, %s, %s) "
                 "ON CONFLICT DO NOTHING",
                 rows,
             )
@@ -185,25 +192,25 @@ class PostgresLedger:
             with self._connect() as db:
                 ids = sorted({request_id for request_id, _, _ in actuals})
                 known = {
-                    request_id: (tag, prices, priced_at)
-                    for request_id, tag, prices, priced_at in db.execute(
-                        "SELECT request_id, model_tag, prices, extract(epoch FROM priced_at)::float8 "
+                    request_id: (tag, prices, priced_at, ranges)
+                    for request_id, tag, prices, priced_at, ranges in db.execute(
+                        "SELECT request_id, model_tag, prices, extract(epoch FROM priced_at)::float8, ranges "
                         "FROM flat_price_priced WHERE request_id = ANY(%s)",
                         (ids,),
                     )
                 }
                 for i, (request_id, flat, actual) in enumerate(actuals):
-                    tag, prices, priced_at = known.get(request_id, ("", [], 0.0))
+                    tag, prices, priced_at, ranges = known.get(request_id, ("", [], 0.0, None))
                     if flat >= len(prices):
                         outcome.unknown.append(i)
                     elif seen[request_id, flat] > 1:
                         outcome.repeated.append(i)
                     else:
-                        outcome.settled.append((tag, prices[flat], actual))
-                        outcome.priced_at.append(priced_at)
+                        outcome.keep(
+                            tag, prices[flat], actual, priced_at, ranges[3 * flat : 3 * flat + 3] if ranges else None
+                        )
                 if outcome.unknown or outcome.repeated:
-                    outcome.settled.clear()
-                    outcome.priced_at.clear()
+                    outcome.drop_all()
                     return outcome
                 inserted = db.execute(
                     "INSERT INTO flat_price_settled (request_id, flat, actual) "
@@ -214,8 +221,7 @@ class PostgresLedger:
                 if len(inserted) < len(actuals):  # settled before, or by another replica just now
                     new = set(inserted)
                     outcome.repeated = [i for i, (r, f, _) in enumerate(actuals) if (r, f) not in new]
-                    outcome.settled.clear()
-                    outcome.priced_at.clear()
+                    outcome.drop_all()
                     db.rollback()
                     return outcome
                 db.commit()

@@ -26,12 +26,26 @@ class Settlement:
 
     settled: list[tuple[str, int, int]] = field(default_factory=list)  # (model_tag, price, actual)
     priced_at: list[float] = field(default_factory=list)  # of each settled flat, Unix seconds
+    ranges: list[tuple[int, int, int] | None] = field(default_factory=list)  # (low, high, segment) answered, or None
+
     unknown: list[int] = field(default_factory=list)
     repeated: list[int] = field(default_factory=list)
 
     @property
     def refused(self) -> bool:
         return bool(self.unknown or self.repeated)
+
+    def keep(self, model_tag: str, price: int, actual: int, priced_at: float, ranges) -> None:
+        """A flat to settle: `ranges` is its (low, high, segment) as stored flat in threes, or None."""
+        self.settled.append((model_tag, price, actual))
+        self.priced_at.append(priced_at)
+        self.ranges.append(tuple(ranges) if ranges is not None and len(ranges) == 3 else None)
+
+    def drop_all(self) -> None:
+        """Refused: nothing of the call is settled."""
+        self.settled.clear()
+        self.priced_at.clear()
+        self.ranges.clear()
 
 
 @dataclass(frozen=True)
@@ -51,8 +65,11 @@ SALE_COLUMNS = tuple(Sale.__dataclass_fields__)
 
 
 class Ledger(Protocol):
-    def add(self, model_tag: str, request_ids: list[str], prices: list[np.ndarray]) -> None:
-        """One entry per request: the whole-ruble prices `model_tag` answered. Raises LedgerUnavailable."""
+    def add(
+        self, model_tag: str, request_ids: list[str], prices: list[np.ndarray], ranges: list[np.ndarray] | None = None
+    ) -> None:
+        """One entry per request: the whole-ruble prices `model_tag` answered and, when it gives ranges, each
+        flat's (low, high, segment) at the default level ((n, 3) int arrays). Raises LedgerUnavailable."""
 
     def settle(self, actuals: list[tuple[str, int, int]]) -> Settlement:
         """(request_id, flat, real price) for every entry, or none. Raises LedgerUnavailable."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram, Summary
 
+from ..intervals import DEFAULT_LEVEL
 from ..registry import MOVED
 from ..schema import FEATURE_NAMES
 
@@ -84,6 +85,7 @@ DELAY_BUCKETS = (
     180 * 86_400,
 )
 FEEDBACK_OUTCOMES = ("accepted", "unknown", "repeated")
+RANGE_POSITIONS = ("inside", "below", "above")  # of a real price against its flat's range
 GATE_VERDICTS = ("passed", "refused", "none")  # model_info's gate label: none for a first model, never judged
 BAND_BOUNDS = ("low", "median", "high")  # of the holdout's band of daily median signed errors
 BODY_FIELD = "body"  # label for errors not tied to one field (malformed JSON, empty batch...)
@@ -296,6 +298,20 @@ FEEDBACK_LOG_ERROR = define(
     "ln(predicted / real price) of each flat whose real price arrived, by the model that priced it (< 0: underpriced)",
     ("model_tag",),
     buckets=LOG_ERROR_BUCKETS,
+)
+FEEDBACK_RANGE = define(
+    Counter,
+    "feedback_range_real_prices",
+    f"Real prices scored against the {DEFAULT_LEVEL:.0%} range answered for their flat (position: inside, below, "
+    "above), by model and segment (distance zone / price band)",
+    ("model_tag", "segment", "position"),
+)
+RANGE_LEVEL = define(
+    Gauge,
+    "model_range_level",
+    "The level of the ranges /feedback scores (how often they should hold the real price), per served model with ranges",
+    ("model_tag",),
+    multiprocess_mode=MODES["reference"],
 )
 HOLDOUT_LOG_ERROR_BAND = define(
     Gauge,

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import compat  # bulk observe: a version-checked private touch point (flatprice/compat.py)
+from ..intervals import SEGMENTS, Calibration
 from ..pricing import whole_rubles
 from ..reference import sample_rows
 from ..schema import FEATURE_NAMES
@@ -42,6 +43,7 @@ class ModelSignals:
 
     drift: DriftPublisher
     reference: dict[str, dict] = field(repr=False)
+    calibration: Calibration | None = None  # the model's price ranges, stored with its priced flats
 
     def __post_init__(self):
         self.low = np.array([self.reference[name]["min"] for name in FEATURE_NAMES])
@@ -148,10 +150,21 @@ class PredictionMonitor:
             except Exception as error:  # e.g. an OTLP exporter that cannot start: the log's loss only
                 self._log_failed("inference log: cannot write a record", len(request_ids), error)
             if self.ledger is not None:
+                split = np.cumsum(sizes)[:-1]
+                ranges = self._ledger_ranges(tag, features, np.concatenate([calls[i][1] for i in picked]), split)
                 try:
-                    self.ledger.add(tag, request_ids, np.split(prices, np.cumsum(sizes)[:-1]))
+                    self.ledger.add(tag, request_ids, np.split(prices, split), ranges)
                 except LedgerUnavailable as error:  # a full disk or a stuck lock costs feedback, never the signals
                     self._log_failed("feedback ledger: cannot add requests", len(request_ids), error)
+
+    def _ledger_ranges(self, tag: str, features, predictions, split) -> list[np.ndarray] | None:
+        """Each flat's (low, high, segment) at the default level, as its answer gave them (the same
+        calibration, rows and prices), for /feedback to score real prices against; None without ranges."""
+        calibration = self.models[tag].calibration
+        if calibration is None:
+            return None
+        ranges = calibration.ranges(features, predictions)
+        return np.split(np.column_stack([ranges.low, ranges.high, ranges.segment]), split)
 
     def _log_failed(self, what: str, requests: int, error: Exception) -> None:
         metrics.INFERENCE_LOG_FAILURES.inc(requests)
@@ -186,10 +199,16 @@ class PredictionMonitor:
 
 
 def publish_static(
-    model_tag: str, trained_at: str, holdout: dict[str, float], band: dict[str, float], gate: str = "none"
+    model_tag: str,
+    trained_at: str,
+    holdout: dict[str, float],
+    band: dict[str, float],
+    gate: str = "none",
+    range_level: float | None = None,
 ) -> None:
     """Metrics set once per worker at start-up (`holdout`: the model's holdout metrics; `band`: where a
-    day's median signed error stays on the holdout, accuracy.daily_band; `gate`: the gate's verdict on it)."""
+    day's median signed error stays on the holdout, accuracy.daily_band; `gate`: the gate's verdict on it;
+    `range_level`: the level of the ranges /feedback scores, None for a model without ranges)."""
     verdict = gate if gate in metrics.GATE_VERDICTS else "none"
     metrics.MODEL_INFO.labels(
         model_tag=model_tag, trained_at=trained_at, holdout_r2=f"{holdout['r2']:.4f}", gate=verdict
@@ -200,6 +219,11 @@ def publish_static(
     metrics.FEEDBACK_APE.labels(model_tag=model_tag)
     metrics.FEEDBACK_LOG_ERROR.labels(model_tag=model_tag)
     metrics.FEEDBACK_DELAY.labels(model_tag=model_tag)
+    if range_level is not None:
+        metrics.RANGE_LEVEL.labels(model_tag=model_tag).set(range_level)
+        for segment in SEGMENTS:
+            for position in metrics.RANGE_POSITIONS:
+                metrics.FEEDBACK_RANGE.labels(model_tag=model_tag, segment=segment, position=position)
     for outcome in metrics.FEEDBACK_OUTCOMES:
         metrics.FEEDBACK_ACTUALS.labels(outcome=outcome)
     metrics.START_TIME.set(time.time())

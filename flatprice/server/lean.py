@@ -6,7 +6,7 @@ object) cost as much CPU as the model (docs/decisions/0011). This middleware, th
 innermost, validates the body the guard has already read with the same pydantic model
 BentoML uses, prices it through the same runtime and answers the same bytes.
 
-Everything else goes on to BentoML's handler unchanged: an invalid flat (errors keep one
+Everything else goes on to BentoML's handler unchanged: a query string (a range level), an invalid flat (errors keep one
 code path: its 400 shape, log line and counts), a worker whose runtime is not loaded yet,
 and every request when FLAT_PRICE_LEAN_PREDICT=0. BentoML's request metrics and timeout,
 the guard and admission all still wrap it.
@@ -33,9 +33,15 @@ def serve_with(runtime: Runtime) -> None:
     _runtime = runtime
 
 
-def prediction_json(price: int, model: str, request_id: str) -> bytes:
+def prediction_json(priced) -> bytes:
     """The body BentoML writes for an `io.Prediction` (tested byte for byte)."""
-    return orjson.dumps({"price": price, "score": price, "model": model, "request_id": request_id})
+    price = io.rubles(priced.prices)[0]
+    answer = {"price": price, "score": price, "model": priced.model, "request_id": priced.request_id}
+    ranges = priced.ranges
+    if ranges is None:
+        return orjson.dumps({**answer, "interval": None, "confidence": None})
+    interval = {"level": ranges.level, "low": int(ranges.low[0]), "high": int(ranges.high[0])}
+    return orjson.dumps({**answer, "interval": interval, "confidence": ranges.grades(priced.prices)[0]})
 
 
 class LeanPredict:
@@ -44,7 +50,13 @@ class LeanPredict:
 
     async def __call__(self, scope, receive, send):
         runtime = _runtime
-        if runtime is None or scope["type"] != "http" or scope["path"] != PREDICT or scope["method"] != "POST":
+        if (
+            runtime is None
+            or scope["type"] != "http"
+            or scope["path"] != PREDICT
+            or scope["method"] != "POST"
+            or scope.get("query_string")  # a range level asked for: the handler reads and checks it
+        ):
             return await self.app(scope, receive, send)
         message = await receive()  # the whole body in one message: the guard read it and replays it
         body = message.get("body", b"")
@@ -54,7 +66,7 @@ class LeanPredict:
             return await self.app(scope, replay(body, receive), send)
         client = next((v for k, v in scope["headers"] if k == _CLIENT), None)  # ASGI: lower-case names
         priced = runtime.priced(row_of(flat.__dict__), client=client.decode("latin-1") if client else None)
-        answer = prediction_json(io.rubles(priced.prices)[0], priced.model, priced.request_id)
+        answer = prediction_json(priced)
         headers = [
             (b"content-length", str(len(answer)).encode()),
             (b"content-type", b"application/json"),
