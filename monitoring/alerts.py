@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from flatprice import intervals
 from flatprice.observability import accuracy
 from flatprice.reference import (
     DRIFT_ALPHA,
@@ -304,6 +305,56 @@ def accuracy_rules() -> list[dict]:
         # 1 while fewer real prices arrived than the alerts need, else 0: silence then is "not judged".
         {"record": f"{N}:feedback_not_judged:{AW}", "expr": f"{actuals} < bool {accuracy.MIN_ACTUALS}"},
         *loop_rules(actuals),
+        *range_rules(),
+    ]
+
+
+def range_rules() -> list[dict]:
+    """The price ranges on real prices (intervals.py): each model's coverage over the accuracy window, judged on
+    its 95% confidence bounds (normal approximation) against the ranges' level ± intervals.TOLERANCE, so an
+    honest model's sampling noise stays silent; per segment for the dashboard."""
+    counted, inside = f"{N}:feedback_range_scored:{AW}", f"{N}:feedback_range_inside:{AW}"
+    coverage, level = f"{N}:feedback_range_coverage:{AW}", f"max by (model_tag) ({N}_model_range_level)"
+    scored = f"{N}_feedback_range_real_prices_total"
+    spread = f"1.96 * sqrt({coverage} * (1 - {coverage}) / {counted})"
+    enough = f"and on (model_tag) {counted} >= {accuracy.MIN_ACTUALS}"
+    hours = {"1h": "1 hour"}.get(accuracy.FOR, accuracy.FOR)
+    return [
+        {"record": counted, "expr": f"sum by (model_tag) (increase({scored}[{AW}]))"},
+        # "or 0 * ...": a model (or segment) with real prices but none inside has a coverage of 0, not none
+        {
+            "record": inside,
+            "expr": f'sum by (model_tag) (increase({scored}{{position="inside"}}[{AW}]))\n  or 0 * {counted}',
+        },
+        {"record": coverage, "expr": f"{inside}\n  / on (model_tag) ({counted} > 0)"},
+        {
+            "record": f"{N}:feedback_range_coverage_by_segment:{AW}",
+            "expr": f'(\n  sum by (model_tag, segment) (increase({scored}{{position="inside"}}[{AW}]))\n'
+            f"  or 0 * sum by (model_tag, segment) (increase({scored}[{AW}]))\n)\n"
+            f"  / on (model_tag, segment) (sum by (model_tag, segment) (increase({scored}[{AW}])) > 0)",
+        },
+        {"record": f"{N}:feedback_range_coverage_upper:{AW}", "expr": f"{coverage} + {spread}"},
+        {"record": f"{N}:feedback_range_coverage_lower:{AW}", "expr": f"{coverage} - {spread}"},
+        alert(
+            "FlatPriceRangesTooNarrow",
+            f"{N}:feedback_range_coverage_upper:{AW}\n  < on (model_tag) ({level} - {intervals.TOLERANCE:g})\n{enough}",
+            accuracy.FOR,
+            "warning",
+            "{{ $labels.model_tag }}'s price ranges hold fewer real prices than they promise",
+            f"Even the upper 95% bound of the share of real prices inside the ranges of {{{{ $labels.model_tag }}}} over "
+            f"the last day is {{{{ $value | humanizePercentage }}}}, more than {intervals.TOLERANCE:.0%} under the ranges' "
+            f"level, for {hours}: the ranges are too narrow for this market.",
+        ),
+        alert(
+            "FlatPriceRangesTooWide",
+            f"{N}:feedback_range_coverage_lower:{AW}\n  > on (model_tag) ({level} + {intervals.TOLERANCE:g})\n{enough}",
+            accuracy.FOR,
+            "warning",
+            "{{ $labels.model_tag }}'s price ranges are wider than they need to be",
+            f"Even the lower 95% bound of the share of real prices inside the ranges of {{{{ $labels.model_tag }}}} over "
+            f"the last day is {{{{ $value | humanizePercentage }}}}, more than {intervals.TOLERANCE:.0%} over the ranges' "
+            f"level, for {hours}: the ranges say less than the model knows.",
+        ),
     ]
 
 
@@ -424,6 +475,16 @@ IN_SHORT = {
         f"median ln(price / real) of the real prices of the last {AW}, per model",
         f"outside the holdout's daily band with ≥ {accuracy.MIN_ACTUALS} real prices",
         "the model prices sold flats too high or too low: the market moved (runbook: Accuracy)",
+    ),
+    "FlatPriceRangesTooNarrow": (
+        f"share of the real prices of the last {AW} inside their flat's range, per model: its 95% upper bound",
+        f"< level − {intervals.TOLERANCE:g} with ≥ {accuracy.MIN_ACTUALS} real prices",
+        "the ranges promise more than they hold: real prices fall outside too often (runbook: Price ranges)",
+    ),
+    "FlatPriceRangesTooWide": (
+        "the same share's 95% lower bound",
+        f"> level + {intervals.TOLERANCE:g} with ≥ {accuracy.MIN_ACTUALS} real prices",
+        "the ranges are wider than the model's real error: a desk sends too many flats for review (runbook: Price ranges)",
     ),
 }
 _DURATION = {"s": "s", "m": "min", "h": "h", "d": "d"}

@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from flatprice import intervals
 from flatprice.api.routes import API_ROUTES
 from flatprice.observability import accuracy
 from flatprice.observability.metrics import NAMESPACE
@@ -372,6 +373,23 @@ ROWS: list[tuple[str, list[Panel]]] = [
                     (f'min by (model_tag) ({N}_model_holdout_log_error_band{{bound="low"}})', "band bottom"),
                 ],
                 "short",
+            ),
+            Panel(
+                f"Price ranges over the last {accuracy.WINDOW}: real prices inside vs the level",
+                f"The share of the real prices of the last {accuracy.WINDOW} that fell inside the range answered for their flat, by model, with its 95% bounds, against the ranges' level (±{intervals.TOLERANCE:g}): FlatPriceRangesTooNarrow fires when even the upper bound is under level - {intervals.TOLERANCE:g}, FlatPriceRangesTooWide when the lower is over level + {intervals.TOLERANCE:g}, with {accuracy.MIN_ACTUALS}+ real prices for {accuracy.FOR}.",
+                [
+                    (f"flat_price:feedback_range_coverage:{accuracy.WINDOW}", "inside {{model_tag}}"),
+                    (f"flat_price:feedback_range_coverage_lower:{accuracy.WINDOW}", "lower bound {{model_tag}}"),
+                    (f"flat_price:feedback_range_coverage_upper:{accuracy.WINDOW}", "upper bound {{model_tag}}"),
+                    (f"max by (model_tag) ({N}_model_range_level)", "level {{model_tag}}"),
+                ],
+                "percentunit",
+            ),
+            Panel(
+                f"Price ranges by segment over the last {accuracy.WINDOW}",
+                "The same share per segment (distance zone from the centre / band of the model's price): a segment whose real prices leave their ranges while the others hold is one the model knows worse today.",
+                [(f"flat_price:feedback_range_coverage_by_segment:{accuracy.WINDOW}", "{{model_tag}} {{segment}}")],
+                "percentunit",
             ),
             Panel(
                 f"PPE10 over the last {accuracy.WINDOW}",
