@@ -29,6 +29,7 @@ from pyspark.sql.types import LongType, StringType, StructField, StructType
 
 from flatprice import registry
 from flatprice.config import Settings
+from flatprice.intervals import DEFAULT_LEVEL, Calibration
 from flatprice.schema import FEATURE_NAMES
 from flatprice.store import PICKLE_FILE, verified_files
 
@@ -152,7 +153,8 @@ def check_columns(columns: list[str]) -> None:
     missing = [name for name in FEATURE_NAMES if name not in columns]
     if missing:
         raise BatchError(f"the input has no column {', '.join(missing)} (it needs the 15 features)")
-    taken = [name for name in (scoring.PRICE, scoring.MODEL, *scoring.REJECT_COLUMNS) if name in columns]
+    added = (scoring.PRICE, scoring.MODEL, *scoring.RANGE_COLUMNS, *scoring.REJECT_COLUMNS)
+    taken = [name for name in added if name in columns]
     if taken:
         raise BatchError(f"the input already has a column {', '.join(taken)}: rename it, the output adds it")
 
@@ -191,8 +193,16 @@ def ship_code(spark: SparkSession) -> None:
 
 
 def priced_schema(df: DataFrame) -> StructType:
+    low, high, grade = scoring.RANGE_COLUMNS
     return StructType(
-        [*df.schema.fields, StructField(scoring.PRICE, LongType()), StructField(scoring.MODEL, StringType())]
+        [
+            *df.schema.fields,
+            StructField(scoring.PRICE, LongType()),
+            StructField(scoring.MODEL, StringType()),
+            StructField(low, LongType()),
+            StructField(high, LongType()),
+            StructField(grade, StringType()),
+        ]
     )
 
 
@@ -200,13 +210,14 @@ def rejected_schema(df: DataFrame) -> StructType:
     return StructType([*df.schema.fields, *(StructField(c, StringType()) for c in scoring.REJECT_COLUMNS)])
 
 
-def _pricing(file_name: str, digest: str, tag: str):
+def _pricing(file_name: str, digest: str, tag: str, metadata: dict, level: float):
     def price_partition(batches):
         from pyspark import SparkFiles
 
         price = scoring.load(SparkFiles.get(file_name), digest)
+        calibration = Calibration.of(metadata)  # a few hundred numbers: shipped with the function
         for batch in batches:
-            yield scoring.priced(batch, price, tag)
+            yield scoring.priced(batch, price, tag, calibration, level)
 
     return price_partition
 
@@ -225,6 +236,7 @@ def run(
     table: str | None = None,
     overwrite: bool = False,
     progress=None,
+    level: float = DEFAULT_LEVEL,
 ) -> Result:
     settings = Settings.load()
     stored = registry.resolve(model or settings.model, setting="--model" if model else "FLAT_PRICE_MODEL")
@@ -246,7 +258,9 @@ def run(
         ship_code(spark)
         say(f"pricing with {stored.tag}, then setting aside the rows that break an input rule")
         mode = "overwrite" if overwrite else "errorifexists"
-        df.mapInArrow(_pricing(file_name, digest, str(stored.tag)), priced_schema(df)).write.mode(mode).parquet(output)
+        ranges = {"intervals": {"calibration": stored.info.metadata.get("intervals", {}).get("calibration")}}
+        pricing = _pricing(file_name, digest, str(stored.tag), ranges, level)
+        df.mapInArrow(pricing, priced_schema(df)).write.mode(mode).parquet(output)
         rejected_path = os.path.join(output, REJECTED)
         df.mapInArrow(_rejecting, rejected_schema(df)).write.mode("overwrite").parquet(rejected_path)
         seconds = time.perf_counter() - started

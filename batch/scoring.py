@@ -16,10 +16,12 @@ import pandas as pd
 import pyarrow as pa
 
 from flatprice import rows
+from flatprice.intervals import DEFAULT_LEVEL, Calibration
 from flatprice.pricing import pricer, whole_rubles
 from flatprice.schema import FEATURE_NAMES
 
 PRICE, MODEL = "price", "model"
+RANGE_COLUMNS = ("price_low", "price_high", "confidence")  # the price's range at the job's level, and its grade
 REJECT_COLUMNS = ("reject_field", "reject_error", "reject_reason")
 _LOADED: dict[str, object] = {}  # digest -> price function, one per Python worker
 
@@ -46,16 +48,24 @@ def features(batch: pa.RecordBatch) -> rows.Checked:
     return rows.check(values, present, numeric)
 
 
-def priced(batch: pa.RecordBatch, price, tag: str) -> pa.RecordBatch:
-    """The rows that pass every rule, with their price in whole rubles and the model's tag."""
+def priced(batch: pa.RecordBatch, price, tag: str, calibration: Calibration | None = None, level=DEFAULT_LEVEL):
+    """The rows that pass every rule, with their price in whole rubles, the model's tag, and the price's range
+    and grade as the service answers them (nulls for a model without ranges)."""
     checked = features(batch)
     everyone = bool(checked.ok.all())
     kept = batch if everyone else batch.filter(pa.array(checked.ok))
     rows = checked.matrix if everyone else checked.matrix[checked.ok]
-    prices = whole_rubles(price(rows)) if len(kept) else np.zeros(0, dtype=np.int64)
-    return kept.append_column(PRICE, pa.array(prices, pa.int64())).append_column(
-        MODEL, pa.repeat(pa.scalar(tag, pa.string()), len(kept))
-    )
+    raw = price(rows) if len(kept) else np.zeros(0)
+    out = kept.append_column(PRICE, pa.array(whole_rubles(raw), pa.int64()))
+    out = out.append_column(MODEL, pa.repeat(pa.scalar(tag, pa.string()), len(kept)))
+    if calibration is None or not len(kept):
+        columns = [pa.nulls(len(kept), kind) for kind in (pa.int64(), pa.int64(), pa.string())]
+    else:
+        ranges = calibration.ranges(rows, raw, level)
+        columns = [pa.array(ranges.low), pa.array(ranges.high), pa.array(ranges.grades(raw), pa.string())]
+    for name, column in zip(RANGE_COLUMNS, columns, strict=True):
+        out = out.append_column(name, column)
+    return out
 
 
 def rejected(batch: pa.RecordBatch) -> pa.RecordBatch:

@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from batch import scoring
 from devtools.servers import REPO
 from flatprice.schema import FEATURE_NAMES
 from flatprice.synthetic import generate_flats
@@ -70,7 +71,8 @@ def test_every_row_is_priced_or_rejected_with_its_reason(priced, listings, small
     assert "rows/s" in run.stdout and str(output) in run.stdout
     assert "Spark UI: http" in run.stderr
     assert set(result["model"]) == {str(small_model.tag)}
-    assert list(result.columns) == ["listing_id", *FEATURE_NAMES, "price", "model"]
+    assert list(result.columns) == ["listing_id", *FEATURE_NAMES, "price", "model", *scoring.RANGE_COLUMNS]
+    assert (result["price_low"] <= result["price"]).all() and (result["price"] <= result["price_high"]).all()
     assert sorted(set(result["listing_id"]) | set(rejected["listing_id"])) == list(range(ROWS))
     by_listing = rejected.set_index("listing_id")
     for listing, _, _, field, error in BROKEN:
@@ -94,6 +96,10 @@ def test_prices_equal_the_service_answers(priced, served):
     service = np.array(answer.json()["prices"], dtype=np.float64)
     largest = np.max(np.abs(sample["price"].to_numpy() / service - 1))
     assert largest <= 1e-9, largest
+    ranges = answer.json()["intervals"]  # the same range and grade as the service answers (1 ruble of rounding)
+    assert np.abs(sample["price_low"].to_numpy() - [r["low"] for r in ranges]).max() <= 1
+    assert np.abs(sample["price_high"].to_numpy() - [r["high"] for r in ranges]).max() <= 1
+    assert sample["confidence"].tolist() == answer.json()["confidence"]
     assert answer.json()["model"] == result["model"].iloc[0]
 
 

@@ -134,3 +134,25 @@ def test_a_database_table_is_staged_to_parquet_for_spark(tmp_path):
     assert staged.equals(flats)
     rejected = scoring.rejected(pa.RecordBatch.from_pandas(staged, preserve_index=False)).to_pydict()
     assert rejected["reject_field"] == ["floor"] and rejected["reject_error"] == ["missing"]
+
+
+def test_each_price_carries_the_range_and_grade_the_service_answers(small_model):
+    from flatprice.intervals import Calibration
+
+    loaded = load_pipeline(small_model)
+    calibration = Calibration.of(loaded.metadata)
+    flats = generate_flats(200, seed=8)[list(FEATURE_NAMES)]
+    batch = pa.RecordBatch.from_pandas(flats, preserve_index=False)
+    out = scoring.priced(batch, pricer(loaded.pipeline), "m", calibration, 0.9).to_pydict()
+    rows = flats.to_numpy(dtype=np.float64)
+    expected = calibration.ranges(rows, pricer(loaded.pipeline)(rows), 0.9)
+    assert out["price_low"] == expected.low.tolist() and out["price_high"] == expected.high.tolist()
+    assert all(low <= p <= high for low, p, high in zip(out["price_low"], out["price"], out["price_high"], strict=True))
+    without = scoring.priced(batch, pricer(loaded.pipeline), "m", None).to_pydict()
+    assert without["price_low"] == [None] * 200 and without["confidence"] == [None] * 200
+
+
+def test_a_level_the_service_does_not_offer_stops_the_job_before_spark(capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(["in.parquet", "out", "--interval-level", "0.85"])
+    assert stopped.value.code == 2 and "must be one of 0.5, 0.8, 0.9, 0.95" in capsys.readouterr().err
