@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from flatprice import feedback_data
+from flatprice import feedback_data, intervals
 from flatprice.config import Settings, bentoml_home
 from flatprice.observability.ledger_port import LedgerUnavailable
 from flatprice.observability.log_records import log_directory, read_flats
@@ -74,6 +74,7 @@ class ModelFiles:
             raise SystemExit(f"cannot report: model {tag} is not in the store {home / 'models'} (BENTOML_HOME)")
         metadata = yaml.safe_load((self.dir / "model.yaml").read_text())["metadata"]
         self.reference, self.holdout = metadata["reference"], metadata["metrics"]
+        self.calibration = intervals.Calibration.of(metadata)  # None: trained before price ranges
         self.sample = pd.DataFrame(np.load(self.dir / "training_sample.npy"), columns=list(FEATURE_NAMES))
         known = self.dir / f"known_{IDENTIFIERS[0]}.npy"
         self.known = np.load(known) if known.exists() else None
@@ -244,6 +245,43 @@ def accuracy(sold: feedback_data.SoldFlats) -> dict[str, pd.DataFrame]:
     return tables
 
 
+def range_coverage(frame: pd.DataFrame, calibrations: dict) -> dict[str, pd.DataFrame]:
+    """How often the real prices fell inside the default level's range of their flat, by segment and by day:
+    the ranges recomputed from each model's calibration and the logged flat and price (models without ranges,
+    or not in the store, are left out)."""
+    parts = []
+    for tag, group in frame.groupby("model"):
+        calibration = calibrations.get(tag)
+        if calibration is None:
+            continue
+        rows = group[list(FEATURE_NAMES)].to_numpy(dtype=np.float64)
+        ranges = calibration.ranges(rows, group["price"].to_numpy(dtype=np.float64))
+        actual = group["actual"].to_numpy()
+        parts.append(
+            pd.DataFrame(
+                {
+                    "segment": np.array(intervals.SEGMENTS)[ranges.segment],
+                    "day": pd.to_datetime(group["priced_at"]).dt.date.to_numpy(),
+                    "inside": (actual >= ranges.low) & (actual <= ranges.high),
+                    "below": actual < ranges.low,
+                    "above": actual > ranges.high,
+                }
+            )
+        )
+    if not parts:
+        return {}
+    scored = pd.concat(parts, ignore_index=True)
+
+    def summary(group):
+        return pd.Series({"flats": len(group), **{c: group[c].mean() for c in ("inside", "below", "above")}})
+
+    level = f"{intervals.DEFAULT_LEVEL:.0%} ranges"
+    return {
+        f"{level} by {key}": scored.groupby(key)[["inside", "below", "above"]].apply(summary)
+        for key in ("segment", "day")
+    }
+
+
 def _band_name(interval) -> str:
     high = "" if np.isinf(interval.right) else f"{interval.right / 1e6:g}M"
     return f"{interval.left / 1e6:g}M-{high}" if high else f">= {interval.left / 1e6:g}M"
@@ -273,6 +311,13 @@ def sold(source: str, flats: pd.DataFrame, log_dir: Path) -> feedback_data.SoldF
     if "flat" not in actuals:
         actuals["flat"] = 0
     return feedback_data.joined(flats, actuals.rename(columns={"price": "actual"}))
+
+
+def _calibration(home: Path, tag: str):
+    try:
+        return ModelFiles(home, tag).calibration
+    except SystemExit:  # a model no longer in this store: its flats' ranges cannot be recomputed
+        return None
 
 
 def _table(frame: pd.DataFrame, formats: dict | None = None) -> str:
@@ -349,6 +394,8 @@ def build(
     if actuals is not None:
         sold_flats = sold(actuals, flats, log_dir)
         tables, unmatched = accuracy(sold_flats), sold_flats.unlogged
+        calibrations = {t: _calibration(home, t) for t in sold_flats.frame["model"].unique()}
+        tables.update(range_coverage(sold_flats.frame, calibrations))
         figures["accuracy"] = {name: table.reset_index().to_dict("records") for name, table in tables.items()}
         figures["unmatched"] = unmatched
         sections.append(

@@ -188,11 +188,12 @@ def test_the_report_s_psi_equals_the_live_rules_and_actuals_give_back_their_mae(
     start = datetime.now()
     rows = generate_flats(400, seed=306)[list(FEATURE_NAMES)]
     rows["total_area"] = (rows["total_area"] * 1.3).round(1)  # a shift, so that PSI is not near 0 everywhere
-    priced = []
+    priced, ranges = [], []
     for begin in range(0, 400, 10):
         answer = post(server, "/predict_batch", json={"flats": rows.iloc[begin : begin + 10].to_dict("records")})
         assert answer.status_code == 200, answer.text
         priced += [(answer.json()["request_id"], i, p) for i, p in enumerate(answer.json()["prices"])]
+        ranges += answer.json()["intervals"]
     wait_until(lambda: window.now()["rows"] == 400, timeout=10, what="400 flats counted for drift")
     wait_until(lambda: len(read_flats(log_dir, since=start)) == 400, timeout=10, what="400 flats logged")
     live = window.now()["subjects"]
@@ -230,6 +231,13 @@ def test_the_report_s_psi_equals_the_live_rules_and_actuals_give_back_their_mae(
     signed = [np.log(p / (p + (10**6 if k % 2 else -(10**6)))) for k, (_, _, p) in enumerate(priced[:200])]
     assert overall["median ln(price / real)"] == pytest.approx(float(np.median(signed)))
     assert sum(row["flats"] for row in result["accuracy"]["by price band"]) == 200
+    # the ranges: the share of these real prices inside the 80% range each flat was answered with
+    sold = [p + (10**6 if k % 2 else -(10**6)) for k, (_, _, p) in enumerate(priced[:200])]
+    inside = sum(r["low"] <= real <= r["high"] for r, real in zip(ranges, sold, strict=False))
+    by_segment = result["accuracy"]["80% ranges by segment"]
+    assert sum(row["flats"] for row in by_segment) == 200
+    assert sum(row["inside"] * row["flats"] for row in by_segment) == pytest.approx(inside)
+    before = scrape(server.url)
 
     # the same real prices sent to POST /feedback, read back from the service's own (SQLite) ledger
     body = {
@@ -239,6 +247,14 @@ def test_the_report_s_psi_equals_the_live_rules_and_actuals_give_back_their_mae(
         ]
     }
     assert post(server, "/feedback", json=body).status_code == 200
+    # ... and scored live against the same ranges: the coverage series moved by exactly those flats
+    after, family = scrape(server.url), metrics.FEEDBACK_RANGE._name
+    counted = {
+        position: sample_value(after, family, f"{family}_total", position=position)
+        - sample_value(before, family, f"{family}_total", position=position)
+        for position in metrics.RANGE_POSITIONS
+    }
+    assert counted["inside"] == inside and sum(counted.values()) == 200
     run = subprocess.run(
         [REPORT_PYTHON, "-m", "monitoring.report", "--since", start.isoformat(), "--log-dir", log_dir]
         + ["--actuals", "ledger", "--out", tmp_path / "ledger.html", "--figures", figures],

@@ -55,6 +55,8 @@ def test_other_routes_and_methods_are_not_the_lean_paths(client, lean_calls):
     assert client.post("/predict_batch", json={"flats": [EXAMPLE_FLAT]}).status_code == 200
     assert client.get("/predict").status_code == 405
     assert client.post("/explain", json=EXAMPLE_FLAT).status_code == 200
+    # a range level asked for: the handler reads and checks the query
+    assert client.post("/predict?interval_level=0.9", json=EXAMPLE_FLAT).json()["interval"]["level"] == 0.9
     assert lean_calls == []
 
 

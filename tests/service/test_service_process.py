@@ -4,9 +4,11 @@ import subprocess
 import sys
 
 import httpx
+import numpy as np
 import pytest
 
 from devtools.servers import REPO, BentoServer
+from flatprice import intervals
 from flatprice.schema import EXAMPLE_FLAT, FEATURE_NAMES
 from flatprice.synthetic import generate_flats
 from tests.bad_requests import BAD_REQUESTS
@@ -33,6 +35,33 @@ def test_batch_and_random(served):
     assert batch.json()["prices"] == singles
     for answer in (httpx.get(f"{served.url}/random"), httpx.post(f"{served.url}/random")):
         assert answer.status_code == 200 and answer.json()["price"] > 0
+
+
+def test_the_ranges_hold_their_level_on_fresh_flats_overall_and_in_each_segment(served, small_model):
+    """20,000 flats of the same market that neither training nor calibration saw, priced through the server in
+    batches: each range holds its price, and the real prices fall inside the 80% ranges 78-82% of the time
+    overall and within 5 points of 80% in every segment (distance zone x price band)."""
+    fresh = generate_flats(20_000, seed=2026)
+    single = httpx.post(f"{served.url}/predict", json=fresh[list(FEATURE_NAMES)].iloc[:1].to_dict("records")[0]).json()
+    assert "interval" in single, single
+    assert single["interval"]["low"] <= single["price"] <= single["interval"]["high"]
+    ranges, prices = [], []
+    for begin in range(0, len(fresh), 1000):
+        part = fresh.iloc[begin : begin + 1000]
+        answer = httpx.post(
+            f"{served.url}/predict_columns", json={name: part[name].tolist() for name in FEATURE_NAMES}, timeout=30
+        )
+        assert answer.status_code == 200, answer.text
+        ranges += answer.json()["intervals"]
+        prices += answer.json()["prices"]
+    assert ranges[0] == single["interval"]
+    real = fresh["price"].to_numpy()
+    inside = np.array([r["low"] <= price <= r["high"] for r, price in zip(ranges, real, strict=True)])
+    assert 0.78 <= inside.mean() <= 0.82, inside.mean()
+    calibration = intervals.Calibration.of(small_model.info.metadata)
+    segment = calibration.segments(fresh[list(FEATURE_NAMES)].to_numpy(dtype=np.float64), np.array(prices, float))
+    by_segment = {name: inside[segment == i].mean() for i, name in enumerate(intervals.SEGMENTS)}
+    assert all(abs(share - 0.8) <= 0.05 for share in by_segment.values()), by_segment
 
 
 @pytest.mark.parametrize("name,path,payload,content_type,status,field", BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS])
