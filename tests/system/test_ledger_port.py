@@ -124,3 +124,55 @@ def test_sold_flats_carry_the_features_as_priced_and_count_sales_the_log_lacks(l
     assert {name: row[name] for name in FEATURE_NAMES} == features.iloc[1].to_dict()
     assert list(sold.frame.columns) == list(feedback_data.COLUMNS)
     assert pd.notna(row["settled_at"])
+
+
+def test_each_flat_s_range_comes_back_with_its_settlement_and_flats_without_one_settle_too(ledger):
+    writer, _ = ledger
+    a, b = ids("cc", 2)
+    writer.add("m:1", [a], [np.array([5_000_000, 6_000_000])], [np.array([[4_000_000, 6_100_000, 4], [5, 7, 8]])])
+    writer.add("m:0", [b], [np.array([8_000_000])])  # a model without ranges
+    outcome = settle(writer, [(a, 0, 6_500_000), (a, 1, 6_000_000), (b, 0, 7_000_000)])
+    assert outcome.ranges == [(4_000_000, 6_100_000, 4), (5, 7, 8), None]
+
+
+def test_a_sqlite_ledger_written_before_ranges_gains_the_column_and_keeps_its_flats(tmp_path):
+    import sqlite3
+
+    old = sqlite3.connect(tmp_path / FILE_NAME)
+    old.executescript(
+        "CREATE TABLE priced (flats_so_far INTEGER PRIMARY KEY, request_id TEXT NOT NULL UNIQUE, "
+        "model_tag TEXT NOT NULL, prices TEXT NOT NULL, priced_at REAL NOT NULL);"
+        f"INSERT INTO priced VALUES (1, '{'d' * 32}', 'm:old', '[9000000]', {time.time()});"
+    )
+    old.close()
+    ledger = SqliteLedger(tmp_path, max_flats=100)
+    ledger.add("m:new", ["e" * 32], [np.array([5_000_000])], [np.array([[4_000_000, 6_000_000, 1]])])
+    outcome = ledger.settle([("d" * 32, 0, 9_500_000), ("e" * 32, 0, 5_500_000)])
+    assert outcome.settled == [("m:old", 9_000_000, 9_500_000), ("m:new", 5_000_000, 5_500_000)]
+    assert outcome.ranges == [None, (4_000_000, 6_000_000, 1)]
+    ledger.close()
+
+
+@pytest.mark.slow
+def test_a_postgres_ledger_created_before_ranges_gains_the_column(postgres):
+    import psycopg
+
+    from flatprice.observability.ledger_pg import PostgresLedger
+
+    with psycopg.connect(postgres.url) as db:
+        db.execute("DROP TABLE IF EXISTS flat_price_priced")
+        db.execute(
+            "CREATE TABLE flat_price_priced (request_id text PRIMARY KEY, model_tag text NOT NULL, "
+            "prices bigint[] NOT NULL, priced_at timestamptz NOT NULL DEFAULT now())"
+        )
+        db.execute(
+            "INSERT INTO flat_price_priced (request_id, model_tag, prices) VALUES (%s, 'm:old', '{9000000}')",
+            ("f" * 32,),
+        )
+    ledger = PostgresLedger(postgres.url, keep_days=30, interval=0.05)
+    ledger.add("m:new", ["a" * 32], [np.array([5_000_000])], [np.array([[4_000_000, 6_000_000, 2]])])
+    outcome = settle(ledger, [("f" * 32, 0, 9_500_000), ("a" * 32, 0, 5_500_000)])
+    assert outcome.ranges == [None, (4_000_000, 6_000_000, 2)]
+    ledger.close()
+    with psycopg.connect(postgres.url) as db:
+        db.execute("TRUNCATE flat_price_priced, flat_price_settled")
