@@ -6,12 +6,13 @@ prices `--flats` ordinary flats, then reports their real prices through POST /fe
 
 - market_up: every flat sold for 1.3 x what the service answered (the market rose 30%);
 - market_down: for 0.7 x (it fell 30%);
+- city_up: for 1.3 x the synthetic city's own price of the flat (the rise, with the flats' own noise);
 - fresh: for the synthetic city's own price of the flat (the model's ordinary error).
 
     python -m benchmarks.market_move [--flats 200] [--minutes 70] [--scenarios market_up,market_down,fresh]
 
-Prints per scenario the seconds from the real prices to FlatPriceBiased and FlatPriceAccuracyDegraded
-firing (None: did not fire within --minutes) and the median signed error the rules computed.
+Prints per scenario the seconds from the real prices to each alert of ALERTS firing (None: did not fire
+within --minutes), the median signed error and the share of real prices inside their 80% ranges.
 Figures: docs/lab-notes.md, "A market that moved".
 """
 
@@ -31,8 +32,14 @@ from devtools.wrk import json_flat
 from flatprice.schema import FEATURE_NAMES
 from flatprice.synthetic import generate_flats
 
-ALERTS = ("FlatPriceBiased", "FlatPriceAccuracyDegraded")
-SCENARIOS = {"market_up": 1.3, "market_down": 0.7, "fresh": None}  # real price = factor x answer, or the city's
+ALERTS = ("FlatPriceBiased", "FlatPriceAccuracyDegraded", "FlatPriceRangesTooNarrow", "FlatPriceRangesTooWide")
+# real price = factor x (the service's answer, or the city's own price of the flat)
+SCENARIOS = {
+    "market_up": ("answer", 1.3),
+    "market_down": ("answer", 0.7),
+    "city_up": ("city", 1.3),
+    "fresh": ("city", 1.0),
+}
 
 
 class Run(threading.Thread):
@@ -55,11 +62,11 @@ class Run(threading.Thread):
         )
         flats = generate_flats(self.args.flats, seed=2024)
         rows = [json_flat(r) for r in flats[list(FEATURE_NAMES)].to_dict("records")]
-        factor = SCENARIOS[self.name_]
+        base, factor = SCENARIOS[self.name_]
         with httpx.Client(base_url=self.served.url, timeout=30) as client:
             answer = client.post("/predict_batch", json={"flats": rows}).json()
             prices = answer["prices"]
-            real = [p * factor for p in prices] if factor else flats["price"].tolist()
+            real = [p * factor for p in (prices if base == "answer" else flats["price"].tolist())]
             actuals = [{"request_id": answer["request_id"], "flat": i, "price": round(r)} for i, r in enumerate(real)]
             wait_until(  # the log's flush (0.5 s) before its flats can be matched
                 lambda: client.post("/feedback", json={"actuals": actuals}).status_code == 200,
@@ -78,10 +85,12 @@ class Run(threading.Thread):
             time.sleep(10)
         signed = query_prometheus(self.prometheus, "flat_price:feedback_median_log_error:1d")
         ape = query_prometheus(self.prometheus, "flat_price:feedback_median_ape:1d")
+        inside = query_prometheus(self.prometheus, "flat_price:feedback_range_coverage:1d")
         self.result |= {
             "seconds_to_fire": fired,
             "median_log_error": float(signed[0]["value"][1]) if signed else None,
             "median_ape": float(ape[0]["value"][1]) if ape else None,
+            "range_coverage": float(inside[0]["value"][1]) if inside else None,
         }
 
 
@@ -98,7 +107,7 @@ def main() -> None:
     for r in results:
         print(
             f"{r['scenario']:12s} seconds to firing {r.get('seconds_to_fire')}; median ln(price / real) "
-            f"{r.get('median_log_error')}, median APE {r.get('median_ape')}"
+            f"{r.get('median_log_error')}, median APE {r.get('median_ape')}, inside the ranges {r.get('range_coverage')}"
         )
 
 
