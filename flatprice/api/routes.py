@@ -16,6 +16,7 @@ FEEDBACK = "/feedback"
 API_ROUTES: tuple[str, ...] = (PREDICT, PREDICT_BATCH, PREDICT_COLUMNS, RANDOM, EXPLAIN, EXPLAIN_BATCH, FEEDBACK)
 # take a JSON body
 BODY_ROUTES: tuple[str, ...] = (PREDICT, PREDICT_BATCH, PREDICT_COLUMNS, EXPLAIN, EXPLAIN_BATCH, FEEDBACK)
+PRICING_ROUTES: tuple[str, ...] = (PREDICT, PREDICT_BATCH, PREDICT_COLUMNS, RANDOM, EXPLAIN, EXPLAIN_BATCH)  # ranges
 GET_ROUTES: tuple[str, ...] = (RANDOM,)  # API routes that also answer GET, as the original service did
 
 DOCS = "/docs.json"

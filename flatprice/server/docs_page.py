@@ -5,6 +5,7 @@ Swagger UI files from this server, and its Content-Security-Policy refuses scrip
 from __future__ import annotations
 
 from ..api import API_INFO
+from ..intervals import DEFAULT_LEVEL, LEVEL_PARAMETER, LEVELS
 
 PAGE = f"""<!DOCTYPE html>
 <html lang="en">
@@ -84,3 +85,17 @@ def document_get_routes(spec: dict, get_routes) -> None:
             get = {key: value for key, value in post.items() if key != "requestBody"}
             get["operationId"] = f"{post.get('operationId', path.strip('/'))}__get"
             spec["paths"][path]["get"] = get
+
+
+def document_range_level(spec: dict, routes) -> None:
+    """The pricing routes take ?interval_level= (read by the handler, not in BentoML's input model)."""
+    parameter = {
+        "name": LEVEL_PARAMETER,
+        "in": "query",
+        "required": False,
+        "description": f"The level of each price's range (default {DEFAULT_LEVEL}); any other value: 400",
+        "schema": {"type": "number", "enum": list(LEVELS), "default": DEFAULT_LEVEL},
+    }
+    for path in routes:
+        for operation in spec.get("paths", {}).get(path, {}).values():
+            operation.setdefault("parameters", []).append(parameter)

@@ -26,11 +26,11 @@ from typing import NamedTuple
 
 from ..api import API_INFO
 from ..api.errors import MAX_REPORTED_ERRORS, clip, error_json, listed_and_total, validation_json
-from ..api.routes import BODY_ROUTES, DOCS, FEEDBACK, GET_ROUTES, METRICS, SWAGGER_UI
+from ..api.routes import BODY_ROUTES, DOCS, FEEDBACK, GET_ROUTES, METRICS, PRICING_ROUTES, SWAGGER_UI
 from ..compat import REFUSAL
 from ..observability import metrics
 from ..schema import FEATURE_NAMES
-from .docs_page import document_get_routes, page_messages, plain_schema_names
+from .docs_page import document_get_routes, document_range_level, page_messages, plain_schema_names
 
 REFUSED_LOGGER = "flatprice.refused"
 refused_logger = logging.getLogger(REFUSED_LOGGER)
@@ -120,6 +120,7 @@ def truthful_docs(body: bytes) -> bytes:
     spec.get("paths", {}).pop(METRICS, None)
     plain_schema_names(spec)
     document_get_routes(spec, GET_ROUTES)
+    document_range_level(spec, PRICING_ROUTES)
     for tag in spec.get("tags", []):
         tag.pop("description", None)
     for path in BODY_ROUTES:

@@ -139,8 +139,8 @@ def test_the_api_answers_ranges_holding_each_price_at_the_level_asked(client):
     assert all(r["low"] <= p <= r["high"] for r, p in zip(batch["intervals"], batch["prices"], strict=True))
     explained = client.post("/explain", json=EXAMPLE_FLAT).json()
     assert explained["interval"] == interval and explained["price"] == one["price"]
-    drawn = client.get("/random").json()
-    assert drawn["interval"]["low"] <= drawn["price"] <= drawn["interval"]["high"]
+    drawn = client.get("/random?interval_level=0.9").json()
+    assert drawn["interval"]["level"] == 0.9 and drawn["interval"]["low"] <= drawn["price"] <= drawn["interval"]["high"]
 
 
 @pytest.mark.parametrize(
@@ -151,3 +151,14 @@ def test_a_bad_level_is_a_400_naming_it(client, query):
     assert answer.status_code == 400
     (detail,) = answer.json()["detail"]
     assert detail["loc"] == ["query", "interval_level"] and "one of 0.5, 0.8, 0.9, 0.95" in detail["msg"]
+
+
+def test_docs_json_documents_the_level_on_every_pricing_route(client):
+    from flatprice.api.routes import PRICING_ROUTES
+
+    spec = client.get("/docs.json").json()
+    for path in PRICING_ROUTES:
+        for method, operation in spec["paths"][path].items():
+            (parameter,) = [p for p in operation.get("parameters", []) if p["name"] == intervals.LEVEL_PARAMETER]
+            assert parameter["in"] == "query" and parameter["schema"]["enum"] == list(intervals.LEVELS), (path, method)
+    assert "parameters" not in spec["paths"]["/feedback"]["post"]
