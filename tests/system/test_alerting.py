@@ -47,7 +47,7 @@ def test_an_induced_drift_reaches_the_webhook_naming_the_feature(small_model, se
                 alertmanager_target=manager_target,
                 # committed: 2m; 10 s is past the last flush, so a scrape that read the counters mid-flush (one bin
                 # counted, the next not yet) cannot fire it with a subject that is not drifting
-                alerts_for={"FlatPriceDrift": "10s"},
+                alerts_for={"FlatPriceDrift": "10s", "FlatPriceRangesTooNarrow": "10s"},
             )
             with server:
                 # Prometheus must have seen the counters at 0 first: increase() counts from a series' first sample.
@@ -55,12 +55,14 @@ def test_an_induced_drift_reaches_the_webhook_naming_the_feature(small_model, se
                 # 300 flats in batches of 10 (all of each counted), bigger than the model learned from.
                 flats = generate_flats(300, seed=31)[list(FEATURE_NAMES)]
                 flats["total_area"] = (flats["total_area"] * 1.5).round(1)
+                answers = []
                 for start in range(0, 300, 10):
                     part = flats.iloc[start : start + 10]
                     answer = httpx.post(
                         f"{served.url}/predict_batch", json={"flats": part.to_dict("records")}, timeout=10
                     )
                     assert answer.status_code == 200, answer.text
+                    answers.append(answer.json())
 
                 alert = wait_until(
                     lambda: next(iter(webhook.alerts("FlatPriceDrift")), None),
@@ -68,6 +70,20 @@ def test_an_induced_drift_reaches_the_webhook_naming_the_feature(small_model, se
                     interval=0.5,
                     what="FlatPriceDrift at the webhook",
                 )
+                # Those flats sold for more than the top of their 80% range: the ranges alert reaches the webhook.
+                actuals = [
+                    {"request_id": a["request_id"], "flat": i, "price": int(r["high"] * 1.2)}
+                    for a in answers
+                    for i, r in enumerate(a["intervals"])
+                ]
+                assert httpx.post(f"{served.url}/feedback", json={"actuals": actuals}, timeout=10).status_code == 200
+                ranges = wait_until(
+                    lambda: next(iter(webhook.alerts("FlatPriceRangesTooNarrow")), None),
+                    timeout=60,
+                    interval=0.5,
+                    what="FlatPriceRangesTooNarrow at the webhook",
+                )
+    assert ranges["labels"]["model_tag"] == str(small_model.tag) and "is 0%" in ranges["annotations"]["description"]
     alerts = webhook.alerts("FlatPriceDrift")
     assert {a["labels"]["model_tag"] for a in alerts} == {str(small_model.tag)}  # one alert for the incident
     assert alert["status"] == "firing" and alert["labels"]["severity"] == "warning"
