@@ -281,15 +281,16 @@ def main() -> None:
                 total = round(sum(rss_mib(p) for p in process_tree(root)))
                 workers = [round(rss_mib(p)) for p in worker_pids(root)]
                 results["rss_mib"].setdefault(name, []).append({"total": total, "workers": workers})
-                if name == "service":
+                if name in ("service", "baseline"):  # the same batches to the earlier commit, to compare
                     for route, script in (("/predict_batch", rows_body), ("/predict_columns", columns_body)):
                         batch = wrk(f"{server.url}{route}", script, 8, args.duration, root)
-                        batch["route"], batch["rows_per_s"] = route, batch["rps"] * 1000
+                        batch["route"], batch["rows_per_s"], batch["target"] = route, batch["rps"] * 1000, name
                         results["batch"].append(batch)
                         print(
-                            f"round {round_ + 1} service {route} 1,000-flat batches: {batch['rows_per_s']:,.0f} rows/s, p99 {batch['p99_ms']:.1f} ms, worker split {batch['worker_split']}",
+                            f"round {round_ + 1} {name} {route} 1,000-flat batches: {batch['rows_per_s']:,.0f} rows/s, p99 {batch['p99_ms']:.1f} ms, CPU {batch['cpu_ms_per_request']:.1f} ms/batch",
                             flush=True,
                         )
+                if name == "service":
                     if results["identity"] is None:
                         results["identity"] = identity(server.url, pipeline, flats, records)
     report(results)

@@ -11,7 +11,8 @@ same seed) calibrates every method:
   level's two quantiles), widened on the holdout by the conformal quantile of max(low - y, y - high).
 
 Judged on fresh flats of the same city no method saw ("same market"), and on the same flats sold 10% dearer
-("moved market": what the newest sales look like after a move). Cost: CPU per single-flat call on top of the
+("moved": what the newest sales look like after a move); in the synthetic city as generated (its noise is the
+same everywhere), and in one whose flats beyond 15 km sell further from any model's price (all sets alike). Cost: CPU per single-flat call on top of the
 price (one row, median of 2,000 calls). Figures: docs/performance.md, "Price ranges".
 """
 
@@ -26,13 +27,16 @@ from sklearn.model_selection import train_test_split
 
 from flatprice import intervals, registry
 from flatprice.features import as_feature_matrix
+from flatprice.geo import distance_to_centre_km
 from flatprice.pricing import pricer
-from flatprice.schema import TARGET
+from flatprice.schema import FEATURE_NAMES, TARGET
 from flatprice.store import MODEL_NAME, load_pipeline
 from flatprice.synthetic import generate_flats
 
 LEVELS = (0.8, 0.95)
 MOVE = 1.10
+NOISIER = 0.35
+LAT, LON = FEATURE_NAMES.index("latitude"), FEATURE_NAMES.index("longitude")
 
 
 class Cqr:
@@ -110,28 +114,37 @@ def main() -> None:
     data = generate_flats(args.rows, seed=args.seed)
     X, y = as_feature_matrix(data), data[TARGET].to_numpy(dtype=np.float64)
     X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.15, random_state=args.seed)
-    predicted = price(X_test)
-    methods = {name: intervals.calibrate(X_test, predicted, y_test, name) for name in ("global", "mondrian")}
-    started = time.perf_counter()
-    cqr = Cqr(pipeline.named_steps["features"], X_train, y_train, args.iterations, args.seed)
-    cqr.calibrate(X_test, y_test)
-    cqr_seconds = time.perf_counter() - started
     fresh = generate_flats(args.fresh, seed=args.seed + 1000)
     rows, real = as_feature_matrix(fresh), fresh[TARGET].to_numpy(dtype=np.float64)
-    prices = price(rows)
-    segment = methods["mondrian"].segments(rows, prices)
-    results = {"model": str(stored.tag), "fresh_flats": len(real), "cqr_training_seconds": round(cqr_seconds, 1)}
-    for market, factor in (("same market", 1.0), (f"moved market (x{MOVE:g})", MOVE)):
-        for level in LEVELS:
-            for name, calibration in methods.items():
-                ranges = calibration.ranges(rows, prices, level)
-                results[f"{name} {market} {level}"] = judged(ranges.low, ranges.high, prices, real * factor, segment)
-            low, high = cqr.ranges(rows, prices, level)
-            results[f"cqr {market} {level}"] = judged(low, high, prices, real * factor, segment)
+    predicted, prices = price(X_test), price(rows)
+    results = {"model": str(stored.tag), "fresh_flats": len(real)}
+    rng = np.random.default_rng(args.seed)
+    for city, extra in (("synthetic city", 0.0), (f"far zone noisier (+{NOISIER:g} in ln)", NOISIER)):
+        # a city whose flats beyond 15 km sell further from any model's price (every set gets the same noise)
+        def noisy(rows_, prices_, extra=extra):
+            far = distance_to_centre_km(rows_[:, LAT], rows_[:, LON]) > intervals.ZONES[1][0]
+            return prices_ * np.exp(rng.normal(0, extra, len(prices_)) * far)
+
+        y_cal, y_fit, y_new = noisy(X_test, y_test), noisy(X_train, y_train), noisy(rows, real)
+        methods = {name: intervals.calibrate(X_test, predicted, y_cal, name) for name in ("global", "mondrian")}
+        started = time.perf_counter()
+        cqr = Cqr(pipeline.named_steps["features"], X_train, y_fit, args.iterations, args.seed)
+        cqr.calibrate(X_test, y_cal)
+        results[f"{city}: cqr training seconds"] = round(time.perf_counter() - started, 1)
+        segment = methods["mondrian"].segments(rows, prices)
+        for market, factor in (("same market", 1.0), (f"moved x{MOVE:g}", MOVE)):
+            for level in LEVELS:
+                for name, calibration in methods.items():
+                    ranges = calibration.ranges(rows, prices, level)
+                    results[f"{city}, {market}, {level}, {name}"] = judged(
+                        ranges.low, ranges.high, prices, y_new * factor, segment
+                    )
+                low, high = cqr.ranges(rows, prices, level)
+                results[f"{city}, {market}, {level}, cqr"] = judged(low, high, prices, y_new * factor, segment)
     one, its_price = rows[:1], prices[:1]
     results["cost_us"] = {
         "price": cost_us(lambda r, p: price(r), one, its_price),
-        "global": cost_us(lambda r, p: methods["global"].ranges(r, p), one, its_price),
+        "global": cost_us(lambda r, p: methods["global"].ranges(r, p), one, its_price),  # the last city's
         "mondrian": cost_us(lambda r, p: methods["mondrian"].ranges(r, p), one, its_price),
         "cqr": cost_us(lambda r, p: cqr.ranges(r, p, 0.8), one, its_price),
     }

@@ -162,3 +162,24 @@ def test_docs_json_documents_the_level_on_every_pricing_route(client):
             (parameter,) = [p for p in operation.get("parameters", []) if p["name"] == intervals.LEVEL_PARAMETER]
             assert parameter["in"] == "query" and parameter["schema"]["enum"] == list(intervals.LEVELS), (path, method)
     assert "parameters" not in spec["paths"]["/feedback"]["post"]
+
+
+def test_a_model_without_ranges_answers_null_never_a_made_up_range():
+    import orjson
+
+    from flatprice.answering import Priced
+    from flatprice.api import payloads
+    from flatprice.server.lean import prediction_json
+
+    priced = Priced(np.array([9_000_000.4]), "old:1", "a" * 32, None)
+    assert payloads.one_range(priced) == {"interval": None, "confidence": None}
+    assert orjson.loads(prediction_json(priced)) == {
+        "price": 9_000_000,
+        "score": 9_000_000,
+        "model": "old:1",
+        "request_id": "a" * 32,
+        "interval": None,
+        "confidence": None,
+    }
+    batch = payloads.batch_prediction(Priced(np.array([1e6, 2e6]), "old:1", "a" * 32, None))
+    assert batch.intervals is None and batch.confidence is None
