@@ -5,6 +5,8 @@ Kept apart from `synthetic` so that the pickled Pipeline needs only the model's 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .schema import MOSCOW_CENTRE_LAT, MOSCOW_CENTRE_LON
@@ -22,3 +24,11 @@ def distance_to_centre_km(lat, lon):
     lat0, lon0 = np.radians(MOSCOW_CENTRE_LAT), np.radians(MOSCOW_CENTRE_LON)
     a = np.sin((lat1 - lat0) / 2) ** 2 + np.cos(lat0) * np.cos(lat1) * np.sin((lon1 - lon0) / 2) ** 2
     return 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(a))
+
+
+def distance_to_centre_km_of(lat: float, lon: float) -> float:
+    """`distance_to_centre_km` of one point with `math`: a single flat's price range needs it in ~1 µs."""
+    lat1, lon1 = math.radians(lat), math.radians(lon)
+    lat0, lon0 = math.radians(MOSCOW_CENTRE_LAT), math.radians(MOSCOW_CENTRE_LON)
+    a = math.sin((lat1 - lat0) / 2) ** 2 + math.cos(lat0) * math.cos(lat1) * math.sin((lon1 - lon0) / 2) ** 2
+    return 2 * EARTH_RADIUS_KM * math.asin(math.sqrt(a))

@@ -193,7 +193,8 @@ def test_the_report_s_psi_equals_the_live_rules_and_actuals_give_back_their_mae(
         answer = post(server, "/predict_batch", json={"flats": rows.iloc[begin : begin + 10].to_dict("records")})
         assert answer.status_code == 200, answer.text
         priced += [(answer.json()["request_id"], i, p) for i, p in enumerate(answer.json()["prices"])]
-        ranges += answer.json()["intervals"]
+        columns = answer.json()["intervals"]
+        ranges += [{"low": low, "high": high} for low, high in zip(columns["low"], columns["high"], strict=True)]
     wait_until(lambda: window.now()["rows"] == 400, timeout=10, what="400 flats counted for drift")
     wait_until(lambda: len(read_flats(log_dir, since=start)) == 400, timeout=10, what="400 flats logged")
     live = window.now()["subjects"]

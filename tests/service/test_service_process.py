@@ -52,7 +52,11 @@ def test_the_ranges_hold_their_level_on_fresh_flats_overall_and_in_each_segment(
             f"{served.url}/predict_columns", json={name: part[name].tolist() for name in FEATURE_NAMES}, timeout=30
         )
         assert answer.status_code == 200, answer.text
-        ranges += answer.json()["intervals"]
+        columns = answer.json()["intervals"]
+        ranges += [
+            {"level": columns["level"], "low": lo, "high": hi}
+            for lo, hi in zip(columns["low"], columns["high"], strict=True)
+        ]
         prices += answer.json()["prices"]
     assert ranges[0] == single["interval"]
     real = fresh["price"].to_numpy()

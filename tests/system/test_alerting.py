@@ -72,9 +72,9 @@ def test_an_induced_drift_reaches_the_webhook_naming_the_feature(small_model, se
                 )
                 # Those flats sold for more than the top of their 80% range: the ranges alert reaches the webhook.
                 actuals = [
-                    {"request_id": a["request_id"], "flat": i, "price": int(r["high"] * 1.2)}
+                    {"request_id": a["request_id"], "flat": i, "price": int(high * 1.2)}
                     for a in answers
-                    for i, r in enumerate(a["intervals"])
+                    for i, high in enumerate(a["intervals"]["high"])
                 ]
                 assert httpx.post(f"{served.url}/feedback", json={"actuals": actuals}, timeout=10).status_code == 200
                 ranges = wait_until(

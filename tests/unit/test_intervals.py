@@ -135,8 +135,9 @@ def test_the_api_answers_ranges_holding_each_price_at_the_level_asked(client):
     wide = client.post("/predict?interval_level=0.95", json=EXAMPLE_FLAT).json()["interval"]
     assert wide["level"] == 0.95 and wide["low"] < interval["low"] and wide["high"] > interval["high"]
     batch = client.post("/predict_batch?interval_level=0.5", json={"flats": [EXAMPLE_FLAT] * 3}).json()
-    assert [r["level"] for r in batch["intervals"]] == [0.5] * 3 and len(batch["confidence"]) == 3
-    assert all(r["low"] <= p <= r["high"] for r, p in zip(batch["intervals"], batch["prices"], strict=True))
+    columns = batch["intervals"]
+    assert columns["level"] == 0.5 and len(columns["low"]) == len(columns["high"]) == len(batch["confidence"]) == 3
+    assert all(low <= p <= high for low, p, high in zip(columns["low"], batch["prices"], columns["high"], strict=True))
     explained = client.post("/explain", json=EXAMPLE_FLAT).json()
     assert explained["interval"] == interval and explained["price"] == one["price"]
     drawn = client.get("/random?interval_level=0.9").json()
@@ -183,3 +184,14 @@ def test_a_model_without_ranges_answers_null_never_a_made_up_range():
     }
     batch = payloads.batch_prediction(Priced(np.array([1e6, 2e6]), "old:1", "a" * 32, None))
     assert batch.intervals is None and batch.confidence is None
+
+
+def test_a_single_flat_s_range_equals_the_same_flat_s_in_a_batch():
+    calibration = intervals.calibrate(*market(5000, 9))
+    rows, prices, _ = market(2000, 10)
+    together = calibration.ranges(rows, prices, 0.9)
+    alone = [calibration.ranges(rows[i : i + 1], prices[i : i + 1], 0.9) for i in range(len(prices))]
+    assert [int(r.low[0]) for r in alone] == together.low.tolist()
+    assert [int(r.high[0]) for r in alone] == together.high.tolist()
+    assert [int(r.segment[0]) for r in alone] == together.segment.tolist()
+    assert [r.grades(prices[i : i + 1])[0] for i, r in enumerate(alone)] == together.grades(prices)
