@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .ledger_port import LedgerUnavailable, Sale, Settlement
+from .ledger_port import LedgerUnavailable, Sale, Settlement, ranges_bytes
 from .log_records import disk_has_room
 
 FILE_NAME = "ledger.sqlite3"
@@ -32,7 +32,7 @@ _SCHEMA = (
         model_tag TEXT NOT NULL,
         prices TEXT NOT NULL,
         priced_at REAL NOT NULL,
-        ranges TEXT
+        ranges BLOB
     )""",
     """CREATE TABLE IF NOT EXISTS settled (
         request_id TEXT NOT NULL,
@@ -56,7 +56,7 @@ class SqliteLedger:
                 db.execute(statement)
             columns = {row[1] for row in db.execute("PRAGMA table_info(priced)")}
             if "ranges" not in columns:  # a ledger written before price ranges: its old rows have none
-                db.execute("ALTER TABLE priced ADD COLUMN ranges TEXT")
+                db.execute("ALTER TABLE priced ADD COLUMN ranges BLOB")
         self._writer: sqlite3.Connection | None = None  # the monitor thread's own connection
 
     def _connect(self) -> sqlite3.Connection:
@@ -94,8 +94,7 @@ class SqliteLedger:
         rows = []
         for request_id, answered, given in zip(request_ids, prices, ranges, strict=True):
             total += len(answered)
-            stored = json.dumps(given.tolist()) if given is not None else None
-            rows.append((total, request_id, model_tag, json.dumps(answered.tolist()), now, stored))
+            rows.append((total, request_id, model_tag, json.dumps(answered.tolist()), now, ranges_bytes(given)))
         db.executemany(
             "INSERT OR IGNORE INTO priced (flats_so_far, request_id, model_tag, prices, priced_at, ranges) "
             "VALUES (?, ?, ?, ?, ?, ?)",
@@ -135,7 +134,7 @@ class SqliteLedger:
                 ):
                     outcome.repeated.append(i)
                 else:
-                    outcome.keep(row[0], prices[flat], actual, row[2], json.loads(row[3])[flat] if row[3] else None)
+                    outcome.keep(row[0], prices[flat], actual, row[2], row[3], flat)
             if outcome.refused:
                 db.execute("ROLLBACK")
                 outcome.drop_all()

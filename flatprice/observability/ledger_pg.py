@@ -24,7 +24,7 @@ from datetime import datetime
 import numpy as np
 import psycopg
 
-from .ledger_port import LedgerUnavailable, Sale, Settlement
+from .ledger_port import LedgerUnavailable, Sale, Settlement, ranges_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -35,8 +35,8 @@ _SCHEMA = (
         prices bigint[] NOT NULL,
         priced_at timestamptz NOT NULL DEFAULT now())""",
     "CREATE INDEX IF NOT EXISTS flat_price_priced_at ON flat_price_priced (priced_at)",
-    # each flat's (low, high, segment) in threes; a ledger created before price ranges gains the column
-    "ALTER TABLE flat_price_priced ADD COLUMN IF NOT EXISTS ranges bigint[]",
+    # each flat's (low, high, segment) as int64 (ledger_port.ranges_bytes); a ledger created before ranges gains it
+    "ALTER TABLE flat_price_priced ADD COLUMN IF NOT EXISTS ranges bytea",
     """CREATE TABLE IF NOT EXISTS flat_price_settled (
         request_id text NOT NULL,
         flat integer NOT NULL,
@@ -90,10 +90,7 @@ class PostgresLedger:
                 kept += 1
             if kept:
                 flats = sum(len(p) for p in prices[:kept])
-                answered = [
-                    (p.tolist(), r.ravel().tolist() if r is not None else None)
-                    for p, r in zip(prices[:kept], ranges[:kept], strict=True)
-                ]
+                answered = [(p.tolist(), ranges_bytes(r)) for p, r in zip(prices[:kept], ranges[:kept], strict=True)]
                 self._buffer.append((model_tag, request_ids[:kept], answered, flats))
                 self._buffered += flats
                 self._metrics.LEDGER_BUFFERED.set(self._buffered)
@@ -206,9 +203,7 @@ class PostgresLedger:
                     elif seen[request_id, flat] > 1:
                         outcome.repeated.append(i)
                     else:
-                        outcome.keep(
-                            tag, prices[flat], actual, priced_at, ranges[3 * flat : 3 * flat + 3] if ranges else None
-                        )
+                        outcome.keep(tag, prices[flat], actual, priced_at, ranges, flat)
                 if outcome.unknown or outcome.repeated:
                     outcome.drop_all()
                     return outcome
