@@ -11,6 +11,8 @@ the model's `model.yaml` and checks that BentoML reads the change back (docs/upg
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 from datetime import UTC, datetime
 
@@ -193,6 +195,34 @@ def rollback(name: str = MODEL_NAME) -> list[str]:
     return [f"{current.tag}: production -> archived", f"{previous.tag}: archived -> production"]
 
 
+# The tags `bentoml serve` resolved at start, for its workers: circus starts each worker (and each replacement of
+# one that died) with the server's environment, so a worker started after a promote serves what the others do.
+SERVED_TAGS = "FLATPRICE_SERVED_TAGS"
+
+
+def _in_worker() -> bool:
+    return bentoml.server_context.worker_index is not None
+
+
+def _selector(role: str, given: str) -> str:
+    """What a worker resolves for `role` (model, challenger, canary): the server's tag, else the setting."""
+    if not _in_worker():
+        return given
+    return json.loads(os.environ.get(SERVED_TAGS, "{}")).get(role, given)
+
+
+def _pin(role: str, model: bentoml.Model | None) -> None:
+    """The server (not a worker) records the tag it resolved for `role`, or that there is none."""
+    if _in_worker():
+        return
+    tags = json.loads(os.environ.get(SERVED_TAGS, "{}"))
+    if model is None:
+        tags.pop(role, None)
+    else:
+        tags[role] = str(model.tag)
+    os.environ[SERVED_TAGS] = json.dumps(tags)
+
+
 def _announce(line: str) -> None:
     """Once per `bentoml serve`: its workers import the service too, with a worker index set."""
     if bentoml.server_context.worker_index is None:
@@ -203,15 +233,18 @@ def served_models(settings) -> tuple[bentoml.Model, bentoml.Model | None]:
     """The champion (FLAT_PRICE_MODEL) and the challenger (FLAT_PRICE_CHALLENGER, or None), their files
     verified; or exit with one line saying what is wrong and what to run."""
     try:
-        champion = resolve(settings.model)
+        champion = resolve(_selector("model", settings.model))
         verified_files(champion, settings.model_sha256)
+        _pin("model", champion)
         if not settings.challenger:
+            _pin("challenger", None)
             _announce(f"serving {summary(champion)}, chosen by FLAT_PRICE_MODEL={settings.model}")
             return champion, None
         if settings.model_sha256:  # the pin vouches for one pickle; a challenger would be unpickled unchecked
             raise ModelError("FLAT_PRICE_CHALLENGER cannot be used while FLAT_PRICE_MODEL_SHA256 pins the served model")
-        challenger = resolve(settings.challenger, setting="FLAT_PRICE_CHALLENGER")
+        challenger = resolve(_selector("challenger", settings.challenger), setting="FLAT_PRICE_CHALLENGER")
         verified_files(challenger)
+        _pin("challenger", challenger)
         _announce(
             f"serving {summary(champion)}, chosen by FLAT_PRICE_MODEL={settings.model}; "
             f"challenger in the shadow: {summary(challenger)}"
@@ -224,11 +257,13 @@ def served_models(settings) -> tuple[bentoml.Model, bentoml.Model | None]:
 def canary_model(settings, production_model: bentoml.Model) -> bentoml.Model | None:
     """The canary (FLAT_PRICE_CANARY, when its weight is above 0), its files verified; or exit with one line."""
     if not settings.canary or settings.canary_weight <= 0:
+        _pin("canary", None)
         return None
     try:
         if settings.model_sha256:  # as for the challenger: the pin vouches for one pickle only
             raise ModelError("FLAT_PRICE_CANARY cannot be used while FLAT_PRICE_MODEL_SHA256 pins the served model")
-        canary = resolve(settings.canary, setting="FLAT_PRICE_CANARY")
+        canary = resolve(_selector("canary", settings.canary), setting="FLAT_PRICE_CANARY")
+        _pin("canary", canary)
         if canary.tag == production_model.tag:
             raise ModelError(f"FLAT_PRICE_CANARY={settings.canary} is the model FLAT_PRICE_MODEL serves ({canary.tag})")
         verified_files(canary)

@@ -5,6 +5,7 @@ and `bentoml build` packing the production model."""
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import joblib
@@ -171,6 +172,35 @@ def test_rollback_then_serve_a_chosen_version_beside_the_production_one(store):
     (info,) = families[f"{metrics.NAMESPACE}_model_info"].samples
     (shadow,) = families[f"{metrics.NAMESPACE}_challenger_info"].samples
     assert (info.labels["model_tag"], shadow.labels["model_tag"]) == (c, a)
+
+
+def test_a_worker_restarted_after_a_promote_serves_what_the_others_do(store):
+    """The server resolves its models once: a worker started after a promote (one killed and replaced) serves the
+    model the server started with, not the new production one; the next server start serves the new one."""
+    home, first, _, better = store
+    a, c = saved_tag(first), saved_tag(better)
+    before = next(tag for tag, stage in stages(home).items() if stage == "production")
+    other = c if before == a else a
+    with serving(home, "serve-promote", {"FLAT_PRICE_WORKERS": "2"}) as server:
+        started = "Service flat_price initialized"
+        wait_until(lambda: server.log_text().count(started) == 2, timeout=30, what="both workers initialized")
+        promoted = run(home, "-m", "models", "promote", other, "--force")
+        assert promoted.returncode == 0, promoted.stderr
+        os.kill(server.worker_pids()[0], 9)
+        wait_until(lambda: server.log_text().count(started) == 3, timeout=60, what="the killed worker's replacement")
+
+        def models(_) -> set[str]:  # new connections, 8 at once: both workers accept some
+            seen = set()
+            for _ in range(20):
+                with httpx.Client(timeout=10) as client:
+                    seen.add(client.post(f"{server.url}/predict", json=EXAMPLE_FLAT).json()["model"])
+            return seen
+
+        with ThreadPoolExecutor(8) as pool:
+            answered = set().union(*pool.map(models, range(8)))
+    assert answered == {before}
+    restored = run(home, "-m", "models", "promote", before, "--force")
+    assert restored.returncode == 0, restored.stderr
 
 
 def test_bento_packs_the_production_model_not_the_newest(store):
