@@ -99,10 +99,16 @@ def fresh_refusal_log_budget():
             budget.written, budget.left_out = 0, 0
 
 
-SLOW_FIXTURES = {"served", "compose", "stack"}  # real servers, docker-compose, Prometheus
+# The tier is the folder, and only the folder: tests/unit runs in process with the Python packages alone
+# (`make test-fast`); tests/service and tests/system start real servers or Debian tools, and are `slow`.
+SLOW_FOLDERS = ("service", "system")
+SERVER_FIXTURES = {"served", "stack", "image", "postgres"}  # a unit test asking for one is in the wrong folder
 
 
 def pytest_collection_modifyitems(items):
     for item in items:
-        if SLOW_FIXTURES & set(item.fixturenames):
+        folder = Path(item.path).parent.name
+        if folder in SLOW_FOLDERS:
             item.add_marker(pytest.mark.slow)
+        elif SERVER_FIXTURES & set(item.fixturenames):
+            raise pytest.UsageError(f"{item.nodeid} starts a real server: move it to tests/service or tests/system")

@@ -12,8 +12,6 @@ import yaml
 from devtools.servers import REPO, BentoServer, private_home
 from flatprice.schema import EXAMPLE_FLAT
 
-pytestmark = pytest.mark.slow  # starts real servers or Debian tools
-
 
 def bentoml_cli(home, *args, cwd=REPO):
     env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True"}

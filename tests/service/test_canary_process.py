@@ -15,8 +15,6 @@ from flatprice.canary import sticky_share
 from flatprice.observability import metrics
 from tests.metrics_scrape import sample_value, scrape
 
-pytestmark = pytest.mark.slow  # a real server
-
 WEIGHT = 25
 REQUESTS = 5000
 PRICES = f"{metrics.NAMESPACE}_predicted_price_rubles"

@@ -18,8 +18,6 @@ from flatprice.api.routes import ENDPOINT_LABELS, STATIC_PREFIXES
 from flatprice.schema import EXAMPLE_FLAT
 from tests.metrics_scrape import scrape
 
-pytestmark = pytest.mark.slow  # real servers
-
 LIMITS = {"FLAT_PRICE_MAX_CONCURRENCY": "4", "FLAT_PRICE_BODY_TIMEOUT_S": "1"}
 
 

@@ -26,8 +26,6 @@ from flatprice.synthetic import generate_flats
 from tests.browser import rendered_dom, screenshot
 from tests.metrics_scrape import DriftWindow, sample_value, scrape
 
-pytestmark = pytest.mark.slow
-
 MAX_MB = 2  # 2 workers x 10 files of 104 KiB: rotation is reached by a few MB of traffic
 APE = metrics.FEEDBACK_APE._name
 ACTUALS = metrics.FEEDBACK_ACTUALS._name

@@ -19,8 +19,6 @@ from flatprice.schema import EXAMPLE_FLAT, FEATURE_NAMES
 from flatprice.synthetic import generate_flats
 from tests.metrics_scrape import sample_value, scrape
 
-pytestmark = pytest.mark.slow  # starts real servers
-
 CHALLENGER_PRICE = f"{metrics.NAMESPACE}_challenger_predicted_price_rubles"
 DIFFERENCE = f"{metrics.NAMESPACE}_challenger_relative_difference"
 DRIFT_ROWS = f"{metrics.NAMESPACE}_drift_sampled_rows"

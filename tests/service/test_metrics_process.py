@@ -16,8 +16,6 @@ from flatprice.synthetic import generate_flats
 from tests.conftest import SMALL_MODEL
 from tests.metrics_scrape import DriftWindow, sample_value, scrape, series_count
 
-pytestmark = pytest.mark.slow  # starts real servers or Debian tools
-
 PRICE = f"{metrics.NAMESPACE}_predicted_price_rubles"
 
 

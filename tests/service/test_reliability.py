@@ -18,9 +18,6 @@ from flatprice.schema import EXAMPLE_FLAT
 from tests.metrics_scrape import sample_value, scrape
 from tests.traffic import flood
 
-pytestmark = pytest.mark.slow  # starts real servers or Debian tools
-
-
 CONFORMANCE = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"
 # The coverage and stateful phases build bodies without the body hooks, so their "valid" flats can break the
 # cross-field rules the schema cannot state (tests/schemathesis_hooks.py): they run for negative data only.

@@ -21,8 +21,6 @@ from flatprice.schema import FEATURE_NAMES, TARGET
 from flatprice.synthetic import generate_flats
 from tests.metrics_scrape import sample_value, scrape
 
-pytestmark = pytest.mark.slow  # real servers and training runs
-
 MOVE = 1.3
 SMALL = ("--rows", "6000", "--iterations", "150", "--seed", "7")
 LOG_ERROR = metrics.FEEDBACK_LOG_ERROR._name

@@ -14,8 +14,6 @@ from flatprice.synthetic import generate_flats
 from tests.bad_requests import BAD_REQUESTS
 from tests.shared import ORIGINAL_CURL
 
-pytestmark = pytest.mark.slow  # starts real servers or Debian tools
-
 
 def test_original_curl_example_gets_a_plausible_price(served):
     out = subprocess.run(

@@ -5,14 +5,11 @@ Alertmanager (the committed route) to a webhook, naming the drifted feature."""
 import subprocess
 
 import httpx
-import pytest
 import yaml
 
 from devtools.servers import REPO, BentoServer, Webhook, alertmanager, prometheus, wait_until
 from flatprice.schema import FEATURE_NAMES
 from flatprice.synthetic import generate_flats
-
-pytestmark = pytest.mark.slow  # Debian's Alertmanager and Prometheus, a real server
 
 CONFIG = REPO / "monitoring" / "alertmanager" / "alertmanager.yml"
 

@@ -15,8 +15,6 @@ from devtools.servers import REPO
 from flatprice.schema import FEATURE_NAMES
 from flatprice.synthetic import generate_flats
 
-pytestmark = pytest.mark.slow  # starts Spark (a JVM) and a real server
-
 ROWS = 100_000  # the CI case; benchmarks/batch.py runs 1M and 10M
 # (listing_id, column, value, expected field, expected error): one broken rule each.
 BROKEN = [

@@ -4,11 +4,7 @@ import json
 import subprocess
 import sys
 
-import pytest
-
 from devtools.servers import REPO
-
-pytestmark = pytest.mark.slow  # starts real servers or Debian tools
 
 
 def run_benchmark(module: str, out, *args) -> tuple[subprocess.CompletedProcess, dict]:

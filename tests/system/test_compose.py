@@ -17,7 +17,7 @@ from devtools.servers import REPO, wait_until
 from flatprice.schema import EXAMPLE_FLAT
 from tests.shared import curl_price
 
-pytestmark = [pytest.mark.slow, pytest.mark.container]
+pytestmark = pytest.mark.container
 
 ALERTS_FILE = REPO / "monitoring/prometheus/alerts.yml"
 PROJECT = "flatprice-suite"

@@ -16,7 +16,7 @@ from flatprice.schema import EXAMPLE_FLAT
 from tests.metrics_scrape import sample_value, scrape
 from tests.shared import curl_price
 
-pytestmark = [pytest.mark.slow, pytest.mark.container]
+pytestmark = pytest.mark.container
 
 DEPLOYMENT = REPO / "deploy/kubernetes/base/deployment.yaml"
 

@@ -21,8 +21,6 @@ from devtools.wrk import json_flat
 from flatprice.schema import FEATURE_NAMES
 from flatprice.synthetic import generate_flats
 
-pytestmark = pytest.mark.slow
-
 DOCS = ("README.md", "docs/batch.md", "docs/models.md", "deploy/README.md", "Monitoring.md")
 NO_DOCKER = "needs a Docker engine (none here): the image and the unchanged compose file run under podman in tests/system/test_container.py and tests/system/test_compose.py"
 NO_CLUSTER = (

@@ -14,8 +14,6 @@ from flatprice.api.errors import ErrorBody
 from flatprice.schema import EXAMPLE_FLAT
 from tests.metrics_scrape import sample_value, scrape
 
-pytestmark = pytest.mark.slow
-
 RECORDS, FAILURES = "flat_price_inference_log_records", "flat_price_inference_log_failures"
 
 

@@ -27,7 +27,7 @@ def postgres():
     server.remove()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.slow)])
+@pytest.fixture(params=["sqlite", "postgres"])
 def ledger(request, tmp_path):
     """(a writing ledger, the source string a reader opens it by)."""
     if request.param == "sqlite":
@@ -153,7 +153,6 @@ def test_a_sqlite_ledger_written_before_ranges_gains_the_column_and_keeps_its_fl
     ledger.close()
 
 
-@pytest.mark.slow
 def test_a_postgres_ledger_created_before_ranges_gains_the_column(postgres):
     import psycopg
 

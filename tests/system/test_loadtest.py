@@ -7,7 +7,6 @@ import sys
 import threading
 
 import httpx
-import pytest
 
 from devtools.servers import REPO, BentoServer, Process, free_port, wait_until
 from flatprice.observability import metrics
@@ -15,8 +14,6 @@ from flatprice.reference import PSI_ALERT
 from tests.browser import rendered_dom
 from tests.metrics_scrape import DriftWindow, sample_value, scrape
 from tests.shared import CONF, LOCUSTFILE
-
-pytestmark = pytest.mark.slow  # starts real servers or Debian tools
 
 
 def locust(url, *args, env=None):

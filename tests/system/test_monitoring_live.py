@@ -14,8 +14,6 @@ from tests.shared import alert_rules
 from tests.shared import rules as committed_rules
 from tests.traffic import Traffic, flood
 
-pytestmark = pytest.mark.slow  # starts real servers or Debian tools
-
 # Panels that honestly read 0 here; every other panel must move. Network traffic leaves out loopback, and
 # every byte of this test goes over loopback; the proxy's queue is empty once the test's flood is over; the
 # test's traffic need not drift; the inference log never fails to write here; a window may hold enough to judge.

@@ -15,8 +15,6 @@ from devtools.servers import BentoServer, haproxy, start_together, wait_until
 from flatprice.api.errors import ErrorBody
 from flatprice.schema import EXAMPLE_FLAT
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def proxy(served, tmp_path_factory):
@@ -32,6 +30,11 @@ def port_of(url: str) -> int:
 def test_predictions_pass_through(proxy):
     answer = httpx.post(f"{proxy}/predict", json=EXAMPLE_FLAT)
     assert answer.status_code == 200 and answer.json()["price"] > 0
+    # a range level asked for passes to the replica, and so does its 400
+    wide = httpx.post(f"{proxy}/predict?interval_level=0.95", json=EXAMPLE_FLAT)
+    assert wide.status_code == 200 and wide.json()["interval"]["level"] == 0.95
+    refused = httpx.post(f"{proxy}/predict?interval_level=2", json=EXAMPLE_FLAT)
+    assert refused.status_code == 400 and refused.json()["detail"][0]["loc"] == ["query", "interval_level"]
 
 
 def test_huge_headers_are_refused_at_the_proxy(proxy):

@@ -31,8 +31,6 @@ from flatprice.schema import EXAMPLE_FLAT
 from tests.metrics_scrape import scrape
 from tests.shared import CONF, LOCUSTFILE
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory):

@@ -16,8 +16,6 @@ from flatprice.observability.ledger_port import LedgerUnavailable
 from flatprice.schema import FEATURE_NAMES
 from flatprice.synthetic import generate_flats
 
-pytestmark = pytest.mark.slow  # a real PostgreSQL
-
 
 @pytest.fixture(scope="module")
 def database():

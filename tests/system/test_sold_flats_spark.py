@@ -3,15 +3,12 @@ sold flats as the in-process join (flatprice/feedback_data.py) on the same log a
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from benchmarks.sales_join import PER_REQUEST, write_log
 from flatprice import feedback_data
 from flatprice.observability.ledger import SqliteLedger
 from flatprice.observability.log_records import read_flats
 from flatprice.schema import FEATURE_NAMES
-
-pytestmark = pytest.mark.slow  # starts Spark (a JVM)
 
 
 def test_spark_and_pandas_join_the_same_sold_flats(tmp_path):

@@ -1,6 +1,5 @@
 """Price explanations: exact SHAP from per-leaf tables, grouped by input, and /explain."""
 
-import httpx
 import numpy as np
 import pytest
 from catboost import Pool
@@ -130,13 +129,3 @@ def test_explain_validates_like_predict(client):
         answer.status_code == 400
         and answer.json() == client.post(routes.PREDICT, json=EXAMPLE_FLAT | {"floor": 30, "floors_total": 9}).json()
     )
-
-
-@pytest.mark.slow
-def test_both_workers_of_a_real_server_explain_a_flat_alike(served):
-    answers = []
-    for _ in range(30):  # a new connection each time: both workers take some
-        with httpx.Client() as fresh:
-            answers.append(fresh.post(f"{served.url}{routes.EXPLAIN}", json=EXAMPLE_FLAT).json())
-    assert len({a.pop("request_id") for a in answers}) == 30  # every answer its own id
-    assert all(a == answers[0] for a in answers) and answers[0]["contributions"]

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import sqlalchemy
 
-from devtools.servers import postgres, train_into
 from flatprice.data import DataError, load
 from flatprice.schema import FEATURE_NAMES, TARGET
 from flatprice.synthetic import generate_flats
@@ -147,19 +146,3 @@ def test_rows_breaking_cross_field_rules_are_dropped_and_counted(tmp_path, table
     table.to_csv(path, index=False)
     loaded = load(str(path))
     assert loaded.dropped_rows == 1 and len(loaded.frame) == len(table) - 1
-
-
-@pytest.mark.slow
-def test_a_real_postgresql_table_trains_a_model(tmp_path, table):
-    with postgres() as url:
-        engine = sqlalchemy.create_engine(url)
-        table.to_sql("clean_flats", engine, index=False)
-        engine.dispose()
-        assert_same_table(load(url), table)
-        with pytest.raises(DataError, match=r"table 'listings' not found in postgresql\+psycopg2://postgres@127"):
-            load(url, table="listings")
-        home = tmp_path / "home"
-        run = train_into(home, "--data", url, "--iterations", "20", "--model-name", "pg_flats")
-    assert run.returncode == 0, run.stderr
-    assert "table clean_flats" in run.stdout + run.stderr
-    assert list((home / "models" / "pg_flats").glob("*/model.yaml"))
