@@ -400,7 +400,13 @@ def build(
         figures["unmatched"] = unmatched
         sections.append(
             f"<h2>Accuracy against real prices</h2><p>Real prices from {html.escape(actuals_name(actuals))} joined to the "
-            f"logged predictions by request_id and flat; {unmatched:,} real prices matched no logged flat.</p>"
+            f"logged predictions by request_id and flat; "
+            + (
+                f"{unmatched:,} real prices matched no logged flat."
+                if unmatched
+                else "every real price matched a logged flat."
+            )
+            + "</p>"
         )
         sections += [f"<h3>{html.escape(name)}</h3>{_table(table)}" for name, table in tables.items()]
     sections.append(
@@ -415,6 +421,10 @@ def build(
     ours = f'{style}<div class="flatprice">{"".join(sections)}</div>'
     evidently_page = snapshot.get_html_str(as_iframe=False)
     page = re.sub(r"<body([^>]*)>", lambda m: f"<body{m[1]}>{ours}", evidently_page, count=1)
+    title = f"<title>Flat-price model report: {html.escape(tag)}, {flats['timestamp'].min():%Y-%m-%d %H:%M} to {flats['timestamp'].max():%Y-%m-%d %H:%M}</title>"
+    page = re.sub(r"<title>.*?</title>", lambda m: title, page, count=1, flags=re.S)
+    if "<title>" not in page:  # Evidently's page had none: the browser tab shows ours
+        page = re.sub(r"<head([^>]*)>", lambda m: f"<head{m[1]}>{title}", page, count=1)
     return page, figures
 
 

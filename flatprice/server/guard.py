@@ -49,6 +49,7 @@ class Refusal(NamedTuple):
     reason: str
     error_type: str
     headers: tuple = ()
+    loc: tuple = ("body",)  # where the problem is: the body, or a header by name
 
 
 def error_messages(status: int, body: bytes, headers=()) -> tuple[dict, dict]:
@@ -60,8 +61,8 @@ def error_messages(status: int, body: bytes, headers=()) -> tuple[dict, dict]:
     }
 
 
-async def send_error(send, status: int, reason: str, error_type: str, headers=()) -> None:
-    for message in error_messages(status, error_json(reason, error_type), headers):
+async def send_error(send, status: int, reason: str, error_type: str, headers=(), loc=("body",)) -> None:
+    for message in error_messages(status, error_json(reason, error_type, loc), headers):
         await send(message)
 
 
@@ -198,6 +199,7 @@ class RequestGuard:
                 "POST /feedback needs the service's bearer token: Authorization: Bearer <FLAT_PRICE_FEEDBACK_TOKEN>",
                 "unauthorized",
                 ((b"www-authenticate", b"Bearer"),),
+                ("header", "Authorization"),
             )
         return None
 
@@ -311,7 +313,7 @@ class RequestGuard:
             refusal.error_type,
             extra={REFUSAL: True},
         )
-        await send_error(send, refusal.status, refusal.reason, refusal.error_type, refusal.headers)
+        await send_error(send, refusal.status, refusal.reason, refusal.error_type, refusal.headers, refusal.loc)
 
 
 def _get_as_post(scope) -> dict:

@@ -271,6 +271,7 @@ def test_the_report_s_psi_equals_the_live_rules_and_actuals_give_back_their_mae(
     text = rendered_dom(out.as_uri())
     for heading in ("the live rules' verdict", "Data quality", "Price over time", "Accuracy against real prices"):
         assert heading in text, heading
+    assert "<title>Flat-price model report: flat_price:" in out.read_text()
     assert "Drifted Columns" in text and "total_area" in text
     picture = tmp_path / "report.png"
     screenshot(out.as_uri(), picture, size=(1300, 2400))

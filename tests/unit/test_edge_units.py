@@ -545,6 +545,7 @@ def test_with_a_feedback_token_only_its_holder_sends_real_prices(authorization, 
         return
     status, response_headers, body = answer(sent)
     assert (status, body["detail"][0]["type"]) == (401, "unauthorized") and app.calls == []
+    assert body["detail"][0]["loc"] == ["header", "Authorization"]  # the header is missing, not the body
     assert response_headers[b"www-authenticate"] == b"Bearer"
     assert "s3cret" not in json.dumps(body)
 
