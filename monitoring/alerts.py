@@ -120,7 +120,19 @@ def model_rules() -> list[dict]:
             "warning",
             "Many {{ $labels.feature }} values outside the training range",
             "{{ $value | humanizePercentage }} of priced flats have {{ $labels.feature }} outside the training data's min/max over 10 minutes (threshold 5%): the model extrapolates.",
-        )
+        ),
+        # A model the promotion gate refused answers clients (FLAT_PRICE_MODEL or FLAT_PRICE_CANARY named it): its
+        # own holdout sets its accuracy line, so a worse model would never look worse than its line.
+        alert(
+            "FlatPriceServesRefusedModel",
+            f'max by (model_tag) ({N}_model_info{{gate="refused"}}) == 1',
+            "5m",
+            "warning",
+            "{{ $labels.model_tag }}, refused by the promotion gate, answers clients",
+            "The gate refused {{ $labels.model_tag }} (worse than production, or ranges that do not hold), yet a "
+            "server serves it: FLAT_PRICE_MODEL or FLAT_PRICE_CANARY names it. Its accuracy alerts judge it by its own "
+            "holdout; compare it with production's before keeping it.",
+        ),
     ]
 
 
@@ -453,6 +465,12 @@ IN_SHORT = {
         "out-of-range values by feature / flats priced, 10 min",
         "> 5 %",
         "the model extrapolates on a feature for a large share of flats",
+    ),
+    "FlatPriceServesRefusedModel": (
+        '`flat_price_model_info{gate="refused"}`',
+        "",
+        "a model the gate refused answers clients (named by FLAT_PRICE_MODEL or FLAT_PRICE_CANARY): its own "
+        "lenient holdout sets its accuracy lines",
     ),
     "FlatPriceDrift": (
         f"`{N}:drift_detected:{DRIFT_JUDGED}` of the served model",
