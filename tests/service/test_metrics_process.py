@@ -9,6 +9,7 @@ import pytest
 
 from devtools.servers import BentoServer, wait_until
 from flatprice.api import routes
+from flatprice.intervals import SEGMENTS
 from flatprice.observability import metrics
 from flatprice.reference import DRIFT_SUBJECTS, IDENTIFIERS, N_BINS, PSI_NO_DRIFT
 from flatprice.schema import EXAMPLE_FLAT, FEATURE_NAMES
@@ -183,6 +184,8 @@ def test_labels_are_bounded_and_carry_no_request_data(server):
         "gate": set(metrics.GATE_VERDICTS),
         "subject": {*DRIFT_SUBJECTS, *IDENTIFIERS},
         "bin": None,  # the model's reference bins: counted below
+        "segment": set(SEGMENTS),  # of a price range: distance zone / price band
+        "position": set(metrics.RANGE_POSITIONS),
     }
     assert post(server, "/predict", json=EXAMPLE_FLAT).status_code == 200  # the size summaries exist once asked
     bins: dict[str, set[str]] = {}
