@@ -163,9 +163,13 @@ def test_the_readme_curl_answers_as_documented(user):
     done = user.run(readme_block("curl "))
     ok(done)
     answer = httpx.Response(200, content=done.stdout).json()
-    documented = readme_block("curl ").rsplit("# ", 1)[1]
-    assert set(answer) == set(httpx.Response(200, content=documented).json()) | {"request_id"}
-    assert answer["price"] == answer["score"] > 0
+    # the answer as the README shows it: the comment lines after the command, joined
+    shown = "".join(line.lstrip("#").strip() for line in readme_block("curl ").splitlines() if line.startswith("#"))
+    documented = httpx.Response(200, content=shown).json()
+    assert set(answer) == set(documented) | {"request_id"}
+    assert set(answer["interval"]) == set(documented["interval"]) and answer["interval"]["level"] == 0.8
+    assert answer["interval"]["low"] <= answer["price"] == answer["score"] <= answer["interval"]["high"]
+    assert answer["price"] > 0 and answer["confidence"] in ("high", "medium", "low")
 
 
 def test_training_and_the_lifecycle_commands(user):
