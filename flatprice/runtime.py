@@ -6,14 +6,13 @@ shadow, the inference log and the feedback ledger), fault injection.
 from __future__ import annotations
 
 import gc
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .answering import Policy, Priced, ServedModel, always
-from .api.payloads import REQUEST_ID_HEADER, Explanation, level_of, ranges_of, rubles
+from .api.payloads import REQUEST_ID_HEADER, Explanation, level_of, new_request_id, ranges_of, rubles
 from .canary import CLIENT_HEADER, sticky_share
 from .config import Settings
 from .explain import PriceExplainer
@@ -93,7 +92,7 @@ class Runtime:
         level = DEFAULT_LEVEL
         if ctx is not None:
             level = level_of(ctx.request.query_params.getlist(LEVEL_PARAMETER))  # a 400 before anything is priced
-        request_id = uuid.uuid4().hex
+        request_id = new_request_id()
         if ctx is not None:
             ctx.response.headers[REQUEST_ID_HEADER] = request_id
             client = ctx.request.headers.get(CLIENT_HEADER)

@@ -39,6 +39,7 @@ ERROR_STATUSES = {
     409: "POST /feedback: a real price was already recorded for a request id and flat (none of the call recorded)",
     413: "Request body over the size limit (FLAT_PRICE_MAX_BODY_BYTES), refused before it is read",
     415: "Content-Type is not application/json, or the body is encoded (Content-Encoding)",
+    425: "POST /feedback: a flat answered moments ago is not recorded yet (none of the call recorded): send it again after Retry-After seconds",
     429: "Too many requests in flight in this worker (FLAT_PRICE_MAX_CONCURRENCY): retry after Retry-After seconds",
     431: "Request headers over the size limit (FLAT_PRICE_MAX_HEADER_BYTES)",
     500: "Unexpected server error (or a fault injected on purpose, header X-Injected-Fault)",

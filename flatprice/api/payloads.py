@@ -11,6 +11,8 @@ costs a third of a 1,000-flat request.
 from __future__ import annotations
 
 import math
+import secrets
+import time
 from operator import attrgetter
 from typing import Annotated
 
@@ -290,6 +292,18 @@ def rubles(prices: np.ndarray) -> list[int]:
 
 REQUEST_ID_HEADER = "X-Request-ID"
 REQUEST_ID_PATTERN = r"^[0-9a-f]{32}$"
+
+
+def new_request_id(now: float | None = None) -> str:
+    """32 hex digits: the answer's time in milliseconds (12), then 80 random bits (20). The time lets POST /feedback
+    tell a flat not yet written to the ledger (just answered) from one it never priced."""
+    millis = int((time.time() if now is None else now) * 1000)
+    return f"{millis % 16**12:012x}{secrets.token_hex(10)}"
+
+
+def issued_at(request_id: str) -> float:
+    """When a request id was issued, Unix seconds (meaningless for ids not made by `new_request_id`)."""
+    return int(request_id[:12], 16) / 1000
 
 
 def _request_id():

@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 
+from ..api.payloads import issued_at
 from ..intervals import SEGMENTS
 from . import metrics
 from .ledger_port import Ledger, Settlement
@@ -26,12 +27,18 @@ FOR = "1h"
 BAND_QUANTILES = (0.005, 0.995)  # a day of the holdout's own flats leaves the band 1% of the time
 BAND_DAYS = 4000  # days drawn from the holdout to find the band
 FALLBACK_BAND = 0.15  # models trained before the band was stored: their holdout median ± this
+# A flat answered this recently but not yet in the ledger (the monitor writes every 0.5 s; a shared ledger's buffer
+# drains every 0.5 s) is pending, not unknown: 425 with Retry-After, so a client sends it again.
+PENDING_S = 30.0
 
 
 def record_feedback(ledger: Ledger, actuals: list[tuple[str, int, int]]) -> Settlement:
     """Settle the real prices in the ledger; count the outcome and observe each accepted flat's APE."""
     outcome = ledger.settle(actuals)
-    for name, entries in (("unknown", outcome.unknown), ("repeated", outcome.repeated)):
+    now = time.time()
+    outcome.pending = [i for i in outcome.unknown if 0 <= now - issued_at(actuals[i][0]) <= PENDING_S]
+    outcome.unknown = [i for i in outcome.unknown if i not in set(outcome.pending)]
+    for name, entries in (("unknown", outcome.unknown), ("pending", outcome.pending), ("repeated", outcome.repeated)):
         if entries:
             metrics.FEEDBACK_ACTUALS.labels(outcome=name).inc(len(entries))
     if outcome.settled:

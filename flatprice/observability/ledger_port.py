@@ -30,10 +30,11 @@ class Settlement:
 
     unknown: list[int] = field(default_factory=list)
     repeated: list[int] = field(default_factory=list)
+    pending: list[int] = field(default_factory=list)  # unknown to the ledger, but answered seconds ago (accuracy.py)
 
     @property
     def refused(self) -> bool:
-        return bool(self.unknown or self.repeated)
+        return bool(self.unknown or self.repeated or self.pending)
 
     def keep(self, model_tag: str, price: int, actual: int, priced_at: float, ranges: bytes | None, flat: int) -> None:
         """A flat to settle; `ranges`: its request's stored ranges (`ranges_bytes`), or None."""

@@ -84,7 +84,7 @@ DELAY_BUCKETS = (
     90 * 86_400,
     180 * 86_400,
 )
-FEEDBACK_OUTCOMES = ("accepted", "unknown", "repeated")
+FEEDBACK_OUTCOMES = ("accepted", "unknown", "pending", "repeated")  # pending: answered, not yet in the ledger
 RANGE_POSITIONS = ("inside", "below", "above")  # of a real price against its flat's range
 GATE_VERDICTS = ("passed", "refused", "none")  # model_info's gate label: none for a first model, never judged
 BAND_BOUNDS = ("low", "median", "high")  # of the holdout's band of daily median signed errors
@@ -275,7 +275,7 @@ LEDGER_BUFFERED = define(
 FEEDBACK_ACTUALS = define(
     Counter,
     "feedback_actuals",
-    "Real prices sent to POST /feedback: accepted, or refused as unknown or repeated (request id, flat)",
+    "Real prices sent to POST /feedback: accepted, or refused as unknown, pending (answered seconds ago, not yet in the ledger: sent again) or repeated",
     ("outcome",),
 )
 FEEDBACK_APE = define(

@@ -20,7 +20,8 @@ logger = logging.getLogger(__name__)
 
 def feedback_answer(ledger: Ledger | None, actuals: list[tuple[str, int, int]]) -> FeedbackReceipt | Response:
     """The receipt when every real price was recorded, else the error shape: 404 (unknown flats, or
-    no ledger), 409 (already recorded), 503 (the ledger cannot be reached)."""
+    no ledger), 409 (already recorded), 425 (flats answered moments ago, not yet recorded: Retry-After),
+    503 (the ledger cannot be reached)."""
     if ledger is None:
         problem = ("inference_log_off", ("body",), "the inference log is off (FLAT_PRICE_INFERENCE_LOG_SAMPLE=0)")
         return _refusal(404, "no priced flats are kept", [problem], len(actuals))
@@ -32,6 +33,14 @@ def feedback_answer(ledger: Ledger | None, actuals: list[tuple[str, int, int]]) 
         return _refusal(503, "feedback ledger unavailable: nothing recorded, send again", [problem], 1)
     if not outcome.refused:
         return FeedbackReceipt(accepted=len(outcome.settled))
+    if outcome.pending and not outcome.unknown and not outcome.repeated:  # only too early: the same call, again
+        details = [
+            ("pending_request_id", ("actuals", i, "request_id"), "answered moments ago, not yet recorded: send again")
+            for i in outcome.pending
+        ]
+        reason = "flats answered moments ago are not recorded yet: nothing recorded, send again"
+        return _refusal(425, reason, details, len(details), ((b"retry-after", b"1"),))
+    outcome.unknown = sorted(outcome.unknown + outcome.pending)  # with a truly unknown flat the call is wrong anyway
     problems = sorted(
         [(i, "unknown_request_id", "no flat priced under this request_id and flat is kept") for i in outcome.unknown]
         + [(i, "repeated_request_id", "a real price was already recorded for it") for i in outcome.repeated]
@@ -41,5 +50,8 @@ def feedback_answer(ledger: Ledger | None, actuals: list[tuple[str, int, int]]) 
     return _refusal(status, f"{reason}: nothing recorded", details, len(problems))
 
 
-def _refusal(status: int, reason: str, problems: list, total: int) -> Response:
-    return Response(refusal_json(reason, problems, total), status_code=status, media_type="application/json")
+def _refusal(status: int, reason: str, problems: list, total: int, headers=()) -> Response:
+    answer = Response(refusal_json(reason, problems, total), status_code=status, media_type="application/json")
+    for name, value in headers:
+        answer.headers[name.decode()] = value.decode()
+    return answer

@@ -48,7 +48,8 @@ def sold(server: BentoServer, n: int, seed: int) -> None:
 def _feedback(server: BentoServer, actuals: list[dict]) -> httpx.Response:
     """POST /feedback once the priced flats reach the ledger (the monitor writes every 0.5 s)."""
     return wait_until(
-        lambda: (a := httpx.post(f"{server.url}/feedback", json={"actuals": actuals}, timeout=30)).status_code != 404
+        lambda: (a := httpx.post(f"{server.url}/feedback", json={"actuals": actuals}, timeout=30)).status_code
+        not in (404, 425)
         and a,
         timeout=15,
         what="the priced flats in the ledger",

@@ -258,3 +258,22 @@ def test_compose_env_and_the_report(user):
     ok(user.run("make report-env", timeout=900))
     ok(user.run(".venv-report/bin/python -m monitoring.report --since 24h", timeout=600))
     assert (user.repo / "report.html").stat().st_size > 10_000
+
+
+# Debian packages `make test` installs (scripts/install-system-deps.sh) and the fast tier must not need.
+DEBIAN_TOOLS = {"promtool", "prometheus", "docker-compose", "haproxy", "amtool", "alertmanager", "wrk", "podman",
+                "podman-compose", "psql", "pg_ctlcluster", "java", "chromium", "prometheus-node-exporter"}  # fmt: skip
+
+
+def test_make_test_fast_passes_on_a_fresh_clone_without_debian_packages(user, tmp_path):
+    """README: `make test-fast`: no server, no Debian package. Run as written, on a PATH whose programs are the
+    user's own minus every Debian tool of the full suite (links in a folder: this machine has them installed)."""
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    for folder in user.env["PATH"].split(os.pathsep):
+        for program in Path(folder).glob("*") if Path(folder).is_dir() else []:
+            if program.name not in DEBIAN_TOOLS and not (bare / program.name).exists():
+                (bare / program.name).symlink_to(program)
+    done = user.run("make test-fast", timeout=900, env={"PATH": str(bare)})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert re.search(r"\d+ passed, \d+ deselected", done.stdout) and " error" not in done.stdout.splitlines()[-1]

@@ -48,7 +48,7 @@ def test_a_flat_repeated_within_one_feedback_call_answers_409(client):
     request_id = client.post("/predict", json=EXAMPLE_FLAT).json()["request_id"]
     twice = {"actuals": [{"request_id": request_id, "flat": 0, "price": 9_000_000}] * 2}
     answer = wait_until(
-        lambda: (a := client.post("/feedback", json=twice)).status_code != 404 and a,
+        lambda: (a := client.post("/feedback", json=twice)).status_code not in (404, 425) and a,
         timeout=10,
         what="the priced flat in the ledger",
     )
@@ -124,3 +124,24 @@ def test_real_prices_are_counted_by_their_signed_error(client):
     below = sample_value(families, name, f"{name}_bucket", model_tag=answer["model"], le="-0.25")
     above = sample_value(families, name, f"{name}_bucket", model_tag=answer["model"], le="-0.3")
     assert below - above >= 1  # in the bucket (-0.3, -0.25]
+
+
+def test_a_flat_answered_moments_ago_is_pending_425_not_unknown(client):
+    """A request id issued seconds ago that the ledger does not hold yet: 425 with Retry-After (send again); one
+    issued long ago: 404 (it will never be there). Nothing recorded either way."""
+    import time
+
+    from flatprice.api.payloads import new_request_id
+
+    recent = {"actuals": [{"request_id": new_request_id(), "flat": 0, "price": 9_000_000}]}
+    answer = client.post("/feedback", json=recent)
+    assert answer.status_code == 425 and answer.headers["retry-after"] == "1", answer.text
+    assert [d["type"] for d in answer.json()["detail"]] == ["pending_request_id"]
+    old = {"actuals": [{"request_id": new_request_id(time.time() - 120), "flat": 0, "price": 9_000_000}]}
+    assert client.post("/feedback", json=old).status_code == 404
+    # a real answer's own id, sent at once and again until the monitor has written it: 425 first or 200, never 404
+    request_id = client.post("/predict", json=EXAMPLE_FLAT).json()["request_id"]
+    body = {"actuals": [{"request_id": request_id, "flat": 0, "price": 9_000_000}]}
+    statuses = []
+    wait_until(lambda: statuses.append(client.post("/feedback", json=body).status_code) or statuses[-1] == 200, 10)
+    assert set(statuses) <= {425, 200} and statuses[-1] == 200
