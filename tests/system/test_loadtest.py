@@ -71,7 +71,10 @@ def test_garbage_answers_fail_by_cause_without_crashing_the_checks():
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Garbage)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        run = locust(f"http://127.0.0.1:{server.server_port}", "--run-time", "3s", "--users", "5")
+        # 10 users for 6 s: ~200 tasks, so the 1-in-18 invalid flat is sent (P(none) ~ 4e-6; 5 users for 3 s: ~6%)
+        run = locust(
+            f"http://127.0.0.1:{server.server_port}", "--run-time", "6s", "--users", "10", "--spawn-rate", "10"
+        )
     finally:
         server.shutdown()
     summary = run.stdout + run.stderr
