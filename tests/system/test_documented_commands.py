@@ -258,31 +258,3 @@ def test_compose_env_and_the_report(user):
     ok(user.run("make report-env", timeout=900))
     ok(user.run(".venv-report/bin/python -m monitoring.report --since 24h", timeout=600))
     assert (user.repo / "report.html").stat().st_size > 10_000
-
-
-# Debian packages `make test` installs (scripts/install-system-deps.sh) and the fast tier must not need.
-DEBIAN_TOOLS = {"promtool", "prometheus", "docker-compose", "haproxy", "amtool", "alertmanager", "wrk", "podman",
-                "podman-compose", "psql", "pg_ctlcluster", "java", "chromium", "prometheus-node-exporter"}  # fmt: skip
-
-
-def test_make_test_fast_passes_on_a_fresh_clone_without_debian_packages(tmp_path):
-    """README: `make test-fast`: no server, no Debian package. Run as written in a fresh clone, on a PATH whose
-    programs are the user's own (no venv) minus every Debian tool of the full suite (links in a folder: this machine
-    has them installed)."""
-    clone = tmp_path / "flat-price"
-    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
-    bare = tmp_path / "bin"
-    bare.mkdir()
-    for folder in os.environ["PATH"].split(os.pathsep):
-        if ".venv" in folder or "/venv" in folder or not Path(folder).is_dir():
-            continue
-        for program in Path(folder).iterdir():
-            if program.name not in DEBIAN_TOOLS and not (bare / program.name).exists():
-                (bare / program.name).symlink_to(program)
-    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PROMETHEUS_MULTIPROC_DIR")}
-    env.pop("FLATPRICE_TEST_DIR", None)
-    env.update(PATH=str(bare), BENTOML_HOME=str(tmp_path / "bentoml"))
-    done = subprocess.run("make test-fast", shell=True, cwd=clone, env=env, capture_output=True, text=True, timeout=900)
-    failures = [line for line in done.stdout.splitlines() if line.startswith(("FAILED", "ERROR", "E   "))]
-    assert done.returncode == 0, "\n".join(failures[:40]) + done.stdout[-600:] + done.stderr[-2000:]
-    assert re.search(r"\d+ passed, \d+ deselected", done.stdout.splitlines()[-1]), done.stdout[-600:]
