@@ -36,7 +36,7 @@ def record_feedback(ledger: Ledger, actuals: list[tuple[str, int, int]]) -> Sett
     """Settle the real prices in the ledger; count the outcome and observe each accepted flat's APE."""
     outcome = ledger.settle(actuals)
     now = time.time()
-    outcome.pending = [i for i in outcome.unknown if 0 <= now - issued_at(actuals[i][0]) <= PENDING_S]
+    outcome.pending = [i for i in outcome.absent if 0 <= now - issued_at(actuals[i][0]) <= PENDING_S]
     outcome.unknown = [i for i in outcome.unknown if i not in set(outcome.pending)]
     for name, entries in (("unknown", outcome.unknown), ("pending", outcome.pending), ("repeated", outcome.repeated)):
         if entries:

@@ -126,6 +126,8 @@ class SqliteLedger:
                 prices = json.loads(row[1]) if row else []
                 if flat >= len(prices):
                     outcome.unknown.append(i)
+                    if row is None:
+                        outcome.absent.append(i)
                 elif (
                     seen[request_id, flat] > 1
                     or db.execute(

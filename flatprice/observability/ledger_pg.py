@@ -200,6 +200,8 @@ class PostgresLedger:
                     tag, prices, priced_at, ranges = known.get(request_id, ("", [], 0.0, None))
                     if flat >= len(prices):
                         outcome.unknown.append(i)
+                        if request_id not in known:
+                            outcome.absent.append(i)
                     elif seen[request_id, flat] > 1:
                         outcome.repeated.append(i)
                     else:

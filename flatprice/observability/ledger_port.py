@@ -30,7 +30,8 @@ class Settlement:
 
     unknown: list[int] = field(default_factory=list)
     repeated: list[int] = field(default_factory=list)
-    pending: list[int] = field(default_factory=list)  # unknown to the ledger, but answered seconds ago (accuracy.py)
+    absent: list[int] = field(default_factory=list)  # unknown because the ledger has no such request id at all
+    pending: list[int] = field(default_factory=list)  # absent, but answered seconds ago (accuracy.py)
 
     @property
     def refused(self) -> bool:

@@ -175,3 +175,12 @@ def test_a_postgres_ledger_created_before_ranges_gains_the_column(postgres):
     ledger.close()
     with psycopg.connect(postgres.url) as db:
         db.execute("TRUNCATE flat_price_priced, flat_price_settled")
+
+
+def test_an_unknown_flat_says_whether_its_request_is_absent_altogether(ledger):
+    writer, _ = ledger
+    (a,) = ids("ee", 1)
+    writer.add("m:1", [a], [np.array([5_000_000])])
+    settle(writer, [(a, 0, 5_100_000)])
+    outcome = writer.settle([(a, 1, 5_000_000), ("9" * 32, 0, 5_000_000)])
+    assert outcome.unknown == [0, 1] and outcome.absent == [1]

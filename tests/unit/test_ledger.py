@@ -145,3 +145,12 @@ def test_a_flat_answered_moments_ago_is_pending_425_not_unknown(client):
     statuses = []
     wait_until(lambda: statuses.append(client.post("/feedback", json=body).status_code) or statuses[-1] == 200, 10)
     assert set(statuses) <= {425, 200} and statuses[-1] == 200
+
+
+def test_a_flat_a_known_request_never_had_is_unknown_at_once_not_pending(client):
+    """Pending means the ledger has no such request yet; flat 1 of a recorded one-flat request is simply unknown."""
+    request_id = client.post("/predict", json=EXAMPLE_FLAT).json()["request_id"]
+    first = {"actuals": [{"request_id": request_id, "flat": 0, "price": 9_000_000}]}
+    wait_until(lambda: client.post("/feedback", json=first).status_code == 200, 10)  # recorded: the request is known
+    second = client.post("/feedback", json={"actuals": [{"request_id": request_id, "flat": 1, "price": 9_000_000}]})
+    assert second.status_code == 404 and second.json()["detail"][0]["type"] == "unknown_request_id"
