@@ -68,7 +68,7 @@ class Runtime:
             level = DEFAULT_LEVEL if served.calibration is not None else None
             publish_static(served.tag, served.metadata["trained_at"], served.metadata["metrics"], band, gate, level)
             signals[served.tag] = ModelSignals(
-                DriftPublisher(served.tag, served.reference, served.known), served.reference, served.calibration
+                DriftPublisher(served.tag, served.reference, served.known), served.reference
             )
         monitor = PredictionMonitor(signals, settings.drift_rows_per_request, shadow=shadow, log=log, ledger=ledger)
         monitor.start()
@@ -98,8 +98,11 @@ class Runtime:
             client = ctx.request.headers.get(CLIENT_HEADER)
         model = self.models[self.policy(rows, client)]
         prices = model.price(rows)
-        self.monitor.record(rows, prices, request_id, model.tag)
-        ranges = model.calibration.ranges(rows, prices, level) if model.calibration is not None else None
+        ranges = logged = None
+        if model.calibration is not None:  # the ledger keeps the default level's ranges, computed once
+            ranges = model.calibration.ranges(rows, prices, level)
+            logged = ranges if level == DEFAULT_LEVEL else model.calibration.ranges(rows, prices)
+        self.monitor.record(rows, prices, request_id, model.tag, logged)
         return Priced(prices, model.tag, request_id, ranges)
 
     def explainer(self, tag: str) -> PriceExplainer:

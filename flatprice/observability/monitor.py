@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import compat  # bulk observe: a version-checked private touch point (flatprice/compat.py)
-from ..intervals import SEGMENTS, Calibration
+from ..intervals import SEGMENTS, Ranges
 from ..pricing import whole_rubles
 from ..reference import sample_rows
 from ..schema import FEATURE_NAMES
@@ -43,7 +43,6 @@ class ModelSignals:
 
     drift: DriftPublisher
     reference: dict[str, dict] = field(repr=False)
-    calibration: Calibration | None = None  # the model's price ranges, stored with its priced flats
 
     def __post_init__(self):
         self.low = np.array([self.reference[name]["min"] for name in FEATURE_NAMES])
@@ -74,9 +73,17 @@ class PredictionMonitor:
         self._cpu_seconds = sum(os.times()[:2])
         self._reserved_at = -RESERVE_EVERY_S
 
-    def record(self, features: np.ndarray, predictions: np.ndarray, request_id: str, model_tag: str) -> None:
-        """Called on the request path: O(1), no metric I/O. `model_tag`: the served model that priced them."""
-        self._queue.append((features, predictions, request_id, model_tag))
+    def record(
+        self,
+        features: np.ndarray,
+        predictions: np.ndarray,
+        request_id: str,
+        model_tag: str,
+        ranges: Ranges | None = None,
+    ) -> None:
+        """Called on the request path: O(1), no metric I/O. `model_tag`: the served model that priced them;
+        `ranges`: their ranges at the default level, as answered (the ledger keeps them), or None."""
+        self._queue.append((features, predictions, request_id, model_tag, ranges))
 
     def start(self) -> None:
         self._thread.start()
@@ -151,20 +158,11 @@ class PredictionMonitor:
                 self._log_failed("inference log: cannot write a record", len(request_ids), error)
             if self.ledger is not None:
                 split = np.cumsum(sizes)[:-1]
-                ranges = self._ledger_ranges(tag, features, np.concatenate([calls[i][1] for i in picked]), split)
+                ranges = _ledger_ranges([calls[i][4] for i in picked], split)
                 try:
                     self.ledger.add(tag, request_ids, np.split(prices, split), ranges)
                 except LedgerUnavailable as error:  # a full disk or a stuck lock costs feedback, never the signals
                     self._log_failed("feedback ledger: cannot add requests", len(request_ids), error)
-
-    def _ledger_ranges(self, tag: str, features, predictions, split) -> list[np.ndarray] | None:
-        """Each flat's (low, high, segment) at the default level, as its answer gave them (the same
-        calibration, rows and prices), for /feedback to score real prices against; None without ranges."""
-        calibration = self.models[tag].calibration
-        if calibration is None:
-            return None
-        ranges = calibration.ranges(features, predictions)
-        return np.split(np.column_stack([ranges.low, ranges.high, ranges.segment]), split)
 
     def _log_failed(self, what: str, requests: int, error: Exception) -> None:
         metrics.INFERENCE_LOG_FAILURES.inc(requests)
@@ -196,6 +194,16 @@ class PredictionMonitor:
         self._cpu_seconds = cpu
         with open("/proc/self/statm") as f:
             metrics.WORKER_MEMORY.set(int(f.read().split()[1]) * _PAGE_BYTES)
+
+
+def _ledger_ranges(answered: list[Ranges | None], split: np.ndarray) -> list[np.ndarray] | None:
+    """Each request's (low, high, segment) per flat, as answered, for the ledger; None for a model without ranges."""
+    if any(r is None for r in answered):
+        return None
+    stacked = np.column_stack(
+        [np.concatenate([getattr(r, part) for r in answered]) for part in ("low", "high", "segment")]
+    )
+    return np.split(stacked, split)
 
 
 def publish_static(
