@@ -112,3 +112,16 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.slow)
         elif SERVER_FIXTURES & set(item.fixturenames):
             raise pytest.UsageError(f"{item.nodeid} starts a real server: move it to tests/service or tests/system")
+
+
+@pytest.fixture
+def table():
+    """500 synthetic listings as a source table holds them: the 15 features, price, and the id columns loaders drop."""
+    import numpy as np
+
+    from flatprice.synthetic import generate_flats
+
+    frame = generate_flats(500, seed=3)
+    frame.insert(0, "id", np.arange(len(frame)))
+    frame.insert(1, "flat_id", np.arange(len(frame)) + 10_000)
+    return frame

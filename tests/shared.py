@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 
 import httpx
+import numpy as np
 import yaml
 
 from devtools.servers import REPO
@@ -41,3 +42,12 @@ def rules() -> list[dict]:
 
 def alert_rules() -> list[dict]:
     return [rule for rule in rules() if "alert" in rule]
+
+
+def assert_same_table(loaded, table):
+    """A loaded training table (flatprice.data) equals the listings it was read from, without their id columns."""
+    assert "id" not in loaded.frame and "flat_id" not in loaded.frame
+    assert len(loaded.frame) == len(table)
+    expected = table.drop(columns=["id", "flat_id"])
+    np.testing.assert_allclose(loaded.frame.to_numpy(dtype=float), expected.to_numpy(dtype=float), rtol=1e-12)
+    return loaded

@@ -1,28 +1,11 @@
 """Training data from a real PostgreSQL table."""
 
-import numpy as np
 import pytest
 import sqlalchemy
 
 from devtools.servers import postgres, train_into
 from flatprice.data import DataError, load
-from flatprice.synthetic import generate_flats
-
-
-@pytest.fixture
-def table():
-    frame = generate_flats(500, seed=3)
-    frame.insert(0, "id", np.arange(len(frame)))
-    frame.insert(1, "flat_id", np.arange(len(frame)) + 10_000)
-    return frame
-
-
-def assert_same_table(loaded, table):
-    assert "id" not in loaded.frame and "flat_id" not in loaded.frame
-    assert len(loaded.frame) == len(table)
-    expected = table.drop(columns=["id", "flat_id"])
-    np.testing.assert_allclose(loaded.frame.to_numpy(dtype=float), expected.to_numpy(dtype=float), rtol=1e-12)
-    return loaded
+from tests.shared import assert_same_table
 
 
 def test_a_real_postgresql_table_trains_a_model(tmp_path, table):

@@ -6,15 +6,7 @@ import sqlalchemy
 
 from flatprice.data import DataError, load
 from flatprice.schema import FEATURE_NAMES, TARGET
-from flatprice.synthetic import generate_flats
-
-
-@pytest.fixture
-def table():
-    frame = generate_flats(500, seed=3)
-    frame.insert(0, "id", np.arange(len(frame)))
-    frame.insert(1, "flat_id", np.arange(len(frame)) + 10_000)
-    return frame
+from tests.shared import assert_same_table
 
 
 def test_synthetic_default_source():
@@ -39,14 +31,6 @@ def test_loaders_give_the_same_table(tmp_path, table, kind):
         engine.dispose()
     loaded = assert_same_table(load(str(source)), table)
     assert loaded.sha256 == load(str(source)).sha256
-
-
-def assert_same_table(loaded, table):
-    assert "id" not in loaded.frame and "flat_id" not in loaded.frame
-    assert len(loaded.frame) == len(table)
-    expected = table.drop(columns=["id", "flat_id"])
-    np.testing.assert_allclose(loaded.frame.to_numpy(dtype=float), expected.to_numpy(dtype=float), rtol=1e-12)
-    return loaded
 
 
 def test_sqlite_other_table_and_missing_table(tmp_path, table):
