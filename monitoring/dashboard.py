@@ -411,7 +411,7 @@ ROWS: list[tuple[str, list[Panel]]] = [
             ),
             Panel(
                 "Real prices received",
-                "Real prices sent to POST /feedback per hour: accepted, or refused as unknown (not logged, or no longer kept) or repeated.",
+                "Real prices sent to POST /feedback per hour: accepted, or refused as unknown (not logged, or no longer kept), pending (answered moments ago, not in the ledger yet: the client sends it again) or repeated.",
                 [(f"sum by (outcome) (increase({N}_feedback_actuals_total[1h]))", "{{outcome}}")],
                 "short",
             ),
