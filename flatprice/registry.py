@@ -225,7 +225,7 @@ def _pin(role: str, model: bentoml.Model | None) -> None:
 
 def _announce(line: str) -> None:
     """Once per `bentoml serve`: its workers import the service too, with a worker index set."""
-    if bentoml.server_context.worker_index is None:
+    if not _in_worker():
         print(f"[flat-price] {line}", file=sys.stderr, flush=True)
 
 

@@ -392,13 +392,9 @@ def level_of(query_values: list[str]) -> float:
         problem = {
             "type": PydanticCustomError(LEVEL_PARAMETER, str(error)),
             "loc": ("query", LEVEL_PARAMETER),
-            "input": clip_input(query_values),
+            "input": ",".join(query_values)[:MAX_LOC_CHARS],
         }
         raise ValidationError.from_exception_data("Query", [problem]) from None
-
-
-def clip_input(values: list[str]) -> str:
-    return ",".join(values)[:MAX_LOC_CHARS]
 
 
 ACTUAL_PRICE_RANGE = (100_000, 100_000_000_000)  # a real price fed back, whole rubles: what training accepts too
