@@ -36,11 +36,25 @@ def weight_slots(percent: float) -> int:
     return round(percent * SLOTS / 100)
 
 
+class Split:
+    """The canary answers the requests whose key's slot is under its weight (in SLOTS); production the rest.
+    The weight is live: the rollout's state file (flatprice/rollout.py) moves it while the server runs."""
+
+    def __init__(self, production: str, canary: str, percent: float):
+        self.production, self.canary = production, canary
+        self.percent = percent
+        self.limit = weight_slots(percent)
+
+    def set_weight(self, percent: float) -> None:
+        self.percent = percent  # read by the metrics only: the request path reads `limit`, one int
+        self.limit = weight_slots(percent)
+
+    def __call__(self, rows: np.ndarray, client: str | None = None) -> str:
+        if self.limit == 0:  # no canary traffic: no hash either
+            return self.production
+        return self.canary if slot(request_key(rows, client)) < self.limit else self.production
+
+
 def sticky_share(production: str, canary: str, percent: float) -> Policy:
-    """The canary answers the requests whose key's slot is under `percent` of SLOTS; production the rest."""
-    limit = weight_slots(percent)
-
-    def choose(rows: np.ndarray, client: str | None = None) -> str:
-        return canary if slot(request_key(rows, client)) < limit else production
-
-    return choose
+    """The policy of a server with a canary at `percent`."""
+    return Split(production, canary, percent)

@@ -63,7 +63,12 @@ class Settings(BaseSettings):
         description="A model (named as above) answering a sticky share of requests",
     )
     canary_weight: float = Field(
-        0.0, ge=0, le=100, description="Percent of keys (X-Client-ID, else building) it answers"
+        0.0, ge=0, le=100, description="Percent of keys (X-Client-ID, else building) it answers at start"
+    )
+    rollout_file: str = Field(
+        "",
+        max_length=1000,
+        description="The canary rollout's state, which moves the weight live (empty: BENTOML_HOME/canary-rollout.json)",
     )
     model_sha256: str = Field(
         "",

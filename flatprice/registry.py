@@ -255,19 +255,25 @@ def served_models(settings) -> tuple[bentoml.Model, bentoml.Model | None]:
 
 
 def canary_model(settings, production_model: bentoml.Model) -> bentoml.Model | None:
-    """The canary (FLAT_PRICE_CANARY, when its weight is above 0), its files verified; or exit with one line."""
-    if not settings.canary or settings.canary_weight <= 0:
+    """The canary (FLAT_PRICE_CANARY), its files verified; or exit with one line. Loaded even at weight 0: the
+    rollout file (flatprice/rollout.py) moves its weight while the server runs."""
+    if not settings.canary:
         _pin("canary", None)
         return None
     try:
         if settings.model_sha256:  # as for the challenger: the pin vouches for one pickle only
             raise ModelError("FLAT_PRICE_CANARY cannot be used while FLAT_PRICE_MODEL_SHA256 pins the served model")
         canary = resolve(_selector("canary", settings.canary), setting="FLAT_PRICE_CANARY")
+        if canary.tag == production_model.tag:  # e.g. restarted after its rollout promoted it: it is production now
+            _pin("canary", None)
+            _announce(f"FLAT_PRICE_CANARY={settings.canary} is the served model ({canary.tag}): no canary")
+            return None
         _pin("canary", canary)
-        if canary.tag == production_model.tag:
-            raise ModelError(f"FLAT_PRICE_CANARY={settings.canary} is the model FLAT_PRICE_MODEL serves ({canary.tag})")
         verified_files(canary)
     except ModelError as error:
         raise SystemExit(f"cannot serve: {error}") from None
-    _announce(f"canary: {summary(canary)} answers {settings.canary_weight:g}% of keys (FLAT_PRICE_CANARY_WEIGHT)")
+    _announce(
+        f"canary: {summary(canary)} answers {settings.canary_weight:g}% of keys (FLAT_PRICE_CANARY_WEIGHT) "
+        "until the rollout file moves it"
+    )
     return canary

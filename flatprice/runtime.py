@@ -6,6 +6,7 @@ shadow, the inference log and the feedback ledger), fault injection.
 from __future__ import annotations
 
 import gc
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,11 +14,12 @@ import numpy as np
 
 from .answering import Policy, Priced, ServedModel, always
 from .api.payloads import REQUEST_ID_HEADER, Explanation, level_of, new_request_id, ranges_of, rubles
-from .canary import CLIENT_HEADER, sticky_share
+from .canary import CLIENT_HEADER, Split, sticky_share
 from .config import Settings
 from .explain import PriceExplainer
 from .faults import FaultInjection
 from .intervals import DEFAULT_LEVEL, LEVEL_PARAMETER
+from .observability import metrics
 from .observability.accuracy import band_of
 from .observability.drift import DriftPublisher
 from .observability.inference_log import InferenceLog
@@ -26,6 +28,7 @@ from .observability.log_records import log_directory
 from .observability.monitor import ModelSignals, PredictionMonitor, publish_static
 from .observability.shadow import Shadow, publish_challenger
 from .registry import GATE
+from .rollout import Watcher, path_of
 from .schema import EXAMPLE_FLAT, FEATURE_NAMES
 from .store import load_pipeline
 
@@ -44,7 +47,8 @@ class Runtime:
     @classmethod
     def load(cls, settings: Settings, model_ref, challenger_ref, home, canary_ref=None) -> Runtime:
         """The production model, the challenger in the shadow, and the canary answering its sticky share
-        (flatprice/canary.py); without a canary every request goes to production."""
+        (flatprice/canary.py) at the weight the rollout file sets (flatprice/rollout.py); without a canary
+        every request goes to production."""
         served = [ServedModel.of(load_pipeline(model_ref, settings.model_sha256))]
         policy = None
         if canary_ref is not None:
@@ -70,7 +74,18 @@ class Runtime:
             signals[served.tag] = ModelSignals(
                 DriftPublisher(served.tag, served.reference, served.known), served.reference
             )
-        monitor = PredictionMonitor(signals, settings.drift_rows_per_request, shadow=shadow, log=log, ledger=ledger)
+        watcher = None
+        if isinstance(policy, Split):  # the rollout file moves its weight; production prices its flats beside it
+            watcher = Watcher(path_of(settings.rollout_file, home), policy)
+        monitor = PredictionMonitor(
+            signals,
+            settings.drift_rows_per_request,
+            shadow=shadow,
+            log=log,
+            ledger=ledger,
+            paired=(production, models[0].price) if watcher is not None else None,
+            tick=watcher.poll if watcher is not None else None,
+        )
         monitor.start()
         # Long-lived objects leave the GC's generations and full collections run rarely:
         # each stalls the requests in flight (docs/decisions/0002-gc-freeze.md).
@@ -97,12 +112,17 @@ class Runtime:
             ctx.response.headers[REQUEST_ID_HEADER] = request_id
             client = ctx.request.headers.get(CLIENT_HEADER)
         model = self.models[self.policy(rows, client)]
-        prices = model.price(rows)
-        ranges = logged = None
-        if model.calibration is not None:  # the ledger keeps the default level's ranges, computed once
-            ranges = model.calibration.ranges(rows, prices, level)
-            logged = ranges if level == DEFAULT_LEVEL else model.calibration.ranges(rows, prices)
-        self.monitor.record(rows, prices, request_id, model.tag, logged)
+        started = time.perf_counter()
+        try:
+            prices = model.price(rows)
+            ranges = logged = None
+            if model.calibration is not None:  # the ledger keeps the default level's ranges, computed once
+                ranges = model.calibration.ranges(rows, prices, level)
+                logged = ranges if level == DEFAULT_LEVEL else model.calibration.ranges(rows, prices)
+        except Exception:  # a model that raises is counted against it (a canary's rollback reads this)
+            metrics.MODEL_REQUESTS.labels(model_tag=model.tag, outcome="failed").inc()
+            raise
+        self.monitor.record(rows, prices, request_id, model.tag, logged, time.perf_counter() - started)
         return Priced(prices, model.tag, request_id, ranges)
 
     def explainer(self, tag: str) -> PriceExplainer:

@@ -1,4 +1,5 @@
-"""`python -m models list | promote TAG | rollback`: the model store's stages (flatprice/registry.py).
+"""`python -m models list | promote TAG | rollback | canary TAG`: the model store's stages (flatprice/registry.py)
+and the canary's automated rollout (models/canary.py).
 
 The service serves the `production` model unless FLAT_PRICE_MODEL names another; a restart
 (or a rolling restart behind the proxy, deploy/README.md) picks up a promotion.
@@ -8,9 +9,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from flatprice import intervals, registry
 from flatprice.store import MODEL_NAME, ModelError
+
+from . import canary
 
 
 def rows(name: str) -> list[list[str]]:
@@ -87,8 +91,36 @@ def main(argv: list[str] | None = None) -> int:
     promote.add_argument("tag", help="a tag (flat_price:VERSION), a version, or a stage such as candidate")
     promote.add_argument("--force", action="store_true", help="promote a candidate the promotion gate refused")
     commands.add_parser("rollback", help="archive production and put back the model that was production before it")
+    step = commands.add_parser(
+        "canary",
+        help="step the canary's weight (servers started with FLAT_PRICE_CANARY=TAG), judge it from Prometheus, "
+        "promote it or roll it back",
+    )
+    step.add_argument("tag", help="the canary: a tag, a version, or candidate")
+    step.add_argument("--steps", type=canary.percents, default=canary.DEFAULT_STEPS, help="percents, e.g. 5,25,50,100")
+    step.add_argument("--interval", type=canary.duration, default=600.0, help="each step's length: 90s, 10m (10m)")
+    step.add_argument("--check-every", type=canary.duration, default=10.0, help="fast checks' period (10s)")
+    step.add_argument(
+        "--max-hold", type=canary.duration, default=1800.0, help="hold a step without data this long (30m)"
+    )
+    step.add_argument("--prometheus", default="http://127.0.0.1:9090", help="Prometheus scraping the servers")
+    step.add_argument("--rollout-file", type=Path, help="the file the servers read (FLAT_PRICE_ROLLOUT_FILE)")
+    step.add_argument("--force", action="store_true", help="a candidate the promotion gate refused")
+    step.add_argument("--abort", action="store_true", help="roll back the rollout in the file now (weight 0)")
     args = parser.parse_args(argv)
     try:
+        if args.command == "canary":
+            options = canary.Options(
+                args.tag,
+                args.steps,
+                args.interval,
+                args.check_every,
+                args.max_hold,
+                args.prometheus,
+                args.rollout_file,
+                args.force,
+            )
+            return canary.abort(options) if args.abort else canary.CanaryRun(options).run()
         if args.command == "list":
             table = rows(args.name)
             print(aligned(table) if len(table) > 1 else f"no {args.name} model in the store")

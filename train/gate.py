@@ -114,12 +114,14 @@ def compare_sales(y_true: np.ndarray, new: np.ndarray, production: np.ndarray, s
 
 
 def compare(y_true: np.ndarray, new: np.ndarray, production: np.ndarray) -> dict:
-    """Both models' metrics on the same rows, and the share of flats whose price moved > 10%."""
+    """Both models' metrics on the same rows, the share of flats whose price moved > 10%, and the median
+    shift new / production - 1 (what a canary's live prices are expected to differ by: models/canary.py)."""
     return {
         "rows": len(y_true),
         "new": metrics(y_true, new),
         "production": metrics(y_true, production),
         "moved_share": float(np.mean(np.abs(new / production - 1) > MOVED)),
+        "median_shift": float(np.median(new / production) - 1),
     }
 
 

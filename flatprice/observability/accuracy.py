@@ -44,8 +44,8 @@ def record_feedback(ledger: Ledger, actuals: list[tuple[str, int, int]]) -> Sett
     if outcome.settled:
         metrics.FEEDBACK_ACTUALS.labels(outcome="accepted").inc(len(outcome.settled))
     now = time.time()
-    for (tag, price, actual), priced_at, answered in zip(
-        outcome.settled, outcome.priced_at, outcome.ranges, strict=True
+    for (tag, price, actual), priced_at, answered, production in zip(
+        outcome.settled, outcome.priced_at, outcome.ranges, outcome.paired, strict=True
     ):  # at most 1,000
         metrics.FEEDBACK_APE.labels(model_tag=tag).observe(abs(price / actual - 1))
         metrics.FEEDBACK_LOG_ERROR.labels(model_tag=tag).observe(math.log(price / actual))
@@ -53,7 +53,15 @@ def record_feedback(ledger: Ledger, actuals: list[tuple[str, int, int]]) -> Sett
         if answered is not None and 0 <= answered[2] < len(SEGMENTS):
             position = range_position(actual, answered[0], answered[1])
             metrics.FEEDBACK_RANGE.labels(model_tag=tag, segment=SEGMENTS[answered[2]], position=position).inc()
+        if production is not None and production > 0:  # a canary's flat: both models scored on it
+            metrics.FEEDBACK_PAIRED.labels(model_tag=tag, closer=closer(price, production, actual)).inc()
     return outcome
+
+
+def closer(price: float, production: float, actual: float) -> str:
+    """Whose price of the same flat was nearer the real one, in ln terms (metrics.PAIRED_CLOSER)."""
+    own, theirs = abs(math.log(price / actual)), abs(math.log(production / actual))
+    return "tie" if math.isclose(own, theirs, abs_tol=1e-9) else "model" if own < theirs else "production"
 
 
 def range_position(actual: float, low: float, high: float) -> str:

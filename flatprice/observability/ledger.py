@@ -32,7 +32,8 @@ _SCHEMA = (
         model_tag TEXT NOT NULL,
         prices TEXT NOT NULL,
         priced_at REAL NOT NULL,
-        ranges BLOB
+        ranges BLOB,
+        paired BLOB
     )""",
     """CREATE TABLE IF NOT EXISTS settled (
         request_id TEXT NOT NULL,
@@ -55,8 +56,9 @@ class SqliteLedger:
             for statement in _SCHEMA:
                 db.execute(statement)
             columns = {row[1] for row in db.execute("PRAGMA table_info(priced)")}
-            if "ranges" not in columns:  # a ledger written before price ranges: its old rows have none
-                db.execute("ALTER TABLE priced ADD COLUMN ranges BLOB")
+            for column in ("ranges", "paired"):  # a ledger written before ranges or the canary: old rows have none
+                if column not in columns:
+                    db.execute(f"ALTER TABLE priced ADD COLUMN {column} BLOB")
         self._writer: sqlite3.Connection | None = None  # the monitor thread's own connection
 
     def _connect(self) -> sqlite3.Connection:
@@ -74,30 +76,33 @@ class SqliteLedger:
         ledger.path, ledger.max_flats, ledger._writer = path, 0, None
         return ledger
 
-    def add(self, model_tag: str, request_ids: list[str], prices: list[np.ndarray], ranges=None) -> None:
-        """One row per request: its answered prices (whole rubles) and ranges (the port's `add`).
+    def add(self, model_tag: str, request_ids: list[str], prices: list[np.ndarray], ranges=None, paired=None) -> None:
+        """One row per request: its answered prices (whole rubles), ranges and paired prices (the port's `add`).
         Called from one thread per worker."""
         if not disk_has_room(self.path.parent):  # keep the disk's last room for serving (log_records.py)
             raise LedgerUnavailable("the disk is almost full: priced flats not recorded")
         try:
-            self._add(model_tag, request_ids, prices, ranges or [None] * len(prices))
+            self._add(model_tag, request_ids, prices, ranges or [None] * len(prices), paired or [None] * len(prices))
         except sqlite3.Error as error:  # a full disk or a stuck lock: the caller counts the loss
             self.close()  # its open transaction goes with it; the next add reconnects
             raise LedgerUnavailable(f"{type(error).__name__}: {error}") from None
 
-    def _add(self, model_tag: str, request_ids: list[str], prices: list[np.ndarray], ranges: list) -> None:
+    def _add(
+        self, model_tag: str, request_ids: list[str], prices: list[np.ndarray], ranges: list, paired: list
+    ) -> None:
         if self._writer is None:
             self._writer = self._connect()
         db, now = self._writer, time.time()
         db.execute("BEGIN IMMEDIATE")  # the workers' inserts take turns, so flats_so_far stays a running count
         (total,) = db.execute("SELECT coalesce(max(flats_so_far), 0) FROM priced").fetchone()
         rows = []
-        for request_id, answered, given in zip(request_ids, prices, ranges, strict=True):
+        for request_id, answered, given, production in zip(request_ids, prices, ranges, paired, strict=True):
             total += len(answered)
-            rows.append((total, request_id, model_tag, json.dumps(answered.tolist()), now, ranges_bytes(given)))
+            stored = json.dumps(answered.tolist())
+            rows.append((total, request_id, model_tag, stored, now, ranges_bytes(given), ranges_bytes(production)))
         db.executemany(
-            "INSERT OR IGNORE INTO priced (flats_so_far, request_id, model_tag, prices, priced_at, ranges) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT OR IGNORE INTO priced (flats_so_far, request_id, model_tag, prices, priced_at, ranges, paired) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
             rows,
         )
         db.execute("DELETE FROM priced WHERE flats_so_far <= ?", (total - self.max_flats,))
@@ -121,7 +126,8 @@ class SqliteLedger:
             db.execute("BEGIN IMMEDIATE")  # other workers' feedback waits: no double settlement
             for i, (request_id, flat, actual) in enumerate(actuals):
                 row = db.execute(
-                    "SELECT model_tag, prices, priced_at, ranges FROM priced WHERE request_id = ?", (request_id,)
+                    "SELECT model_tag, prices, priced_at, ranges, paired FROM priced WHERE request_id = ?",
+                    (request_id,),
                 ).fetchone()
                 prices = json.loads(row[1]) if row else []
                 if flat >= len(prices):
@@ -136,7 +142,7 @@ class SqliteLedger:
                 ):
                     outcome.repeated.append(i)
                 else:
-                    outcome.keep(row[0], prices[flat], actual, row[2], row[3], flat)
+                    outcome.keep(row[0], prices[flat], actual, row[2], row[3], flat, row[4])
             if outcome.refused:
                 db.execute("ROLLBACK")
                 outcome.drop_all()

@@ -37,6 +37,8 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS flat_price_priced_at ON flat_price_priced (priced_at)",
     # each flat's (low, high, segment) as int64 (ledger_port.ranges_bytes); a ledger created before ranges gains it
     "ALTER TABLE flat_price_priced ADD COLUMN IF NOT EXISTS ranges bytea",
+    # production's prices of a canary's flats, int64 (the paired comparison); likewise added to an older ledger
+    "ALTER TABLE flat_price_priced ADD COLUMN IF NOT EXISTS paired bytea",
     """CREATE TABLE IF NOT EXISTS flat_price_settled (
         request_id text NOT NULL,
         flat integer NOT NULL,
@@ -79,9 +81,10 @@ class PostgresLedger:
         self._thread.start()
 
     # -- the monitor thread ------------------------------------------------------------------
-    def add(self, model_tag: str, request_ids: list[str], prices: list[np.ndarray], ranges=None) -> None:
+    def add(self, model_tag: str, request_ids: list[str], prices: list[np.ndarray], ranges=None, paired=None) -> None:
         """Buffer the requests in order while they fit; the rest are dropped and counted."""
         ranges = ranges or [None] * len(prices)
+        paired = paired or [None] * len(prices)
         with self._lock:
             room = self.buffer_flats - self._buffered
             kept = 0
@@ -90,7 +93,10 @@ class PostgresLedger:
                 kept += 1
             if kept:
                 flats = sum(len(p) for p in prices[:kept])
-                answered = [(p.tolist(), ranges_bytes(r)) for p, r in zip(prices[:kept], ranges[:kept], strict=True)]
+                answered = [
+                    (p.tolist(), ranges_bytes(r), ranges_bytes(q))
+                    for p, r, q in zip(prices[:kept], ranges[:kept], paired[:kept], strict=True)
+                ]
                 self._buffer.append((model_tag, request_ids[:kept], answered, flats))
                 self._buffered += flats
                 self._metrics.LEDGER_BUFFERED.set(self._buffered)
@@ -121,9 +127,9 @@ class PostgresLedger:
                 if self._writer is None or self._writer.closed:
                     self._writer = self._connect()
                 rows = [
-                    (request_id, tag, prices, ranges)
+                    (request_id, tag, *stored)
                     for tag, ids, answered, _ in batches
-                    for request_id, (prices, ranges) in zip(ids, answered, strict=True)
+                    for request_id, stored in zip(ids, answered, strict=True)
                 ]
                 with self._writer.transaction():
                     self._insert(rows)
@@ -142,7 +148,8 @@ class PostgresLedger:
     def _insert(self, rows) -> None:
         with self._writer.cursor() as cursor:
             cursor.executemany(
-                "INSERT INTO flat_price_priced (request_id, model_tag, prices, ranges) VALUES (%s, %s, %s, %s) "
+                "INSERT INTO flat_price_priced (request_id, model_tag, prices, ranges, paired) "
+                "VALUES (%s, %s, %s, %s, %s) "
                 "ON CONFLICT DO NOTHING",
                 rows,
             )
@@ -189,15 +196,15 @@ class PostgresLedger:
             with self._connect() as db:
                 ids = sorted({request_id for request_id, _, _ in actuals})
                 known = {
-                    request_id: (tag, prices, priced_at, ranges)
-                    for request_id, tag, prices, priced_at, ranges in db.execute(
-                        "SELECT request_id, model_tag, prices, extract(epoch FROM priced_at)::float8, ranges "
+                    request_id: (tag, prices, priced_at, ranges, paired)
+                    for request_id, tag, prices, priced_at, ranges, paired in db.execute(
+                        "SELECT request_id, model_tag, prices, extract(epoch FROM priced_at)::float8, ranges, paired "
                         "FROM flat_price_priced WHERE request_id = ANY(%s)",
                         (ids,),
                     )
                 }
                 for i, (request_id, flat, actual) in enumerate(actuals):
-                    tag, prices, priced_at, ranges = known.get(request_id, ("", [], 0.0, None))
+                    tag, prices, priced_at, ranges, paired = known.get(request_id, ("", [], 0.0, None, None))
                     if flat >= len(prices):
                         outcome.unknown.append(i)
                         if request_id not in known:
@@ -205,7 +212,7 @@ class PostgresLedger:
                     elif seen[request_id, flat] > 1:
                         outcome.repeated.append(i)
                     else:
-                        outcome.keep(tag, prices[flat], actual, priced_at, ranges, flat)
+                        outcome.keep(tag, prices[flat], actual, priced_at, ranges, flat, paired)
                 if outcome.unknown or outcome.repeated:
                     outcome.drop_all()
                     return outcome

@@ -27,6 +27,7 @@ class Settlement:
     settled: list[tuple[str, int, int]] = field(default_factory=list)  # (model_tag, price, actual)
     priced_at: list[float] = field(default_factory=list)  # of each settled flat, Unix seconds
     ranges: list[tuple[int, int, int] | None] = field(default_factory=list)  # (low, high, segment) answered, or None
+    paired: list[int | None] = field(default_factory=list)  # production's price of a flat the canary answered, or None
 
     unknown: list[int] = field(default_factory=list)
     repeated: list[int] = field(default_factory=list)
@@ -37,17 +38,28 @@ class Settlement:
     def refused(self) -> bool:
         return bool(self.unknown or self.repeated or self.pending)
 
-    def keep(self, model_tag: str, price: int, actual: int, priced_at: float, ranges: bytes | None, flat: int) -> None:
-        """A flat to settle; `ranges`: its request's stored ranges (`ranges_bytes`), or None."""
+    def keep(
+        self,
+        model_tag: str,
+        price: int,
+        actual: int,
+        priced_at: float,
+        ranges: bytes | None,
+        flat: int,
+        paired: bytes | None = None,
+    ) -> None:
+        """A flat to settle; `ranges`, `paired`: its request's stored ranges and production's prices, or None."""
         self.settled.append((model_tag, price, actual))
         self.priced_at.append(priced_at)
         self.ranges.append(range_of(ranges, flat))
+        self.paired.append(paired_of(paired, flat))
 
     def drop_all(self) -> None:
         """Refused: nothing of the call is settled."""
         self.settled.clear()
         self.priced_at.clear()
         self.ranges.clear()
+        self.paired.clear()
 
 
 @dataclass(frozen=True)
@@ -68,10 +80,16 @@ SALE_COLUMNS = tuple(Sale.__dataclass_fields__)
 
 class Ledger(Protocol):
     def add(
-        self, model_tag: str, request_ids: list[str], prices: list[np.ndarray], ranges: list[np.ndarray] | None = None
+        self,
+        model_tag: str,
+        request_ids: list[str],
+        prices: list[np.ndarray],
+        ranges: list[np.ndarray] | None = None,
+        paired: list[np.ndarray] | None = None,
     ) -> None:
         """One entry per request: the whole-ruble prices `model_tag` answered and, when it gives ranges, each
-        flat's (low, high, segment) at the default level ((n, 3) int arrays). Raises LedgerUnavailable."""
+        flat's (low, high, segment) at the default level ((n, 3) int arrays); for a canary's requests,
+        `paired`: production's whole-ruble prices of the same flats. Raises LedgerUnavailable."""
 
     def settle(self, actuals: list[tuple[str, int, int]]) -> Settlement:
         """(request_id, flat, real price) for every entry, or none. Raises LedgerUnavailable."""
@@ -80,6 +98,13 @@ class Ledger(Protocol):
         """Every flat settled at or after `since` (all when None), oldest settlement first."""
 
     def close(self) -> None: ...
+
+
+def paired_of(stored: bytes | None, flat: int) -> int | None:
+    """Production's price of one flat of a canary's request (stored with `ranges_bytes`); None when not paired."""
+    if not stored or len(stored) < 8 * (flat + 1):
+        return None
+    return int(np.frombuffer(stored, dtype="<i8", count=1, offset=8 * flat)[0])
 
 
 def ranges_bytes(ranges: np.ndarray | None) -> bytes | None:

@@ -87,6 +87,10 @@ DELAY_BUCKETS = (
 FEEDBACK_OUTCOMES = ("accepted", "unknown", "pending", "repeated")  # pending: answered, not yet in the ledger
 RANGE_POSITIONS = ("inside", "below", "above")  # of a real price against its flat's range
 GATE_VERDICTS = ("passed", "refused", "none")  # model_info's gate label: none for a first model, never judged
+REQUEST_OUTCOMES = ("answered", "failed")  # failed: the model raised (the client got a 500)
+PAIRED_CLOSER = ("model", "production", "tie")  # which of the two prices of a canary's flat was closer to the real one
+# Seconds a model takes to price one request's flats (its ranges included): 0.2 ms (one flat) to seconds.
+PRICING_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 BAND_BOUNDS = ("low", "median", "high")  # of the holdout's band of daily median signed errors
 BODY_FIELD = "body"  # label for errors not tied to one field (malformed JSON, empty batch...)
 REJECTED_FIELDS = (*FEATURE_NAMES, BODY_FIELD)
@@ -96,6 +100,7 @@ MODES = {  # multiprocess mode per gauge: how several workers' values combine
     "start_time": "min",  # earliest worker start = when the service started
     "memory": "livesum",  # total resident memory of the live workers
     "buffered": "livesum",  # what the live workers hold, in all
+    "canary": "livemax",  # the highest weight a live worker applies: a rollback shows 0 once every worker took it
 }
 
 DEFINED: list[tuple[object, tuple[str, ...], dict]] = []  # (collector, labels, options): the docs table's rows
@@ -328,17 +333,62 @@ HOLDOUT_MEDIAN_APE = define(
     multiprocess_mode=MODES["reference"],
 )
 
-# The shadow's metrics, exposed once a challenger is loaded (FLAT_PRICE_CHALLENGER).
+# Per answering model, on the same traffic: what a canary is compared with production by.
+MODEL_REQUESTS = define(
+    Counter,
+    "model_requests",
+    "Pricing requests by the model the split chose, answered or failed (the model raised: the client got a 500)",
+    ("model_tag", "outcome"),
+)
+MODEL_PRICING = define(
+    Histogram,
+    "model_pricing_seconds",
+    "Time the chosen model took to price a request's flats and their ranges, seconds",
+    ("model_tag",),
+    buckets=PRICING_BUCKETS,
+)
+# The canary's metrics, exposed once a canary is loaded (FLAT_PRICE_CANARY).
+CANARY_WEIGHT = define(
+    Gauge,
+    "canary_weight_percent",
+    "Percent of keys the canary answers, as the workers apply it (FLAT_PRICE_CANARY_WEIGHT, then the rollout file)",
+    ("model_tag",),
+    multiprocess_mode=MODES["canary"],
+)
+CANARY_STATE = define(
+    Gauge,
+    "canary_state",
+    "1 for the rollout's state as the workers read it (manual, stepping, holding, promoted, rolled_back), else 0",
+    ("model_tag", "state"),
+    multiprocess_mode=MODES["canary"],
+)
+CANARY_DIFFERENCE = define(
+    Histogram,
+    "canary_relative_difference",
+    "Canary price / production's price for the same flat - 1, for every flat the canary answered (production prices it off the request path)",
+    ("model_tag",),
+    buckets=DIFFERENCE_BUCKETS,
+)
+FEEDBACK_PAIRED = define(
+    Counter,
+    "feedback_paired_real_prices",
+    "Real prices of flats the canary answered, by which price was closer: the canary's (model), production's (shadow) or a tie",
+    ("model_tag", "closer"),
+)
+
+# The shadow's metrics, exposed once a challenger is loaded (FLAT_PRICE_CHALLENGER); the canary's likewise.
 CHALLENGER = (CHALLENGER_INFO, CHALLENGER_PRICE, CHALLENGER_DIFFERENCE)
+CANARY = (CANARY_WEIGHT, CANARY_STATE, CANARY_DIFFERENCE, FEEDBACK_PAIRED)
 # (name as exposed, type) of every metric above, for tests and docs to check against /metrics;
 # read from the collectors themselves (prometheus_client's public describe()).
 EXPOSED = {
     family.name: family.type
     for collector, _, _ in DEFINED
-    if collector not in CHALLENGER
+    if collector not in CHALLENGER and collector not in CANARY
     for family in collector.describe()
 }
 CHALLENGER_EXPOSED = {family.name: family.type for collector in CHALLENGER for family in collector.describe()}
+CANARY_EXPOSED = {family.name: family.type for collector in CANARY for family in collector.describe()}
 
 
 def _number(x: float) -> str:

@@ -16,6 +16,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,6 +59,8 @@ class PredictionMonitor:
         shadow=None,
         log: InferenceLog | None = None,
         ledger: Ledger | None = None,
+        paired: tuple[str, Callable[[np.ndarray], np.ndarray]] | None = None,
+        tick: Callable[[], None] | None = None,
     ):
         self.models = models  # by tag: every model that may answer
         self.rows_per_request = rows_per_request
@@ -66,6 +69,10 @@ class PredictionMonitor:
         self.shadow = shadow  # a Shadow (challenger) fed the same rows, or None
         self.log = log if log is not None and log.enabled else None
         self.ledger = ledger if self.log is not None else None  # feedback matches logged flats only
+        # (production's tag, its price): with a canary, production prices the canary's flats here too, so the
+        # two are compared on the same flats; the ledger keeps its price for the paired accuracy
+        self.paired = paired
+        self.tick = tick  # called every interval (the canary's rollout file), before the queue is drained
         self._log_failures = 0
         self._queue: collections.deque = collections.deque()
         self._stop = threading.Event()
@@ -80,10 +87,12 @@ class PredictionMonitor:
         request_id: str,
         model_tag: str,
         ranges: Ranges | None = None,
+        seconds: float = 0.0,
     ) -> None:
         """Called on the request path: O(1), no metric I/O. `model_tag`: the served model that priced them;
-        `ranges`: their ranges at the default level, as answered (the ledger keeps them), or None."""
-        self._queue.append((features, predictions, request_id, model_tag, ranges))
+        `ranges`: their ranges at the default level, as answered (the ledger keeps them), or None;
+        `seconds`: how long the model took to price them."""
+        self._queue.append((features, predictions, request_id, model_tag, ranges, seconds))
 
     def start(self) -> None:
         self._thread.start()
@@ -103,6 +112,11 @@ class PredictionMonitor:
                 logger.exception("prediction monitor: flush failed")
 
     def flush(self) -> None:
+        if self.tick is not None:
+            try:
+                self.tick()
+            except Exception:  # the watcher's fault must not stop the signals
+                logger.exception("prediction monitor: tick failed")
         calls = []
         while self._queue:
             calls.append(self._queue.popleft())
@@ -127,9 +141,30 @@ class PredictionMonitor:
                 own = [size for size, is_mine in zip(sizes, mine, strict=True) if is_mine]
             self._model_signals(tag, features[rows], predictions[rows], own)
             self.models[tag].drift.observe(features[picked], predictions[picked])
+            seconds = np.array([c[5] for c in calls if c[3] == tag])
+            metrics.MODEL_REQUESTS.labels(model_tag=tag, outcome="answered").inc(len(seconds))
+            compat.observe_many(metrics.MODEL_PRICING.labels(model_tag=tag), seconds)
+        production = self._production_prices(calls, features, predictions, sizes)
         shadow_prices = self.shadow.observe(features, predictions, sampled) if self.shadow is not None else None
         if self.log is not None:
-            self._write_log(calls, np.cumsum([0, *sizes]), shadow_prices)
+            self._write_log(calls, np.cumsum([0, *sizes]), shadow_prices, production)
+
+    def _production_prices(self, calls, features, predictions, sizes) -> np.ndarray | None:
+        """Production's prices of the flats the canary answered (NaN for production's own), and the canary's
+        relative difference from them; None without a canary or when the canary answered none of them."""
+        if self.paired is None:
+            return None
+        tag, price = self.paired
+        theirs = np.repeat(np.array([c[3] != tag for c in calls]), sizes)
+        if not theirs.any():
+            return None
+        production = np.full(len(predictions), np.nan)
+        production[theirs] = price(features[theirs])
+        for canary in {c[3] for c in calls if c[3] != tag}:
+            mine = theirs & np.repeat(np.array([c[3] == canary for c in calls]), sizes)
+            difference = predictions[mine] / production[mine] - 1
+            compat.observe_many(metrics.CANARY_DIFFERENCE.labels(model_tag=canary), difference)
+        return production
 
     def _model_signals(self, tag: str, features: np.ndarray, predictions: np.ndarray, sizes: list[int]) -> None:
         signals = self.models[tag]
@@ -139,8 +174,9 @@ class PredictionMonitor:
         for i in np.flatnonzero(outside):
             metrics.OUT_OF_RANGE.labels(model_tag=tag, feature=FEATURE_NAMES[i]).inc(int(outside[i]))
 
-    def _write_log(self, calls, offsets: np.ndarray, shadow_prices: np.ndarray | None) -> None:
-        """The chosen requests to the inference log (records per answering model) and to the feedback ledger."""
+    def _write_log(self, calls, offsets: np.ndarray, shadow_prices, production_prices=None) -> None:
+        """The chosen requests to the inference log (records per answering model) and to the feedback ledger
+        (a canary's requests with production's prices of the same flats)."""
         chosen = self.log.chosen(len(calls))
         by_model: dict[str, list[int]] = {}
         for i in chosen:
@@ -159,8 +195,11 @@ class PredictionMonitor:
             if self.ledger is not None:
                 split = np.cumsum(sizes)[:-1]
                 ranges = _ledger_ranges([calls[i][4] for i in picked], split)
+                paired = None
+                if production_prices is not None and not np.isnan(production_prices[rows]).any():
+                    paired = np.split(whole_rubles(production_prices[rows]), split)
                 try:
-                    self.ledger.add(tag, request_ids, np.split(prices, split), ranges)
+                    self.ledger.add(tag, request_ids, np.split(prices, split), ranges, paired)
                 except LedgerUnavailable as error:  # a full disk or a stuck lock costs feedback, never the signals
                     self._log_failed("feedback ledger: cannot add requests", len(request_ids), error)
 
@@ -237,6 +276,9 @@ def publish_static(
     metrics.START_TIME.set(time.time())
     metrics.PREDICTED_PRICE.labels(model_tag=model_tag)  # expose every series from the start (rate() needs a 0)
     metrics.BATCH_ROWS.labels(model_tag=model_tag)
+    metrics.MODEL_PRICING.labels(model_tag=model_tag)
+    for outcome in metrics.REQUEST_OUTCOMES:  # a canary's first failure must show as an increase from 0
+        metrics.MODEL_REQUESTS.labels(model_tag=model_tag, outcome=outcome)
     for name in FEATURE_NAMES:
         metrics.OUT_OF_RANGE.labels(model_tag=model_tag, feature=name)
     for name in metrics.REJECTED_FIELDS:

@@ -27,7 +27,7 @@ def test_monitoring_md_metrics_table_is_generated_from_the_metrics_module():
     listed = set(re.findall(r"^\| `(\w+)` \|", table, re.M))
     exposed = {
         f"{name}_total" if kind == "counter" else name
-        for name, kind in (metrics.EXPOSED | metrics.CHALLENGER_EXPOSED).items()
+        for name, kind in (metrics.EXPOSED | metrics.CHALLENGER_EXPOSED | metrics.CANARY_EXPOSED).items()
     }
     assert listed == exposed
 

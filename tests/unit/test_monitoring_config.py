@@ -184,10 +184,10 @@ def test_dashboard_has_every_panel_of_the_original_and_the_new_ones():
 
 
 def test_monitoring_md_documents_every_metric_panel_and_alert():
-    from flatprice.observability.metrics import CHALLENGER_EXPOSED, EXPOSED
+    from flatprice.observability.metrics import CANARY_EXPOSED, CHALLENGER_EXPOSED, EXPOSED
 
     text = (REPO / "Monitoring.md").read_text()
-    for name, kind in (EXPOSED | CHALLENGER_EXPOSED).items():
+    for name, kind in (EXPOSED | CHALLENGER_EXPOSED | CANARY_EXPOSED).items():
         assert f"`{name}_total`" in text if kind == "counter" else f"`{name}`" in text, name
     for panel in dashboard.build()["panels"]:
         assert panel["title"] in text, panel["title"]
