@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     rollout_file: str = Field(
         "",
         max_length=1000,
-        description="The canary rollout's state, which moves the weight live (empty: BENTOML_HOME/canary-rollout.json)",
+        description="Rollout state moving its weight live (empty: BENTOML_HOME/canary-rollout.json)",
     )
     model_sha256: str = Field(
         "",
@@ -79,7 +79,7 @@ class Settings(BaseSettings):
         10,
         ge=1,
         le=10_000,
-        description="At most this many flats of a request count toward drift (one per building, at random)",
+        description="Flats of a request counted toward drift, at most (one per building, at random)",
     )
     inference_log_sample: float = Field(
         1.0, ge=0, le=1, description="Share of requests written to the inference log (0 = no log, no feedback)"

@@ -29,7 +29,7 @@ from flatprice.reference import (
     SHARE_FLOOR,
     UNSEEN_MARGIN,
 )
-from monitoring.dashboard import API, LATENCY_P95_S, N
+from monitoring.dashboard import API, CANARY_FAILED, CANARY_P99, CANARY_SHIFT, CANARY_WEIGHT, LATENCY_P95_S, N
 
 OUTPUT = Path(__file__).parent / "prometheus" / "alerts.yml"
 RUNBOOK = "Monitoring.md#{anchor}"  # each alert's section: "#### <AlertName>"
@@ -392,6 +392,44 @@ def loop_rules(actuals: str) -> list[dict]:
     ]
 
 
+def canary_rules() -> list[dict]:
+    requests = f"{N}_model_requests_total"
+    return [
+        {
+            "record": CANARY_FAILED,
+            "expr": f'sum by (model_tag) (rate({requests}{{outcome="failed"}}[5m]))\n'
+            f"  / (sum by (model_tag) (rate({requests}[5m])) > 0)",
+        },
+        {
+            "record": CANARY_P99,
+            "expr": f"histogram_quantile(0.99, sum by (model_tag, le) (rate({N}_model_pricing_seconds_bucket[5m])))",
+        },
+        {
+            "record": CANARY_SHIFT,
+            "expr": f"histogram_quantile(0.5, sum by (model_tag, le) (rate({N}_canary_relative_difference_bucket[5m])))",
+        },
+        alert(
+            "FlatPriceCanaryStep",
+            f"max by (model_tag) ({CANARY_WEIGHT})\n  and on (model_tag) max by (model_tag) (changes({CANARY_WEIGHT}[5m])) > 0",
+            "0m",
+            "info",
+            "Canary {{ $labels.model_tag }} now answers {{ $value }}% of keys",
+            "The canary's weight changed in the last 5 minutes (python -m models canary, or the rollout file edited by "
+            "hand); it now answers {{ $value }}% of keys. The audit file beside the rollout file says who and why.",
+        ),
+        alert(
+            "FlatPriceCanaryRolledBack",
+            f'max by (model_tag) ({N}_canary_state{{state="rolled_back"}}) == 1',
+            "0m",
+            "warning",
+            "Canary {{ $labels.model_tag }} was rolled back",
+            "The rollout of {{ $labels.model_tag }} was rolled back (weight 0; the reason is in the rollout file and its "
+            "audit file): production answers every request. The servers still load it: restart them without "
+            "FLAT_PRICE_CANARY once it is judged.",
+        ),
+    ]
+
+
 def build() -> dict:
     return {
         "groups": [
@@ -399,6 +437,7 @@ def build() -> dict:
             {"name": "flat-price-model", "rules": model_rules()},
             {"name": "flat-price-drift", "rules": drift_rules()},
             {"name": "flat-price-accuracy", "rules": accuracy_rules()},
+            {"name": "flat-price-canary", "rules": canary_rules()},
         ]
     }
 
@@ -471,6 +510,16 @@ IN_SHORT = {
         "",
         "a model the gate refused answers clients (named by FLAT_PRICE_MODEL or FLAT_PRICE_CANARY): its own "
         "lenient holdout sets its accuracy lines",
+    ),
+    "FlatPriceCanaryStep": (
+        "`changes(flat_price_canary_weight_percent[5m])`",
+        "> 0",
+        "marks each step of a rollout (and a hand edit of the rollout file); the dashboard's annotation too",
+    ),
+    "FlatPriceCanaryRolledBack": (
+        '`flat_price_canary_state{state="rolled_back"}`',
+        "",
+        "a canary failed its analysis: production answers everything; the reason is in the audit file",
     ),
     "FlatPriceDrift": (
         f"`{N}:drift_detected:{DRIFT_JUDGED}` of the served model",

@@ -36,6 +36,11 @@ API = f'endpoint=~"{"|".join(API_ROUTES)}"'  # the API routes, from the one defi
 N = NAMESPACE
 LATENCY_P95_S = 0.25  # the API's p95 line: the latency panel's red and FlatPriceHighLatencyP95 (monitoring/alerts.py)
 PROXY = 'proxy=~"replicas|bulk"'  # HAProxy's backends of the replicas (deploy/haproxy/haproxy.cfg)
+# The canary's comparison with production on the same traffic (recorded by monitoring/alerts.py's rules).
+CANARY_FAILED = f"{N}:model_failed_ratio:5m"
+CANARY_P99 = f"{N}:model_pricing_p99_seconds:5m"
+CANARY_SHIFT = f"{N}:canary_median_shift:5m"
+CANARY_WEIGHT = f"{N}_canary_weight_percent"
 SERVED = f"({N}_model_info == 1)"  # drift series of the served model, not the challenger's
 J = DRIFT_JUDGED  # the window the drift alert judges now: 5 minutes while they hold enough flats, else 15
 ENOUGH = f"(flat_price:drift_rows:{J} >= {DRIFT_MIN_ROWS})"  # no reading from fewer flats than a verdict needs
@@ -488,6 +493,65 @@ ROWS: list[tuple[str, list[Panel]]] = [
         ],
     ),
     (
+        "Canary: the candidate beside production on the same traffic (python -m models canary)",
+        [
+            Panel(
+                "Canary weight",
+                "Percent of keys (X-Client-ID, else the building) the canary answers, as the workers apply it; "
+                "each step is also an annotation and the FlatPriceCanaryStep alert.",
+                [(f"max by (model_tag) ({CANARY_WEIGHT})", "{{model_tag}}")],
+                "percent",
+                width=6,
+            ),
+            Panel(
+                "Requests by model",
+                "Pricing requests per second answered by each model: production and the canary side by side.",
+                [
+                    (
+                        f'sum by (model_tag) (rate({N}_model_requests_total{{outcome="answered"}}[$__rate_interval]))',
+                        "{{model_tag}}",
+                    )
+                ],
+                "reqps",
+                width=6,
+            ),
+            Panel(
+                "Failed requests by model",
+                "Share of each model's requests that failed (the model raised; a 500). The rollout rolls back when the "
+                "canary's exceeds production's by 1 point.",
+                [(CANARY_FAILED, "{{model_tag}}")],
+                "percentunit",
+                width=6,
+            ),
+            Panel(
+                "Pricing p99 by model",
+                "99th percentile of the time each model takes to price a request's flats (5 minutes).",
+                [(CANARY_P99, "{{model_tag}}")],
+                "s",
+                width=6,
+            ),
+            Panel(
+                "Canary price shift",
+                "Median of canary price / production's price - 1 on the same flats (production prices the canary's "
+                "flats off the request path); the rollout rolls back beyond ±5% of what the gate measured on sales.",
+                [(CANARY_SHIFT, "{{model_tag}}")],
+                "percentunit",
+                thresholds=[(0.05, "red")],
+                width=12,
+            ),
+            Panel(
+                "Paired real prices: whose price was closer",
+                "For every real price of a flat the canary answered: was the canary's price (model) or production's "
+                "closer to it (ln terms)? The rollout's sign test reads these.",
+                [(f"sum by (closer) (increase({N}_feedback_paired_real_prices_total[$__range]))", "{{closer}}")],
+                "short",
+                kind="bargauge",
+                width=12,
+                instant=True,
+            ),
+        ],
+    ),
+    (
         "Service and host",
         [
             Panel(
@@ -616,6 +680,19 @@ def _panel_json(panel: Panel, panel_id: int, x: int, y: int) -> dict:
     return result
 
 
+# Each change of a canary's weight (a rollout's step, a rollback, a hand edit), marked on every panel.
+CANARY_ANNOTATION = {
+    "name": "Canary steps",
+    "datasource": DATASOURCE,
+    "enable": True,
+    "iconColor": "orange",
+    "expr": f"max by (model_tag) ({CANARY_WEIGHT}) and on (model_tag) max by (model_tag) (changes({CANARY_WEIGHT}[1m])) > 0",
+    "step": "30s",
+    "titleFormat": "canary {{model_tag}}",
+    "textFormat": "weight {{value}}%",
+}
+
+
 def build() -> dict:
     panels, panel_id, y = [], 1, 0
     for row_title, row_panels in ROWS:
@@ -649,7 +726,7 @@ def build() -> dict:
         "refresh": "10s",
         "time": {"from": "now-30m", "to": "now"},
         "templating": {"list": [SUBJECT_VARIABLE]},
-        "annotations": {"list": []},
+        "annotations": {"list": [CANARY_ANNOTATION]},
         "panels": panels,
     }
 

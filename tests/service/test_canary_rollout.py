@@ -147,9 +147,7 @@ def test_a_biased_candidate_is_rolled_back_at_its_first_step_within_60_s(store):
         state = read(home / FILE_NAME)
         assert (state.weight, state.state) == (0, "rolled_back")
         # every worker took it: production (here the good model promoted above) answers everyone
-        wait_until(
-            lambda: sample_value(scrape(served.url), WEIGHT, model_tag=biased) == 0, timeout=10, what="weight 0"
-        )
+        wait_until(lambda: sample_value(scrape(served.url), WEIGHT, model_tag=biased) == 0, timeout=10, what="weight 0")
         with httpx.Client(timeout=10) as http:
             after = {
                 http.post(f"{served.url}/predict", json=EXAMPLE_FLAT, headers={"X-Client-ID": f"late-{i}"}).json()[
