@@ -121,6 +121,8 @@ class Watcher:
         self.state = "manual"
         self.poll()
         publish(split.canary, self.split.percent, self.state)
+        for closer in metrics.PAIRED_CLOSER:  # every series from the start: increase() counts from a first 0
+            metrics.FEEDBACK_PAIRED.labels(model_tag=split.canary, closer=closer)
 
     def poll(self) -> None:
         try:
