@@ -1,12 +1,13 @@
 """`python -m models canary` through the real parts: a 2-worker `bentoml serve` started with the candidate as its
 canary at weight 0, Debian's Prometheus scraping it every second, clients pricing flats all along. A good candidate
 is stepped through every weight and promoted with 0 failed requests, each client keeping its model once moved; a
-deliberately biased one (trained on prices ×1.15) is rolled back at its first step within 60 s, after which
-production answers every request; both leave their steps in the audit file."""
+deliberately biased one (trained on prices ×1.15) and one raising on 2% of buildings are rolled back at their
+first step within 60 s, after which production answers every request; all leave their steps in the audit file."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -26,6 +27,7 @@ from flatprice.synthetic import generate_flats
 from tests.metrics_scrape import sample_value, scrape
 
 CLIENTS = 400
+FAIL_EVERY = 50  # the faulty candidate raises on buildings whose id is a multiple of this: ~2% of flats
 WEIGHT = f"{metrics.NAMESPACE}_canary_weight_percent"
 
 
@@ -45,7 +47,14 @@ def store(small_model, tmp_path_factory):
     flats[TARGET] = (flats[TARGET] * 1.15).round().astype("int64")
     flats.to_csv(home / "biased.csv", index=False)
     biased = trained_tag(train_into(home, "--data", str(home / "biased.csv"), "--iterations", "150"))
-    return home, good, biased
+    faulty = subprocess.run(
+        [sys.executable, "-m", "devtools.faulty_model", "production", "--fail-every", str(FAIL_EVERY)],
+        cwd=REPO,
+        env={**os.environ, "BENTOML_HOME": str(home)},
+        capture_output=True,
+        text=True,
+    )
+    return home, good, biased, trained_tag(faulty)
 
 
 FLATS = generate_flats(CLIENTS, seed=21)[list(FEATURE_NAMES)].to_dict("records")
@@ -107,7 +116,7 @@ def serve(home, canary: str) -> BentoServer:
 
 
 def test_a_good_candidate_is_stepped_through_every_weight_and_promoted(store):
-    home, good, _ = store
+    home, good, _, _ = store
     with serve(home, good) as served:
         done, audit, answers = run_canary(home, served, good, "--steps", "25,100", "--interval", "6s", "--force")
         assert done.returncode == 0, done.stdout + done.stderr
@@ -134,7 +143,7 @@ def test_a_good_candidate_is_stepped_through_every_weight_and_promoted(store):
 
 
 def test_a_biased_candidate_is_rolled_back_at_its_first_step_within_60_s(store):
-    home, good, biased = store
+    home, _, biased, _ = store
     with serve(home, biased) as served:
         done, audit, answers = run_canary(home, served, biased, "--steps", "5,50,100", "--interval", "10m", "--force")
         assert done.returncode == 3, done.stdout + done.stderr
@@ -155,5 +164,28 @@ def test_a_biased_candidate_is_rolled_back_at_its_first_step_within_60_s(store):
                 ]
                 for i in range(200)
             }
-        assert after == {good}
+        assert len(after) == 1 and biased not in after
     assert all(status == 200 for _, status, _ in answers)
+
+
+def test_a_candidate_failing_on_2_percent_of_flats_is_rolled_back_at_its_first_step(store):
+    home, _, _, faulty = store
+    with serve(home, faulty) as served:
+        done, audit, answers = run_canary(home, served, faulty, "--steps", "50,100", "--interval", "10m")
+        assert done.returncode == 3, done.stdout + done.stderr
+        assert [a["event"] for a in audit] == ["started", "step", "rolled back"]
+        assert "of its requests failed against production's 0.0%" in audit[-1]["reason"], audit[-1]
+        stepped = datetime.fromisoformat(audit[1]["at"])
+        assert (datetime.fromisoformat(audit[-1]["at"]) - stepped).total_seconds() <= 60
+        # the only failed requests are the faulty model's own: 500s for the flats it raises on
+        failing = {f"client-{i}" for i, flat in enumerate(FLATS) if flat["building_id"] % FAIL_EVERY == 0}
+        failed = {client for client, status, _ in answers if status != 200}
+        assert failed and failed <= failing
+        assert {status for _, status, _ in answers} <= {200, 500}
+        wait_until(lambda: sample_value(scrape(served.url), WEIGHT, model_tag=faulty) == 0, timeout=10, what="weight 0")
+        with httpx.Client(timeout=10) as http:
+            statuses = {
+                http.post(f"{served.url}/predict", json=FLATS[i], headers={"X-Client-ID": f"client-{i}"}).status_code
+                for i in range(CLIENTS)
+            }
+        assert statuses == {200}

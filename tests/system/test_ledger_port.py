@@ -126,13 +126,16 @@ def test_sold_flats_carry_the_features_as_priced_and_count_sales_the_log_lacks(l
     assert pd.notna(row["settled_at"])
 
 
-def test_each_flat_s_range_comes_back_with_its_settlement_and_flats_without_one_settle_too(ledger):
+def test_each_flat_s_range_and_paired_price_come_back_with_its_settlement_and_flats_without_them_settle_too(ledger):
     writer, _ = ledger
     a, b = ids("cc", 2)
-    writer.add("m:1", [a], [np.array([5_000_000, 6_000_000])], [np.array([[4_000_000, 6_100_000, 4], [5, 7, 8]])])
-    writer.add("m:0", [b], [np.array([8_000_000])])  # a model without ranges
+    # a canary's request: production's prices of the same flats kept beside its own (the paired comparison)
+    ranges, paired = [np.array([[4_000_000, 6_100_000, 4], [5, 7, 8]])], [np.array([5_100_000, 6_300_000])]
+    writer.add("m:1", [a], [np.array([5_000_000, 6_000_000])], ranges, paired)
+    writer.add("m:0", [b], [np.array([8_000_000])])  # a model without ranges, answering unpaired
     outcome = settle(writer, [(a, 0, 6_500_000), (a, 1, 6_000_000), (b, 0, 7_000_000)])
     assert outcome.ranges == [(4_000_000, 6_100_000, 4), (5, 7, 8), None]
+    assert outcome.paired == [5_100_000, 6_300_000, None]
 
 
 def test_a_sqlite_ledger_written_before_ranges_gains_the_column_and_keeps_its_flats(tmp_path):
@@ -150,6 +153,7 @@ def test_a_sqlite_ledger_written_before_ranges_gains_the_column_and_keeps_its_fl
     outcome = ledger.settle([("d" * 32, 0, 9_500_000), ("e" * 32, 0, 5_500_000)])
     assert outcome.settled == [("m:old", 9_000_000, 9_500_000), ("m:new", 5_000_000, 5_500_000)]
     assert outcome.ranges == [None, (4_000_000, 6_000_000, 1)]
+    assert outcome.paired == [None, None]  # the paired column added too
     ledger.close()
 
 
@@ -172,6 +176,7 @@ def test_a_postgres_ledger_created_before_ranges_gains_the_column(postgres):
     ledger.add("m:new", ["a" * 32], [np.array([5_000_000])], [np.array([[4_000_000, 6_000_000, 2]])])
     outcome = settle(ledger, [("f" * 32, 0, 9_500_000), ("a" * 32, 0, 5_500_000)])
     assert outcome.ranges == [None, (4_000_000, 6_000_000, 2)]
+    assert outcome.paired == [None, None]
     ledger.close()
     with psycopg.connect(postgres.url) as db:
         db.execute("TRUNCATE flat_price_priced, flat_price_settled")

@@ -125,10 +125,12 @@ def test_the_operating_point_under_overload_is_a_setting(two, tmp_path):
         ("FLAT_PRICE_REPLICA_MAXCONN", "x"),
         ("FLAT_PRICE_REPLICA_MAXCONN", "-1"),
         ("FLAT_PRICE_REPLICA_MAXCONN", "0"),
+        ("FLAT_PRICE_REPLICA_MAXCONN", "00"),  # HAProxy reads it as 0: no limit
         ("FLAT_PRICE_SHED_QUEUE", "-5"),
         ("FLAT_PRICE_SHED_QUEUE", "x"),
         ("FLAT_PRICE_QUEUE_BUDGET_MS", "-1"),
         ("FLAT_PRICE_QUEUE_BUDGET_MS", "0"),
+        ("FLAT_PRICE_QUEUE_BUDGET_MS", "00"),
     ],
 )
 def test_a_bad_operating_point_stops_the_proxy_at_the_line_naming_it(tmp_path, variable, value):

@@ -1,0 +1,60 @@
+"""A test device: a stored model that raises on a share of flats, for the canary's error check.
+
+    BENTOML_HOME=... python -m devtools.faulty_model TAG --fail-every 50
+
+Saves a copy of model TAG (a candidate beside production) whose features step raises on every flat whose
+building_id is a multiple of `fail_every` (50: ~2% of buildings), so a request holding one gets a 500. Only the
+suite uses it (tests/service/test_canary_rollout.py); the server unpickles the class from this module.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+from sklearn.pipeline import Pipeline
+
+from flatprice import registry
+from flatprice.schema import FEATURE_NAMES
+from flatprice.store import load_pipeline, save_pipeline
+
+_BUILDING = FEATURE_NAMES.index("building_id")
+
+
+class FailingOn:
+    """The wrapped features step, raising on the flats of every `every`-th building."""
+
+    def __init__(self, features, every: int):
+        self.features, self.every = features, every
+
+    def fit(self, X, y=None):
+        return self
+
+    def transform(self, rows):
+        buildings = np.asarray(rows, dtype=np.float64)[:, _BUILDING].astype(np.int64)
+        if (buildings % self.every == 0).any():
+            raise ValueError("a deliberately faulty model: this building's flats fail")
+        return self.features.transform(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("tag")
+    parser.add_argument("--fail-every", type=int, default=50)
+    args = parser.parse_args()
+    loaded = load_pipeline(registry.resolve(args.tag, setting=""))
+    steps = list(loaded.pipeline.steps)
+    steps[0] = ("features", FailingOn(loaded.pipeline.named_steps["features"], args.fail_every))
+    metadata = {key: value for key, value in loaded.metadata.items() if key not in ("file_sha256", "comparison")}
+    model = save_pipeline(
+        Pipeline(steps),
+        loaded.training_sample,
+        metadata,
+        labels={registry.STAGE: registry.CANDIDATE},
+        known=loaded.known,
+    )
+    print(f"saved {model.tag} as candidate")
+
+
+if __name__ == "__main__":
+    main()
