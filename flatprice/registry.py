@@ -38,6 +38,12 @@ def stored(name: str = MODEL_NAME) -> list[bentoml.Model]:
         models = bentoml.models.list(name)
     except bentoml.exceptions.NotFound:
         return []
+    except Exception as error:  # e.g. a model.yaml that is no longer YAML: one line, not a traceback
+        said = " ".join(str(error).split())[:300]
+        raise ModelError(
+            f"cannot read the model store at {bentoml_home()} ({type(error).__name__}: {said}); "
+            "restore or remove the damaged version's folder"
+        ) from None
     return sorted(models, key=lambda m: m.info.creation_time, reverse=True)
 
 

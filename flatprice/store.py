@@ -126,7 +126,41 @@ def verified_files(model: bentoml.Model, pinned_sha256: str = "") -> dict[str, b
             f"model {tag}: {PICKLE_FILE} is not the one FLAT_PRICE_MODEL_SHA256 pins ({pinned_sha256[:12]}…); "
             "refusing to unpickle it. Serve the pinned model, or pin this one after checking where it came from"
         )
+    if (
+        damage := metadata_damage(metadata, np.load(io.BytesIO(payloads[SAMPLE_FILE]), allow_pickle=False))
+    ) is not None:
+        raise ModelError(f"model {tag}: its metadata (model.yaml) is damaged: {damage}; {fix}")
     return payloads
+
+
+def metadata_damage(metadata: dict, sample: np.ndarray) -> str | None:
+    """What a worker cannot serve with in the metadata it reads at start, in words; None when it is whole.
+    Checked here, once, so a damaged store stops `bentoml serve` with one line instead of crash-looping workers."""
+    from .reference import DriftCounter  # scipy: only where a model is checked
+
+    if not isinstance(metadata.get("trained_at"), str):
+        return "no trained_at"
+    metrics = metadata.get("metrics")
+    if not isinstance(metrics, dict) or not all(
+        isinstance(metrics.get(name), int | float) and np.isfinite(metrics[name]) for name in ("r2", "median_ape")
+    ):
+        return "no finite holdout metrics (r2, median_ape)"
+    reference = metadata.get("reference")
+    if not isinstance(reference, dict):
+        return "no drift reference"
+    for name in FEATURE_NAMES:
+        entry = reference.get(name)
+        bounds = [entry.get("min"), entry.get("max")] if isinstance(entry, dict) else []
+        if len(bounds) != 2 or not all(isinstance(b, int | float) and np.isfinite(b) for b in bounds):
+            return f"the drift reference has no finite min and max for {name}"
+    try:  # what each worker's drift counters do with it, on one training row
+        counter = DriftCounter(reference)
+        bins, _ = counter.count(sample[:1], np.ones(1))
+        if any(len(bins[s]) != len(counter.reference_counts[s]) for s in counter.subjects):
+            return "the drift reference's bins and counts disagree"
+    except (KeyError, TypeError, ValueError, IndexError) as error:
+        return f"the drift reference cannot be read ({type(error).__name__})"
+    return None
 
 
 def load_pipeline(model: bentoml.Model, pinned_sha256: str = "") -> LoadedModel:

@@ -3,9 +3,11 @@ promotion gate, `python -m models`, `bentoml serve` choosing its model and shado
 and `bentoml build` packing the production model."""
 
 import os
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import joblib
@@ -209,3 +211,31 @@ def test_bento_packs_the_production_model_not_the_newest(store):
     path = run(home, "-m", "bentoml", "get", "flat_price:latest", "-o", "path").stdout.strip()
     info = yaml.safe_load(open(os.path.join(path, "bento.yaml")))
     assert [m["tag"] for m in info["services"][0]["models"]] == [production]
+
+
+@pytest.mark.parametrize("damage", ["reference emptied", "model.yaml not YAML"])
+def test_a_damaged_store_stops_the_start_in_one_line_not_a_worker_crash_loop(small_model, tmp_path, damage):
+    home = tmp_path / "damaged"
+    shutil.copytree(Path(small_model.path).parent, home / "models" / small_model.tag.name)
+    described = home / "models" / small_model.tag.name / small_model.tag.version / "model.yaml"
+    if damage == "reference emptied":
+        info = yaml.safe_load(described.read_text())
+        info["metadata"]["reference"] = {}
+        described.write_text(yaml.safe_dump(info))
+        expected = "its metadata (model.yaml) is damaged: the drift reference has no finite min and max for floor"
+    else:
+        described.write_text("{{{ not yaml")
+        expected = "cannot read the model store at"
+    env = {**os.environ, "BENTOML_HOME": str(home)}
+    refused = subprocess.run(
+        [sys.executable, "-m", "bentoml", "serve", "service:FlatPriceService", "--port", str(free_port())],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode != 0
+    message = [line for line in refused.stderr.splitlines() if line.startswith("cannot serve:")]
+    assert len(message) == 1 and expected in message[0], refused.stderr[-2000:]
+    assert "Traceback" not in refused.stderr

@@ -120,3 +120,24 @@ if __name__ == "__main__":  # print fresh RECORDED values for the session's smal
 
     pipeline = load_pipeline(train(**SMALL_MODEL)).pipeline
     json.dump(pipeline.predict(RECORDED_FLATS).tolist(), sys.stdout, indent=4)
+
+
+def test_damaged_metadata_is_named_before_any_worker_reads_it(small_model):
+    import copy
+
+    from flatprice.store import load_pipeline, metadata_damage
+
+    loaded = load_pipeline(small_model)
+    whole, sample = loaded.metadata, loaded.training_sample
+    assert metadata_damage(whole, sample) is None
+
+    def damaged(change) -> str | None:
+        metadata = copy.deepcopy(whole)
+        change(metadata)
+        return metadata_damage(metadata, sample)
+
+    assert damaged(lambda m: m.pop("trained_at")) == "no trained_at"
+    assert "holdout metrics" in damaged(lambda m: m["metrics"].update(median_ape=float("nan")))
+    assert "for total_area" in damaged(lambda m: m["reference"]["total_area"].pop("max"))
+    assert "bins and counts disagree" in damaged(lambda m: m["reference"]["total_area"]["counts"].pop())
+    assert "cannot be read" in damaged(lambda m: m["reference"]["total_area"].pop("edges"))
