@@ -105,10 +105,14 @@ class SqliteLedger:
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
             rows,
         )
+        # The real prices of the requests that leave go with them, by request id, not by time: a wall clock
+        # stepped back must not drop a settlement whose flat is still kept (it could be settled twice).
+        # Both are range and key lookups on indexes; nothing to do on most flushes.
+        db.execute(
+            "DELETE FROM settled WHERE request_id IN (SELECT request_id FROM priced WHERE flats_so_far <= ?)",
+            (total - self.max_flats,),
+        )
         db.execute("DELETE FROM priced WHERE flats_so_far <= ?", (total - self.max_flats,))
-        # A flat is settled after it was priced: real prices recorded before the oldest kept flat was
-        # priced belong to flats already gone (a range delete on the index; nothing to do most flushes).
-        db.execute("DELETE FROM settled WHERE settled_at < (SELECT min(priced_at) FROM priced)")
         db.execute("COMMIT")
 
     def settle(self, actuals: list[tuple[str, int, int]]) -> Settlement:

@@ -154,3 +154,23 @@ def test_a_flat_a_known_request_never_had_is_unknown_at_once_not_pending(client)
     wait_until(lambda: client.post("/feedback", json=first).status_code == 200, 10)  # recorded: the request is known
     second = client.post("/feedback", json={"actuals": [{"request_id": request_id, "flat": 1, "price": 9_000_000}]})
     assert second.status_code == 404 and second.json()["detail"][0]["type"] == "unknown_request_id"
+
+
+def test_a_wall_clock_stepped_back_cannot_let_a_real_price_count_twice(tmp_path, monkeypatch):
+    """Priced at T, its real price recorded while the clock stood 48 h back (then set right): the next flushes
+    (which prune) keep that settlement while its flat is kept, so the same real price sent again is refused."""
+    import flatprice.observability.ledger as ledger_module
+
+    now = [1_800_000_000.0]
+    monkeypatch.setattr(ledger_module.time, "time", lambda: now[0])
+    ledger = SqliteLedger(tmp_path, max_flats=1000)
+    sold = "cd" * 16
+    ledger.add("m:1", [sold], [np.array([5_000_000])])
+    now[0] -= 48 * 3600
+    assert len(ledger.settle([(sold, 0, 5_500_000)]).settled) == 1
+    now[0] += 48 * 3600 + 60
+    for i in range(3):  # later flushes, the flat still among the newest 1,000
+        ledger.add("m:1", [f"{i:032d}"], [np.array([1_000_000])])
+    again = ledger.settle([(sold, 0, 5_500_000)])
+    assert again.refused and again.repeated == [0] and rows(ledger, "settled") == 1
+    ledger.close()
