@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import queue
 import threading
 import time
 from collections import Counter
@@ -49,6 +50,8 @@ _SCHEMA = (
 )
 _SCHEMA_LOCK = 7_404_120_611  # an advisory lock: replicas starting together create the tables once
 CONNECT_TIMEOUT_S = 3
+SETTLE_TIMEOUT = "2s"  # a /feedback call's statements: a paused or locked database answers 503 fast, not a hang
+IDLE_SETTLERS = 4  # connections kept open for the next /feedback calls (server/feedback.FEEDBACK_SLOTS admits as many)
 PRUNE_EVERY_S = 600
 
 
@@ -190,48 +193,70 @@ class PostgresLedger:
 
     # -- POST /feedback ----------------------------------------------------------------------
     def settle(self, actuals: list[tuple[str, int, int]]) -> Settlement:
+        """Settle all or none, on a kept connection (a new one costs a round trip and an authentication),
+        each statement bounded by SETTLE_TIMEOUT."""
+        try:
+            db = self._settlers().get_nowait()
+        except queue.Empty:
+            db = None
+        try:
+            if db is None or db.closed:
+                db = self._connect()
+            outcome = self._settle(db, actuals)
+        except psycopg.Error as error:
+            if db is not None:
+                db.close()
+            raise LedgerUnavailable(str(error).splitlines()[0] if str(error) else type(error).__name__) from None
+        if self._settlers().qsize() < IDLE_SETTLERS:
+            self._settlers().put(db)
+        else:
+            db.close()
+        return outcome
+
+    def _settlers(self) -> queue.Queue:
+        if not hasattr(self, "_idle"):
+            self._idle = queue.Queue()
+        return self._idle
+
+    def _settle(self, db: psycopg.Connection, actuals: list[tuple[str, int, int]]) -> Settlement:
         outcome = Settlement()
         seen = Counter((request_id, flat) for request_id, flat, _ in actuals)
-        try:
-            with self._connect() as db:
-                ids = sorted({request_id for request_id, _, _ in actuals})
-                known = {
-                    request_id: (tag, prices, priced_at, ranges, paired)
-                    for request_id, tag, prices, priced_at, ranges, paired in db.execute(
-                        "SELECT request_id, model_tag, prices, extract(epoch FROM priced_at)::float8, ranges, paired "
-                        "FROM flat_price_priced WHERE request_id = ANY(%s)",
-                        (ids,),
-                    )
-                }
-                for i, (request_id, flat, actual) in enumerate(actuals):
-                    tag, prices, priced_at, ranges, paired = known.get(request_id, ("", [], 0.0, None, None))
-                    if flat >= len(prices):
-                        outcome.unknown.append(i)
-                        if request_id not in known:
-                            outcome.absent.append(i)
-                    elif seen[request_id, flat] > 1:
-                        outcome.repeated.append(i)
-                    else:
-                        outcome.keep(tag, prices[flat], actual, priced_at, ranges, flat, paired)
-                if outcome.unknown or outcome.repeated:
-                    outcome.drop_all()
-                    return outcome
-                inserted = db.execute(
-                    "INSERT INTO flat_price_settled (request_id, flat, actual) "
-                    "SELECT * FROM unnest(%s::text[], %s::int[], %s::bigint[]) "
-                    "ON CONFLICT DO NOTHING RETURNING request_id, flat",
-                    ([a[0] for a in actuals], [a[1] for a in actuals], [a[2] for a in actuals]),
-                ).fetchall()
-                if len(inserted) < len(actuals):  # settled before, or by another replica just now
-                    new = set(inserted)
-                    outcome.repeated = [i for i, (r, f, _) in enumerate(actuals) if (r, f) not in new]
-                    outcome.drop_all()
-                    db.rollback()
-                    return outcome
-                db.commit()
-                return outcome
-        except psycopg.Error as error:
-            raise LedgerUnavailable(str(error).splitlines()[0] if str(error) else type(error).__name__) from None
+        with db.transaction():  # commits at its end; psycopg.Rollback leaves it with nothing written
+            db.execute(f"SET LOCAL statement_timeout = '{SETTLE_TIMEOUT}'")
+            ids = sorted({request_id for request_id, _, _ in actuals})
+            known = {
+                request_id: (tag, prices, priced_at, ranges, paired)
+                for request_id, tag, prices, priced_at, ranges, paired in db.execute(
+                    "SELECT request_id, model_tag, prices, extract(epoch FROM priced_at)::float8, ranges, paired "
+                    "FROM flat_price_priced WHERE request_id = ANY(%s)",
+                    (ids,),
+                )
+            }
+            for i, (request_id, flat, actual) in enumerate(actuals):
+                tag, prices, priced_at, ranges, paired = known.get(request_id, ("", [], 0.0, None, None))
+                if flat >= len(prices):
+                    outcome.unknown.append(i)
+                    if request_id not in known:
+                        outcome.absent.append(i)
+                elif seen[request_id, flat] > 1:
+                    outcome.repeated.append(i)
+                else:
+                    outcome.keep(tag, prices[flat], actual, priced_at, ranges, flat, paired)
+            if outcome.unknown or outcome.repeated:
+                outcome.drop_all()
+                raise psycopg.Rollback()
+            inserted = db.execute(
+                "INSERT INTO flat_price_settled (request_id, flat, actual) "
+                "SELECT * FROM unnest(%s::text[], %s::int[], %s::bigint[]) "
+                "ON CONFLICT DO NOTHING RETURNING request_id, flat",
+                ([a[0] for a in actuals], [a[1] for a in actuals], [a[2] for a in actuals]),
+            ).fetchall()
+            if len(inserted) < len(actuals):  # settled before, or by another replica just now
+                new = set(inserted)
+                outcome.repeated = [i for i, (r, f, _) in enumerate(actuals) if (r, f) not in new]
+                outcome.drop_all()
+                raise psycopg.Rollback()
+        return outcome
 
     # -- the read side ---------------------------------------------------------------------
     def sales_since(self, since: datetime | None = None) -> list[Sale]:

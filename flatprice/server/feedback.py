@@ -7,6 +7,7 @@ this module only turns its outcome into a status and a body.
 from __future__ import annotations
 
 import logging
+import threading
 
 from starlette.responses import Response
 
@@ -16,6 +17,11 @@ from ..observability.accuracy import record_feedback
 from ..observability.ledger_port import Ledger, LedgerUnavailable
 
 logger = logging.getLogger(__name__)
+# Calls settling at once, per worker: /feedback runs in BentoML's thread pool beside /explain_batch, so a ledger
+# that stalls must not take every thread; the next call gets 503 at once (the PostgreSQL ledger keeps as many
+# connections, ledger_pg.IDLE_SETTLERS).
+FEEDBACK_SLOTS = 4
+_slots = threading.BoundedSemaphore(FEEDBACK_SLOTS)
 
 
 def feedback_answer(ledger: Ledger | None, actuals: list[tuple[str, int, int]]) -> FeedbackReceipt | Response:
@@ -25,12 +31,17 @@ def feedback_answer(ledger: Ledger | None, actuals: list[tuple[str, int, int]]) 
     if ledger is None:
         problem = ("inference_log_off", ("body",), "the inference log is off (FLAT_PRICE_INFERENCE_LOG_SAMPLE=0)")
         return _refusal(404, "no priced flats are kept", [problem], len(actuals))
+    if not _slots.acquire(blocking=False):  # the ledger is slow for the calls already waiting on it
+        problem = ("feedback_busy", ("body",), f"{FEEDBACK_SLOTS} feedback calls are already being recorded here")
+        return _refusal(503, "feedback busy: nothing recorded, send again", [problem], 1, ((b"retry-after", b"1"),))
     try:
         outcome = record_feedback(ledger, actuals)
     except LedgerUnavailable as error:  # nothing recorded: the client sends the same call again
         logger.warning("feedback refused with 503: %s", error)  # the database's words stay in our log
         problem = ("ledger_unavailable", ("body",), "the feedback ledger cannot be reached or written")
         return _refusal(503, "feedback ledger unavailable: nothing recorded, send again", [problem], 1)
+    finally:
+        _slots.release()
     if not outcome.refused:
         return FeedbackReceipt(accepted=len(outcome.settled))
     if outcome.pending and not outcome.unknown and not outcome.repeated:  # only too early: the same call, again

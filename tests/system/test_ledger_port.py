@@ -6,6 +6,7 @@ SQLite in a temporary folder; PostgreSQL a real server."""
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import numpy as np
@@ -189,3 +190,34 @@ def test_an_unknown_flat_says_whether_its_request_is_absent_altogether(ledger):
     settle(writer, [(a, 0, 5_100_000)])
     outcome = writer.settle([(a, 1, 5_000_000), ("9" * 32, 0, 5_000_000)])
     assert outcome.unknown == [0, 1] and outcome.absent == [1]
+
+
+def test_a_locked_database_answers_unavailable_within_the_settle_timeout_then_recovers(postgres):
+    """A /feedback call cannot hang on the database: its statements are bounded (SETTLE_TIMEOUT), the refused
+    call records nothing, and the next one, once the lock is gone, settles on a fresh connection."""
+    import psycopg
+
+    from flatprice.observability.ledger_pg import PostgresLedger
+
+    ledger = PostgresLedger(postgres.url, keep_days=30, interval=0.05)
+    (sold,) = ids("lk", 1)
+    ledger.add("m:1", [sold], [np.array([5_000_000])])
+    assert settle(ledger, [(sold, 0, 5_000_000)]).settled  # settled once: the table and the kept connection work
+    (other,) = ids("lm", 1)
+    ledger.add("m:1", [other], [np.array([6_000_000])])
+    # written once its request is known (asking for a flat it does not have records nothing)
+    wait_until(lambda: not ledger.settle([(other, 1, 1)]).absent, timeout=10, what="the second flat written")
+    with psycopg.connect(postgres.url) as locker, ThreadPoolExecutor(1) as pool:
+        locker.execute("LOCK TABLE flat_price_settled IN ACCESS EXCLUSIVE MODE")  # held until the block ends
+        started = time.perf_counter()
+        call = pool.submit(ledger.settle, [(other, 0, 6_500_000)])
+        try:
+            error = call.exception(timeout=6)  # SETTLE_TIMEOUT is 2 s; without one the call waits for the lock
+        finally:
+            waited = time.perf_counter() - started
+            locker.rollback()
+    assert isinstance(error, LedgerUnavailable) and waited < 4, (error, waited)
+    assert ledger.settle([(other, 0, 6_500_000)]).settled == [("m:1", 6_000_000, 6_500_000)]
+    ledger.close()
+    with psycopg.connect(postgres.url) as db:
+        db.execute("TRUNCATE flat_price_priced, flat_price_settled")

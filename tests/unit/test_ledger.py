@@ -1,6 +1,7 @@
 """The SQLite feedback ledger of one server (flatprice/observability/ledger.py), in process: what it keeps
 and what one feedback call records (the shared PostgreSQL one: test_shared_ledger.py)."""
 
+import json
 import sqlite3
 import time
 
@@ -174,3 +175,35 @@ def test_a_wall_clock_stepped_back_cannot_let_a_real_price_count_twice(tmp_path,
     again = ledger.settle([(sold, 0, 5_500_000)])
     assert again.refused and again.repeated == [0] and rows(ledger, "settled") == 1
     ledger.close()
+
+
+def test_a_stalled_ledger_holds_at_most_the_feedback_slots_and_the_next_call_gets_503_at_once():
+    """/feedback shares BentoML's thread pool with /explain_batch: a ledger that stalls must not take every thread."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from flatprice.observability.ledger_port import Settlement
+    from flatprice.server import feedback
+
+    release, entered = threading.Event(), threading.Semaphore(0)
+
+    class Stalled:
+        def settle(self, actuals):
+            entered.release()
+            release.wait(10)
+            return Settlement()
+
+    with ThreadPoolExecutor(feedback.FEEDBACK_SLOTS) as pool:
+        waiting = [
+            pool.submit(feedback.feedback_answer, Stalled(), [("a" * 32, 0, 1)]) for _ in range(feedback.FEEDBACK_SLOTS)
+        ]
+        for _ in range(feedback.FEEDBACK_SLOTS):
+            assert entered.acquire(timeout=5)
+        started = time.perf_counter()
+        refused = feedback.feedback_answer(Stalled(), [("a" * 32, 0, 1)])
+        assert time.perf_counter() - started < 0.1
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+        assert json.loads(refused.body)["detail"][0]["type"] == "feedback_busy"
+        release.set()
+        assert all(w.result(timeout=5).accepted == 0 for w in waiting)
+    assert feedback.feedback_answer(Stalled(), [("a" * 32, 0, 1)]).accepted == 0  # the slots came back
