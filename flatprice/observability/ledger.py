@@ -23,6 +23,9 @@ from .ledger_port import LedgerUnavailable, Sale, Settlement, ranges_bytes
 from .log_records import disk_has_room
 
 FILE_NAME = "ledger.sqlite3"
+# Disk per kept flat, its real price included: 164 B measured for single-flat requests with ranges (the costliest
+# kind; 2026-12-08), with room for a canary's paired price and the settled row. What a volume must hold.
+BYTES_PER_FLAT = 200
 # `flats_so_far` (the rowid) counts the flats of every request added up to this one, so keeping
 # the newest N flats is one range delete on the primary key.
 _SCHEMA = (

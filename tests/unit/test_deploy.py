@@ -157,8 +157,9 @@ def quantity_bytes(quantity: str) -> int:
     return int(quantity[:-2]) * units[quantity[-2:]]
 
 
-def test_the_inference_log_cap_fits_the_volume_it_is_written_to(base):
+def test_the_inference_log_cap_and_the_pods_own_ledger_fit_the_volume_they_are_written_to(base):
     from flatprice.config import Settings
+    from flatprice.observability.ledger import BYTES_PER_FLAT
 
     pod = one(base, "Deployment")["spec"]["template"]["spec"]
     container = pod["containers"][0]
@@ -167,9 +168,11 @@ def test_the_inference_log_cap_fits_the_volume_it_is_written_to(base):
     mount = next(m for m in container["volumeMounts"] if home.startswith(m["mountPath"]))
     volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
     cap_mb = int(env.get("FLAT_PRICE_INFERENCE_LOG_MAX_MB") or Settings().inference_log_max_mb)
-    # The log (under BENTOML_HOME) plus up to one record per worker over its cap, the metrics files (~40 MiB
-    # with drift's series), the home lock and a SQLite ledger's pages must fit: keep 64 MiB free.
-    assert cap_mb * 2**20 + 64 * 2**20 <= quantity_bytes(volume["emptyDir"]["sizeLimit"])
+    # Without the ledger Secret a pod keeps its own SQLite ledger beside the log: its newest flats must fit too.
+    ledger_bytes = int(env.get("FLAT_PRICE_FEEDBACK_MAX_FLATS") or Settings().feedback_max_flats) * BYTES_PER_FLAT
+    # The log (under BENTOML_HOME) plus up to one record per worker over its cap, the ledger, the metrics files
+    # (~40 MiB with drift's series) and the home lock must fit: keep 64 MiB beside the log and the ledger.
+    assert cap_mb * 2**20 + ledger_bytes + 64 * 2**20 <= quantity_bytes(volume["emptyDir"]["sizeLimit"])
 
 
 def test_the_example_overlay_sets_namespace_image_and_replicas(example):
