@@ -126,14 +126,12 @@ def verified_files(model: bentoml.Model, pinned_sha256: str = "") -> dict[str, b
             f"model {tag}: {PICKLE_FILE} is not the one FLAT_PRICE_MODEL_SHA256 pins ({pinned_sha256[:12]}…); "
             "refusing to unpickle it. Serve the pinned model, or pin this one after checking where it came from"
         )
-    if (
-        damage := metadata_damage(metadata, np.load(io.BytesIO(payloads[SAMPLE_FILE]), allow_pickle=False))
-    ) is not None:
+    if (damage := metadata_damage(metadata)) is not None:
         raise ModelError(f"model {tag}: its metadata (model.yaml) is damaged: {damage}; {fix}")
     return payloads
 
 
-def metadata_damage(metadata: dict, sample: np.ndarray) -> str | None:
+def metadata_damage(metadata: dict) -> str | None:
     """What a worker cannot serve with in the metadata it reads at start, in words; None when it is whole.
     Checked here, once, so a damaged store stops `bentoml serve` with one line instead of crash-looping workers."""
     from .reference import DriftCounter  # scipy: only where a model is checked
@@ -153,11 +151,12 @@ def metadata_damage(metadata: dict, sample: np.ndarray) -> str | None:
         bounds = [entry.get("min"), entry.get("max")] if isinstance(entry, dict) else []
         if len(bounds) != 2 or not all(isinstance(b, int | float) and np.isfinite(b) for b in bounds):
             return f"the drift reference has no finite min and max for {name}"
-    try:  # what each worker's drift counters do with it, on one training row
+    try:  # what each worker's drift counters build from it: a count per bin, the bins between edges
         counter = DriftCounter(reference)
-        bins, _ = counter.count(sample[:1], np.ones(1))
-        if any(len(bins[s]) != len(counter.reference_counts[s]) for s in counter.subjects):
-            return "the drift reference's bins and counts disagree"
+        for subject in counter.subjects:
+            edges, counts = counter.edges[subject].astype(np.float64), counter.reference_counts[subject]
+            if edges.ndim != 1 or len(counts) != len(edges) + 1 or not np.isfinite(edges).all():
+                return f"the drift reference's bins and counts disagree for {subject}"
     except (KeyError, TypeError, ValueError, IndexError) as error:
         return f"the drift reference cannot be read ({type(error).__name__})"
     return None

@@ -128,13 +128,13 @@ def test_damaged_metadata_is_named_before_any_worker_reads_it(small_model):
     from flatprice.store import load_pipeline, metadata_damage
 
     loaded = load_pipeline(small_model)
-    whole, sample = loaded.metadata, loaded.training_sample
-    assert metadata_damage(whole, sample) is None
+    whole = loaded.metadata
+    assert metadata_damage(whole) is None
 
     def damaged(change) -> str | None:
         metadata = copy.deepcopy(whole)
         change(metadata)
-        return metadata_damage(metadata, sample)
+        return metadata_damage(metadata)
 
     assert damaged(lambda m: m.pop("trained_at")) == "no trained_at"
     assert "holdout metrics" in damaged(lambda m: m["metrics"].update(median_ape=float("nan")))
