@@ -53,10 +53,14 @@ def read_source(
         import sqlalchemy
 
         engine = sqlalchemy.create_engine(source)
+        shown = engine.url.render_as_string(hide_password=True)
         try:
             frame = pd.read_sql_table(table, engine)
         except ValueError as exc:  # pandas raises ValueError for a missing table
-            raise DataError(f"table {table!r} not found in {engine.url.render_as_string(hide_password=True)}") from exc
+            raise DataError(f"table {table!r} not found in {shown}") from exc
+        except sqlalchemy.exc.SQLAlchemyError as exc:  # unreachable, refused, wrong password: one line, no URL secret
+            said = str(getattr(exc, "orig", None) or exc).splitlines()[0][:300]
+            raise DataError(f"cannot read table {table!r} from {shown}: {said}") from None
         finally:
             engine.dispose()
         description = f"{engine.url.render_as_string(hide_password=True)} table {table}"

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from flatprice import registry
 from flatprice.config import bentoml_home
-from flatprice.data import DEFAULT_TABLE, DataError
+from flatprice.data import DEFAULT_TABLE, DataError, is_database_url
 from flatprice.store import MODEL_NAME, PICKLE_FILE, ModelError, latest_model
 from flatprice.synthetic import DEFAULT_ROWS
 
@@ -22,7 +24,10 @@ from . import sales as sales_module
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m train", description=__doc__)
     parser.add_argument(
-        "--data", metavar="SOURCE", help="CSV or Parquet file, or an SQLAlchemy URL (default: built-in synthetic data)"
+        "--data",
+        metavar="SOURCE",
+        help="CSV or Parquet file, or an SQLAlchemy URL; env:NAME reads it from that variable, so that a password "
+        "stays off the command line (default: built-in synthetic data)",
     )
     parser.add_argument(
         "--table", default=DEFAULT_TABLE, help=f"table to read from a database URL (default: {DEFAULT_TABLE})"
@@ -95,8 +100,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def sources(args: argparse.Namespace) -> str | None:
+    """Each source as given, or from the environment variable `env:NAME` names; None when all are fine, else
+    the error. A database URL with a password is refused on the command line: every user of the machine sees
+    it (`ps`, /proc/PID/cmdline)."""
+    for flag in ("data", "eval_data", "sales"):
+        given = getattr(args, flag)
+        option = f"--{flag.replace('_', '-')}"
+        if given and given.startswith("env:"):
+            value = os.environ.get(given[4:])
+            if not value:
+                return f"{option} {given}: the environment has no {given[4:]}"
+            setattr(args, flag, value)
+        elif given and is_database_url(given) and urlsplit(given).password is not None:
+            return (
+                f"{option}: a password on the command line is visible to every user of this machine (ps); "
+                f"put the URL in an environment variable and pass {option} env:NAME"
+            )
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if (problem := sources(args)) is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     if args.if_missing and registry.stored(args.model_name):
         # Name the model the service will serve, not merely the newest one in the store.
         try:

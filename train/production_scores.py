@@ -1,9 +1,10 @@
 """The production model's prices for the promotion gate, computed in a child process.
 
 Unpickling runs whatever the pickle holds, and training has credentials at hand (a database URL
-on its command line, FLAT_PRICE_* variables in its environment). So the production model is
+in its environment, `--data env:NAME`; FLAT_PRICE_* variables). So the production model is
 loaded in a child whose environment holds only what loading needs, and, when
-FLAT_PRICE_MODEL_SHA256 is set, only if its pickle is the pinned one (as the service does).
+FLAT_PRICE_MODEL_SHA256 is set, only if its pickle is the pinned one (as the service does). The child
+runs as the same user and could read the trainer's environment from /proc: the pin is the guard.
 
     python -m train.production_scores TAG PIN ROWS.npy... (writes ROWS.npy.prices.npy beside each)
 """

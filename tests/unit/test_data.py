@@ -130,3 +130,19 @@ def test_rows_breaking_cross_field_rules_are_dropped_and_counted(tmp_path, table
     table.to_csv(path, index=False)
     loaded = load(str(path))
     assert loaded.dropped_rows == 1 and len(loaded.frame) == len(table) - 1
+
+
+def test_a_database_password_is_refused_on_the_command_line_and_read_from_the_environment(monkeypatch, capsys):
+    from train.__main__ import main
+
+    assert main(["--data", "postgresql://user:s3cret@127.0.0.1:1/db"]) == 2
+    assert "env:NAME" in capsys.readouterr().err
+    assert main(["--sales", "postgresql://user:s3cret@127.0.0.1:1/db"]) == 2
+    monkeypatch.delenv("FLATS_URL", raising=False)
+    assert main(["--data", "env:FLATS_URL"]) == 2
+    assert "the environment has no FLATS_URL" in capsys.readouterr().err
+    # from the environment the URL is used (here: a database nothing listens for, so the read fails, said in one line)
+    monkeypatch.setenv("FLATS_URL", "postgresql+psycopg2://user:s3cret@127.0.0.1:1/db")
+    assert main(["--data", "env:FLATS_URL", "--rows", "10"]) != 0
+    err = capsys.readouterr().err
+    assert "s3cret" not in err and "127.0.0.1" in err
