@@ -73,7 +73,7 @@ class Settings(BaseSettings):
     model_sha256: str = Field(
         "",
         pattern=r"^([0-9a-f]{64})?$",
-        description="The only pipeline.joblib digest served (trust anchor outside the store)",
+        description="The only model digest served: pickle and thresholds, as training prints it (trust anchor)",
     )
     drift_rows_per_request: int = Field(
         10,

@@ -20,7 +20,7 @@ import bentoml
 
 from .compat import write_labels  # BentoML has no public call that changes a stored model's labels
 from .config import bentoml_home
-from .store import MODEL_NAME, TRAIN_COMMAND, ModelError, verified_files
+from .store import MODEL_NAME, MODELS_COMMAND, TRAIN_COMMAND, ModelError, verified_files
 
 STAGE = "stage"
 PROMOTED_AT = "promoted_at"
@@ -28,7 +28,6 @@ GATE = "gate"  # the promotion gate's verdict on a candidate: passed or refused 
 PRODUCTION, CANDIDATE, ARCHIVED = "production", "candidate", "archived"
 STAGES = (PRODUCTION, CANDIDATE, ARCHIVED)
 LATEST = "latest"
-MODELS_COMMAND = "python -m models"
 MOVED = 0.10  # a flat's price "moved" between two models when it changed by more than this share
 
 

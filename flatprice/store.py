@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import sys
 from dataclasses import dataclass, field
 from importlib.metadata import version
@@ -27,6 +28,7 @@ PICKLE_FILE = "pipeline.joblib"
 SAMPLE_FILE = "training_sample.npy"  # (n, 15) float64, schema order
 KNOWN_FILE = "known_{}.npy"  # sorted distinct training values of an identifier (drift: unseen share)
 TRAIN_COMMAND = "python -m train"
+MODELS_COMMAND = "python -m models"
 # Libraries whose version must match between training and serving (pickle compatibility).
 PINNED_LIBRARIES = ("catboost", "scikit-learn", "numpy")
 
@@ -121,14 +123,37 @@ def verified_files(model: bentoml.Model, pinned_sha256: str = "") -> dict[str, b
             raise ModelError(f"model {tag} has no {file}: it was not saved by {TRAIN_COMMAND}; {fix}") from None
         if hashlib.sha256(payloads[file]).hexdigest() != metadata.get("file_sha256", {}).get(file):
             raise ModelError(f"model {tag}: {file} does not match its saved checksum (corrupted or altered); {fix}")
-    if pinned_sha256 and hashlib.sha256(payloads[PICKLE_FILE]).hexdigest() != pinned_sha256:
+    if pinned_sha256 and digest_of(payloads[PICKLE_FILE], metadata) != pinned_sha256:
+        if hashlib.sha256(payloads[PICKLE_FILE]).hexdigest() == pinned_sha256:  # a pin of the older, pickle-only form
+            raise ModelError(
+                f"model {tag}: FLAT_PRICE_MODEL_SHA256 matches its {PICKLE_FILE} only; a pin now covers the "
+                f"thresholds in model.yaml too (holdout metrics, band, drift reference, ranges): check them "
+                f"(`{MODELS_COMMAND} list`) and pin {digest_of(payloads[PICKLE_FILE], metadata)}"
+            )
         raise ModelError(
-            f"model {tag}: {PICKLE_FILE} is not the one FLAT_PRICE_MODEL_SHA256 pins ({pinned_sha256[:12]}…); "
-            "refusing to unpickle it. Serve the pinned model, or pin this one after checking where it came from"
+            f"model {tag}: its {PICKLE_FILE} or the thresholds in model.yaml are not the ones FLAT_PRICE_MODEL_SHA256 "
+            f"pins ({pinned_sha256[:12]}…); refusing to unpickle it. Serve the pinned model, or pin this one after "
+            "checking where it came from"
         )
     if (damage := metadata_damage(metadata)) is not None:
         raise ModelError(f"model {tag}: its metadata (model.yaml) is damaged: {damage}; {fix}")
     return payloads
+
+
+# The metadata that sets what the alerts and the ranges judge by: whoever could rewrite it could silence them.
+PINNED_METADATA = ("metrics", "log_error_band", "reference", "intervals")
+
+
+def digest_of(pickle: bytes, metadata: dict) -> str:
+    """What FLAT_PRICE_MODEL_SHA256 pins: the pickle and the thresholds in the metadata (canonical JSON)."""
+    thresholds = json.dumps({k: metadata.get(k) for k in PINNED_METADATA}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(pickle + b"\n" + thresholds.encode()).hexdigest()
+
+
+def model_digest(model: bentoml.Model) -> str:
+    """The digest to pin for a stored model (training prints it)."""
+    with open(model.path_of(PICKLE_FILE), "rb") as f:
+        return digest_of(f.read(), model.info.metadata)
 
 
 def metadata_damage(metadata: dict) -> str | None:

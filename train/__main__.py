@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from flatprice import registry
 from flatprice.config import bentoml_home
 from flatprice.data import DEFAULT_TABLE, DataError, is_database_url
-from flatprice.store import MODEL_NAME, PICKLE_FILE, ModelError, latest_model
+from flatprice.store import MODEL_NAME, ModelError, latest_model, model_digest
 from flatprice.synthetic import DEFAULT_ROWS
 
 from . import gate, train
@@ -164,9 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as exc:
         print(f"error: cannot train on this data: {exc}", file=sys.stderr)
         return 2
-    digest = model.info.metadata["file_sha256"][PICKLE_FILE]
+    digest = model_digest(model)
     stage = registry.stage_of(model)
-    print(f"saved {model.tag} as {stage} ({PICKLE_FILE} sha256 {digest}: pin it with FLAT_PRICE_MODEL_SHA256)")
+    print(f"saved {model.tag} as {stage} (digest {digest}: pin it with FLAT_PRICE_MODEL_SHA256)")
     return _gate(model, args) if stage == registry.CANDIDATE else 0
 
 

@@ -16,6 +16,7 @@ from devtools.servers import REPO, BentoServer, wait_until
 from flatprice.api.errors import MAX_REPORTED_ERRORS
 from flatprice.api.routes import ENDPOINT_LABELS, STATIC_PREFIXES
 from flatprice.schema import EXAMPLE_FLAT
+from flatprice.store import model_digest
 from tests.metrics_scrape import scrape
 
 LIMITS = {"FLAT_PRICE_MAX_CONCURRENCY": "4", "FLAT_PRICE_BODY_TIMEOUT_S": "1"}
@@ -24,7 +25,7 @@ LIMITS = {"FLAT_PRICE_MAX_CONCURRENCY": "4", "FLAT_PRICE_BODY_TIMEOUT_S": "1"}
 @pytest.fixture(scope="module")
 def guarded(small_model, session_dir):
     # One server for the module: tight limits, and the served model's digest pinned (it must still start).
-    pinned = small_model.info.metadata["file_sha256"]["pipeline.joblib"]
+    pinned = model_digest(small_model)
     with BentoServer(session_dir / "serve-hardening", env=LIMITS | {"FLAT_PRICE_MODEL_SHA256": pinned}) as server:
         yield server
 
@@ -190,16 +191,29 @@ def test_a_model_that_loads_but_cannot_price_is_never_ready(small_model, session
         server.stop()
 
 
-def test_a_pinned_digest_refuses_a_rewritten_store(small_model, session_dir, tmp_path):
-    """A store whose pickle and recorded checksum were both rewritten passes the store's own check;
-    the digest pinned outside the store stops it before anything is unpickled."""
-    pinned = small_model.info.metadata["file_sha256"]["pipeline.joblib"]
-    server = BentoServer(
-        negative_model_home(tmp_path, small_model), share_models=False, env={"FLAT_PRICE_MODEL_SHA256": pinned}
-    )
+def thresholds_home(tmp_path, model):
+    """A copy of the store whose model's pickle is untouched but whose model.yaml claims a lenient accuracy line
+    (holdout median APE 500%) and band (±5): both accuracy alerts could never fire."""
+    home = tmp_path / "thresholds-home"
+    shutil.copytree(os.environ["BENTOML_HOME"] + "/models", home / "models")
+    name, version = str(model.tag).split(":")
+    model_yaml = home / "models" / name / version / "model.yaml"
+    info = yaml.safe_load(model_yaml.read_text())
+    info["metadata"]["metrics"]["median_ape"] = 5.0
+    info["metadata"]["log_error_band"].update(low=-5.0, high=5.0)
+    model_yaml.write_text(yaml.safe_dump(info))
+    return home
+
+
+@pytest.mark.parametrize("rewritten", ["pickle", "thresholds"])
+def test_a_pinned_digest_refuses_a_rewritten_store(small_model, session_dir, tmp_path, rewritten):
+    """A store whose pickle and recorded checksum were both rewritten, or whose thresholds were, passes the
+    store's own check; the digest pinned outside the store stops it before anything is unpickled."""
+    home = (negative_model_home if rewritten == "pickle" else thresholds_home)(tmp_path, small_model)
+    server = BentoServer(home, share_models=False, env={"FLAT_PRICE_MODEL_SHA256": model_digest(small_model)})
     run = subprocess.run(server.cmd, cwd=REPO, env=server.env, capture_output=True, text=True, timeout=60)
     assert run.returncode != 0
-    assert "is not the one FLAT_PRICE_MODEL_SHA256 pins" in run.stdout + run.stderr
+    assert "are not the ones FLAT_PRICE_MODEL_SHA256 pins" in run.stdout + run.stderr
 
 
 def test_the_pinned_digest_of_the_served_model_is_accepted(guarded):

@@ -141,3 +141,20 @@ def test_damaged_metadata_is_named_before_any_worker_reads_it(small_model):
     assert "for total_area" in damaged(lambda m: m["reference"]["total_area"].pop("max"))
     assert "bins and counts disagree" in damaged(lambda m: m["reference"]["total_area"]["counts"].pop())
     assert "cannot be read" in damaged(lambda m: m["reference"]["total_area"].pop("edges"))
+
+
+def test_the_pin_covers_the_pickle_and_the_thresholds_and_a_pickle_only_pin_says_so(small_model):
+    import copy
+    from types import SimpleNamespace
+
+    from flatprice.store import ModelError, model_digest, verified_files
+
+    pin = model_digest(small_model)
+    verified_files(small_model, pin)  # the digest training printed
+    lenient = copy.deepcopy(dict(small_model.info.metadata))
+    lenient["metrics"]["median_ape"] = 5.0  # the accuracy alert's line, rewritten in model.yaml
+    altered = SimpleNamespace(tag=small_model.tag, info=SimpleNamespace(metadata=lenient), path_of=small_model.path_of)
+    with pytest.raises(ModelError, match="thresholds in model.yaml are not the ones FLAT_PRICE_MODEL_SHA256 pins"):
+        verified_files(altered, pin)
+    with pytest.raises(ModelError, match="matches its pipeline.joblib only; a pin now covers the thresholds"):
+        verified_files(small_model, small_model.info.metadata["file_sha256"]["pipeline.joblib"])
