@@ -9,7 +9,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export BENTOML_DO_NOT_TRACK ?= True
 
 REPORT_VENV ?= .venv-report
-.PHONY: retrain image images serve install install-dev install-batch install-loadtest model test test-fast system-deps build bench soak format mutation compose-env grafana-env ledger-env report-env
+.PHONY: retrain image images serve install install-dev install-batch install-loadtest install-compose compose-up compose-down model test test-fast system-deps build bench soak format mutation compose-env grafana-env ledger-env report-env
 
 serve: install model  ## install, train the default model if the store has none, serve on $(HOST):$(PORT)
 	$(PYTHON) -m bentoml serve service:FlatPriceService --host $(HOST) --port $(PORT)
@@ -37,11 +37,13 @@ INSTALL_TIME_train = about 1 minute
 INSTALL_TIME_dev = about 2 minutes
 INSTALL_TIME_batch = about 20 s
 INSTALL_TIME_loadtest = about 10 s
+INSTALL_TIME_compose = about 1 minute
 
 install: $(VENV)/.installed-train  ## serving and training the default model: .[train]
 install-dev: $(VENV)/.installed-dev  ## tests and tools: .[dev]
 install-batch: $(VENV)/.installed-batch  ## batch pricing on Spark: .[batch] (python -m batch)
 install-loadtest: $(VENV)/.installed-loadtest  ## the load test: .[loadtest] (.venv/bin/locust)
+install-compose: $(VENV)/.installed-compose  ## podman-compose, for the compose stack without a Docker engine
 
 retrain: install  ## a candidate from the real prices fed back (docs/models.md), promoted if the gate passes
 	$(PYTHON) -m train --sales ledger --promote-if-better
@@ -89,6 +91,12 @@ images: install-dev model  ## with podman, no registry: stand-ins for the compos
 	scripts/images.sh
 
 compose-env: grafana-env ledger-env  ## the compose stack's generated credentials (Grafana, the ledger's PostgreSQL), once
+
+compose-up: install-compose compose-env  ## the compose stack with Docker or podman, ready (deploy/compose.py)
+	$(PYTHON) -m deploy.compose up
+
+compose-down: install-compose  ## the compose stack's containers and network (the ledger's volume stays)
+	$(PYTHON) -m deploy.compose down
 
 ledger-env: monitoring/ledger.env  ## the feedback ledger's credentials and /feedback's token for compose, generated once
 monitoring/ledger.env:

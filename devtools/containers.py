@@ -12,6 +12,8 @@ import uuid
 import httpx
 import yaml
 
+from deploy import compose
+
 from .servers import REPO, free_port, wait_until
 
 IMAGE = os.environ.get("FLAT_PRICE_IMAGE", "flat_price:latest")
@@ -94,14 +96,7 @@ class Container:
         self.remove()
 
 
-COMPOSE_FILE = REPO / "monitoring/docker-compose.yaml"
-COMPOSE_SERVICES = (
-    "ledger-db",
-    "flat-price",
-    "haproxy",
-    "prometheus",
-    "alertmanager",
-)  # all but Grafana (no image here)
+COMPOSE_FILE = compose.FILE
 PORT_SETTINGS = ("FLAT_PRICE_PORT", "PROMETHEUS_PORT", "ALERTMANAGER_PORT")
 
 
@@ -146,17 +141,18 @@ class ComposeStack:
         return len(up.get("flat-price", ())) == self.replicas() and "haproxy" in up
 
     def create_network(self) -> None:
+        """A fresh project network, made before `up` (as `python -m deploy.compose up` does) so that other
+        containers can join it; its gateway is the stack's host gateway."""
         podman("network", "rm", "-f", self.network, check=False)
-        podman("network", "create", self.network)
-        self.env["FLAT_PRICE_HOST_GATEWAY"] = json.loads(podman("network", "inspect", self.network).stdout)[0][
-            "subnets"
-        ][0]["gateway"]
+        self.env["FLAT_PRICE_HOST_GATEWAY"] = compose.podman_gateway(self.network)
 
     def up(self, timeout: float = 180) -> None:
+        """What `make compose-up` runs (deploy/compose.py: services without an image left out, the proxy ready),
+        then until Prometheus scrapes every replica and the proxy."""
         if not (COMPOSE_FILE.parent / "ledger.env").exists():  # as a user would: generated once
             subprocess.run(["make", "--no-print-directory", "ledger-env"], cwd=REPO, check=True, capture_output=True)
         started = time.monotonic()
-        self.compose("up", "-d", *COMPOSE_SERVICES)
+        self.services = compose.up(self.project, self.env, timeout)
         wait_until(self._ready, timeout, 0.5, what="the proxy ready and Prometheus scraping every replica and it")
         self.seconds_to_ready = time.monotonic() - started
 

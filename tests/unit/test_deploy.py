@@ -201,3 +201,18 @@ def test_the_proxy_settings_are_the_config_s_defaults_and_deploy_readme_s_table(
     readme = (render.DEPLOY / "README.md").read_text()
     table = readme.split("<!-- proxy-settings:start -->\n", 1)[1].split("\n<!-- proxy-settings:end -->", 1)[0]
     assert table == render.proxy_settings_table()
+
+
+def test_compose_up_resolves_the_file_s_images_and_says_what_to_install_without_an_engine(monkeypatch, tmp_path):
+    from deploy import compose
+
+    found = compose.images({})
+    assert found["flat-price"] == "flat_price:latest" and "node-exporter" not in found  # a profile's: on request
+    assert compose.images({"FLAT_PRICE_IMAGE": "localhost/mine:1"})["flat-price"] == "localhost/mine:1"
+    assert set(found) == {"flat-price", "ledger-db", "haproxy", "prometheus", "alertmanager", "grafana"}
+    assert not compose.depends_on_missing("prometheus", ["grafana"])  # Grafana missing leaves the rest
+    assert compose.depends_on_missing("flat-price", ["ledger-db"])
+    monkeypatch.setenv("PATH", str(tmp_path))  # neither docker nor podman
+    monkeypatch.setattr(compose.sys, "executable", str(tmp_path / "python"))
+    with pytest.raises(compose.ComposeError, match="neither a Docker engine nor podman"):
+        compose.engine()
