@@ -92,11 +92,12 @@ images: install-dev model  ## with podman, no registry: stand-ins for the compos
 
 compose-env: grafana-env ledger-env  ## the compose stack's generated credentials (Grafana, the ledger's PostgreSQL), once
 
+COMPOSE_PROJECT ?= monitoring
 compose-up: install-compose compose-env  ## the compose stack with Docker or podman, ready (deploy/compose.py)
-	$(PYTHON) -m deploy.compose up
+	$(PYTHON) -m deploy.compose up --project $(COMPOSE_PROJECT)
 
 compose-down: install-compose  ## the compose stack's containers and network (the ledger's volume stays)
-	$(PYTHON) -m deploy.compose down
+	$(PYTHON) -m deploy.compose down --project $(COMPOSE_PROJECT)
 
 ledger-env: monitoring/ledger.env  ## the feedback ledger's credentials and /feedback's token for compose, generated once
 monitoring/ledger.env:

@@ -147,12 +147,20 @@ class ComposeStack:
         self.env["FLAT_PRICE_HOST_GATEWAY"] = compose.podman_gateway(self.network)
 
     def up(self, timeout: float = 180) -> None:
-        """What `make compose-up` runs (deploy/compose.py: services without an image left out, the proxy ready),
-        then until Prometheus scrapes every replica and the proxy."""
-        if not (COMPOSE_FILE.parent / "ledger.env").exists():  # as a user would: generated once
-            subprocess.run(["make", "--no-print-directory", "ledger-env"], cwd=REPO, check=True, capture_output=True)
+        """`make compose-up`, as the docs write it (deploy/compose.py: credentials generated once, services without
+        an image left out, the proxy ready), then until Prometheus scrapes every replica and the proxy."""
         started = time.monotonic()
-        self.services = compose.up(self.project, self.env, timeout)
+        done = subprocess.run(
+            ["make", "--no-print-directory", "compose-up", f"COMPOSE_PROJECT={self.project}"],
+            cwd=REPO,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout + 60,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"make compose-up: {done.stdout[-2000:]}{done.stderr[-3000:]}")
+        self.said = done.stdout
         wait_until(self._ready, timeout, 0.5, what="the proxy ready and Prometheus scraping every replica and it")
         self.seconds_to_ready = time.monotonic() - started
 
@@ -163,8 +171,20 @@ class ComposeStack:
         return names + [v for v in volumes if v.startswith(f"{self.project}_")]
 
     def down(self) -> list[str]:
-        """`down -v`, then what it left of the project's containers and volumes (the network is ours)."""
-        self.compose("down", "-v", check=False)
-        left = self.leftovers()
-        podman("network", "rm", "-f", self.network, check=False)  # podman-compose 1.6 leaves networks
-        return left
+        """`make compose-down` (the volumes stay, by design: the ledger's data), then what it left besides the
+        project's volumes, which are removed here; the network goes with compose-down."""
+        subprocess.run(
+            ["make", "--no-print-directory", "compose-down", f"COMPOSE_PROJECT={self.project}"],
+            cwd=REPO,
+            env=self.env,
+            capture_output=True,
+            timeout=300,
+        )
+        listed = podman("volume", "ls", "--format", "{{.Name}}").stdout.split()
+        volumes = [name for name in listed if name.startswith(f"{self.project}_")]
+        left = [name for name in self.leftovers() if name not in volumes]
+        if volumes:
+            podman("volume", "rm", "-f", *volumes, check=False)
+        networks = podman("network", "ls", "--format", "{{.Name}}").stdout.split()
+        podman("network", "rm", "-f", self.network, check=False)
+        return left + [self.network] * (self.network in networks)

@@ -43,8 +43,8 @@ COMMANDS = {
     ".venv/bin/locust -f loadtest/locustfile.py --web-host 127.0.0.1": "run",
     ".venv/bin/locust -f loadtest/locustfile.py --config loadtest/locust.conf": "run",
     "make image": NO_DOCKER,
-    "make compose-env": "run",
-    "docker compose -f monitoring/docker-compose.yaml up -d": NO_DOCKER,
+    "make compose-up": "run by tests/system/test_compose.py, whose stack it brings up (podman here)",
+    "make compose-down": "run by tests/system/test_compose.py at its end",
     "docker compose -f monitoring/docker-compose.yaml --profile host-metrics up -d": NO_DOCKER,
     ".venv/bin/python -m batch INPUT OUTPUT [--model TAG] [--master URL] [--partitions N] [--table T] [--overwrite]": SAME,
     ".venv/bin/python -m batch s3a://bucket/listings/ s3a://bucket/priced/2026-11-28/ --master spark://spark-master:7077": "needs S3 and a Spark cluster",
@@ -56,6 +56,8 @@ COMMANDS = {
     "kubectl -n flat-price rollout status deployment/flat-price": NO_CLUSTER,
     "kubectl -n flat-price scale deployment/flat-price --replicas=5": NO_CLUSTER,
     "make report-env": "run",
+    "FLAT_PRICE_CANARY=candidate make serve": "the canary's server: tests/service/test_canary_rollout.py serves a candidate as canary at weight 0, as this does",
+    "python -m models canary candidate --steps 5,25,50,100 --interval 10m --prometheus http://127.0.0.1:9090": "run against a real server and Prometheus with shorter steps in tests/service/test_canary_rollout.py (10-minute steps would take 40 minutes)",
     ".venv-report/bin/python -m monitoring.report --since 24h [--actuals deals.csv] [--out report.html]": "run",
 }
 
