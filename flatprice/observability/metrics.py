@@ -100,7 +100,8 @@ MODES = {  # multiprocess mode per gauge: how several workers' values combine
     "start_time": "min",  # earliest worker start = when the service started
     "memory": "livesum",  # total resident memory of the live workers
     "buffered": "livesum",  # what the live workers hold, in all
-    "canary": "livemax",  # the highest weight a live worker applies: a rollback shows 0 once every worker took it
+    "canary": "livemax",  # the rollout's state as any live worker reads it
+    "canary_weight": "liveall",  # one series per live worker (label pid): min and max say whether all applied it
 }
 
 DEFINED: list[tuple[object, tuple[str, ...], dict]] = []  # (collector, labels, options): the docs table's rows
@@ -351,9 +352,9 @@ MODEL_PRICING = define(
 CANARY_WEIGHT = define(
     Gauge,
     "canary_weight_percent",
-    "Percent of keys the canary answers, as the workers apply it (FLAT_PRICE_CANARY_WEIGHT, then the rollout file)",
+    "Percent of keys the canary answers, as each live worker applies it (FLAT_PRICE_CANARY_WEIGHT, then the rollout file)",
     ("model_tag",),
-    multiprocess_mode=MODES["canary"],
+    multiprocess_mode=MODES["canary_weight"],
 )
 CANARY_STATE = define(
     Gauge,

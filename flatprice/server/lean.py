@@ -14,6 +14,8 @@ the guard and admission all still wrap it.
 
 from __future__ import annotations
 
+import logging
+
 import orjson
 from pydantic import ValidationError
 
@@ -21,9 +23,10 @@ from ..api import payloads as io
 from ..api.routes import PREDICT
 from ..canary import CLIENT_HEADER
 from ..runtime import Runtime, row_of
-from .guard import replay
+from .guard import replay, send_error
 
 _CLIENT = CLIENT_HEADER.lower().encode()
+logger = logging.getLogger(__name__)
 _runtime: Runtime | None = None  # this worker's, once the service's __init__ has loaded it
 
 
@@ -65,7 +68,11 @@ class LeanPredict:
         except ValidationError:
             return await self.app(scope, replay(body, receive), send)
         client = next((v for k, v in scope["headers"] if k == _CLIENT), None)  # ASGI: lower-case names
-        priced = runtime.priced(row_of(flat.__dict__), client=client.decode("latin-1") if client else None)
+        try:
+            priced = runtime.priced(row_of(flat.__dict__), client=client.decode("latin-1") if client else None)
+        except Exception as error:  # a model that raises (a bad canary): a 500 in the error shape, never a hang
+            logger.error("the model failed to price a flat: %s", type(error).__name__)
+            return await send_error(send, 500, "the model failed to price this flat", "model_error")
         answer = prediction_json(priced)
         headers = [
             (b"content-length", str(len(answer)).encode()),

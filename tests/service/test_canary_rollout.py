@@ -13,20 +13,26 @@ import shutil
 import subprocess
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
+from pathlib import Path
 
 import httpx
 import pytest
 
-from devtools.servers import REPO, BentoServer, prometheus, train_into, wait_until
+from devtools.servers import REPO, BentoServer, private_home, prometheus, train_into, wait_until
+from devtools.wrk import request_flats
+from flatprice.canary import sticky_share
 from flatprice.config import bentoml_home
 from flatprice.observability import metrics
 from flatprice.rollout import FILE_NAME, read
-from flatprice.schema import EXAMPLE_FLAT, FEATURE_NAMES, TARGET
+from flatprice.schema import EXAMPLE_FLAT, FEATURE_NAMES
 from flatprice.synthetic import generate_flats
 from tests.metrics_scrape import sample_value, scrape
 
 CLIENTS = 400
+SHARE, SHARE_REQUESTS = 25, 5000  # the hand-set split: its share measured over this many clients' requests
+PRICES = f"{metrics.NAMESPACE}_predicted_price_rubles"
 FAIL_EVERY = 50  # the faulty candidate raises on buildings whose id is a multiple of this: ~2% of flats
 WEIGHT = f"{metrics.NAMESPACE}_canary_weight_percent"
 
@@ -36,25 +42,37 @@ def trained_tag(completed: subprocess.CompletedProcess) -> str:
     return re.search(r"saved (\S+) as", completed.stdout).group(1)
 
 
-@pytest.fixture(scope="module")
-def store(small_model, tmp_path_factory):
-    """A store of its own (the rollout promotes): the session's production model, a good candidate trained like
-    it with another seed, and a biased one trained on the same kind of flats priced 15% higher."""
-    home = tmp_path_factory.mktemp("canary-home")
-    shutil.copytree(bentoml_home() / "models", home / "models")
-    good = trained_tag(train_into(home, "--rows", "6000", "--iterations", "150", "--seed", "8"))
-    flats = generate_flats(6000, seed=9)[[*FEATURE_NAMES, TARGET]]
-    flats[TARGET] = (flats[TARGET] * 1.15).round().astype("int64")
-    flats.to_csv(home / "biased.csv", index=False)
-    biased = trained_tag(train_into(home, "--data", str(home / "biased.csv"), "--iterations", "150"))
-    faulty = subprocess.run(
-        [sys.executable, "-m", "devtools.faulty_model", "production", "--fail-every", str(FAIL_EVERY)],
+def faulty_copy(home, *how: str) -> str:
+    """A copy of the store's production model that misbehaves as `how` says (devtools/faulty_model.py)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "devtools.faulty_model", "production", *how],
         cwd=REPO,
         env={**os.environ, "BENTOML_HOME": str(home)},
         capture_output=True,
         text=True,
     )
-    return home, good, biased, trained_tag(faulty)
+    return trained_tag(done)
+
+
+@pytest.fixture(scope="module")
+def store(small_model, tmp_path_factory):
+    """A store of its own (the rollout promotes): the session's production model, a good candidate trained like
+    it with another seed, a deliberately biased copy of production (every price ×1.15) and one that raises on the
+    flats of 2% of buildings."""
+    home = tmp_path_factory.mktemp("canary-home")
+    shutil.copytree(bentoml_home() / "models", home / "models")
+    biased = faulty_copy(home, "--scale", "1.15")
+    faulty = faulty_copy(home, "--fail-every", str(FAIL_EVERY))
+    good = trained_tag(train_into(home, "--rows", "6000", "--iterations", "150", "--seed", "8"))
+    return home, good, biased, faulty
+
+
+@pytest.fixture(scope="module")
+def good_server(store):
+    """The server with the good candidate as its canary, at weight 0 (the hand-set split, then the rollout)."""
+    home, good, _, _ = store
+    with serve(home, good) as served:
+        yield served
 
 
 FLATS = generate_flats(CLIENTS, seed=21)[list(FEATURE_NAMES)].to_dict("records")
@@ -72,14 +90,18 @@ class Clients(threading.Thread):
             i = 0
             while not self.stop.is_set():
                 client = f"client-{i % CLIENTS}"
-                answer = http.post(f"{self.url}/predict", json=FLATS[i % CLIENTS], headers={"X-Client-ID": client})
-                model = answer.json().get("model") if answer.status_code == 200 else None
-                self.answers.append((client, answer.status_code, model))
+                try:
+                    answer = http.post(f"{self.url}/predict", json=FLATS[i % CLIENTS], headers={"X-Client-ID": client})
+                except httpx.HTTPError:  # no answer at all (a hang, a reset): status 0, and the clients go on
+                    self.answers.append((client, 0, None))
+                else:
+                    model = answer.json().get("model") if answer.status_code == 200 else None
+                    self.answers.append((client, answer.status_code, model))
                 i += 1
 
 
 def _prometheus(home, served):
-    return prometheus(home / "prometheus", served.url.removeprefix("http://"), "")
+    return prometheus(Path(f"{served.home}-prometheus"), served.url.removeprefix("http://"), "")
 
 
 def run_canary(home, served, tag: str, *args: str):
@@ -111,27 +133,97 @@ def _weight(url: str, tag: str):
 
 
 def serve(home, canary: str) -> BentoServer:
-    env = {"FLAT_PRICE_CANARY": canary, "FLAT_PRICE_CANARY_WEIGHT": "0"}
-    return BentoServer(home, env=env, share_models=False)
+    """A server of its own home (its metrics) on the store's models, reading the store's rollout file
+    (FLAT_PRICE_ROLLOUT_FILE), which the command writes by default (BENTOML_HOME=home)."""
+    own = private_home(home.parent / f"{home.name}-{canary.split(':')[1]}", models_from=home / "models")
+    env = {
+        "FLAT_PRICE_CANARY": canary,
+        "FLAT_PRICE_CANARY_WEIGHT": "0",
+        "FLAT_PRICE_ROLLOUT_FILE": str(home / FILE_NAME),
+    }
+    return BentoServer(own, env=env, share_models=False)
 
 
-def test_a_good_candidate_is_stepped_through_every_weight_and_promoted(store):
+def set_by_hand(home, text: str) -> None:
+    """The rollout file as a person writes it (docs/models.md, "By hand")."""
+    (home / FILE_NAME).write_text(text)
+
+
+def test_a_weight_written_by_hand_answers_its_share_of_keys_each_always_by_the_same_model(store, good_server):
     home, good, _, _ = store
-    with serve(home, good) as served:
-        done, audit, answers = run_canary(home, served, good, "--steps", "25,100", "--interval", "6s", "--force")
-        assert done.returncode == 0, done.stdout + done.stderr
-        assert [a["event"] for a in audit] == ["started", "step", "passed", "step", "passed", "promoted"]
-        assert [a["weight"] for a in audit if a["event"] == "step"] == [25, 100]
-        assert all(a["figures"]["requests"] >= 20 for a in audit if a["event"] == "passed")
-        assert read(home / FILE_NAME).state == "promoted"
-        listed = subprocess.run(
-            [sys.executable, "-m", "models", "list"],
-            cwd=REPO,
-            env={"PATH": "/usr/bin:/bin", "BENTOML_HOME": str(home)},
-            capture_output=True,
-            text=True,
-        ).stdout
-        assert re.search(rf"^{re.escape(good)}\s+production", listed, re.M), listed
+    served = good_server
+    production = httpx.post(f"{served.url}/predict", json=EXAMPLE_FLAT).json()["model"]  # weight 0: production
+    set_by_hand(home, json.dumps({"canary": good, "weight": SHARE}))
+    wait_until(lambda: applied(served, good) == {SHARE}, timeout=10, what="every worker at the weight")
+    flat = request_flats(1, seed=5)[0]
+    with httpx.Client(timeout=10) as http:
+
+        def ask(i: int) -> str:
+            answer = http.post(f"{served.url}/predict", json=flat, headers={"X-Client-ID": f"key-{i}"})
+            assert answer.status_code == 200, answer.text
+            return answer.json()["model"]
+
+        with ThreadPoolExecutor(8) as pool:
+            first = list(pool.map(ask, range(SHARE_REQUESTS)))
+            again = list(pool.map(ask, range(0, SHARE_REQUESTS, 10)))  # every tenth client once more
+    share = first.count(good) / SHARE_REQUESTS * 100
+    assert abs(share - SHARE) <= 2, share  # over 5,000 requests of distinct clients
+    assert set(first) == {production, good}
+    assert again == first[::10]  # sticky: a client's model does not change between requests
+    expected = sticky_share(production, good, SHARE)  # the server's split is the documented one
+    assert first[:50] == [expected(None, f"key-{i}") for i in range(50)]
+    # without a client the building decides, and a batch is answered whole by its first flat's building's model
+    flats = request_flats(200, seed=6)
+    with httpx.Client(timeout=10) as http:
+        singles = [http.post(f"{served.url}/predict", json=flat).json()["model"] for flat in flats]
+        batches = [
+            http.post(f"{served.url}/predict_batch", json={"flats": flats[i : i + 10]}).json()
+            for i in range(0, 200, 10)
+        ]
+    assert set(singles) == {production, good}  # 200 buildings: both models answer some
+    for i, batch in enumerate(batches):
+        assert batch["model"] == singles[i * 10] and len(batch["prices"]) == 10
+    # every flat the canary priced is counted under its tag (the monitor flushes every half second)
+    wanted = (
+        first.count(good) + again.count(good) + singles.count(good) + 10 * [b["model"] for b in batches].count(good)
+    )
+    wait_until(
+        lambda: sample_value(scrape(served.url), PRICES, f"{PRICES}_count", model_tag=good) == wanted,
+        timeout=10,
+        what=f"{wanted} canary prices counted",
+    )
+    set_by_hand(home, json.dumps({"canary": good, "weight": 0}))  # a rollback by hand: production answers all
+    wait_until(lambda: applied(served, good) == {0}, timeout=10, what="every worker at weight 0")
+    assert {ask_model(served, f"key-{i}") for i in range(0, SHARE_REQUESTS, 100)} == {production}
+
+
+def applied(served, tag: str) -> set[float]:
+    """The weights the server's workers apply (one series per worker: label pid)."""
+    family = scrape(served.url).get(WEIGHT)
+    return {s.value for s in family.samples if s.labels.get("model_tag") == tag} if family else set()
+
+
+def ask_model(served, client: str) -> str:
+    return httpx.post(f"{served.url}/predict", json=EXAMPLE_FLAT, headers={"X-Client-ID": client}).json()["model"]
+
+
+def test_a_good_candidate_is_stepped_through_every_weight_and_promoted(store, good_server):
+    home, good, _, _ = store
+    served = good_server
+    done, audit, answers = run_canary(home, served, good, "--steps", "25,100", "--interval", "6s", "--force")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [a["event"] for a in audit] == ["started", "step", "passed", "step", "passed", "promoted"]
+    assert [a["weight"] for a in audit if a["event"] == "step"] == [25, 100]
+    assert all(a["figures"]["requests"] >= 20 for a in audit if a["event"] == "passed")
+    assert read(home / FILE_NAME).state == "promoted"
+    listed = subprocess.run(
+        [sys.executable, "-m", "models", "list"],
+        cwd=REPO,
+        env={"PATH": "/usr/bin:/bin", "BENTOML_HOME": str(home)},
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert re.search(rf"^{re.escape(good)}\s+production", listed, re.M), listed
     assert answers and all(status == 200 for _, status, _ in answers)  # 0 failed requests
     moved = {}
     for client, _, model in answers:  # once a client is answered by the canary it stays with it
@@ -156,7 +248,7 @@ def test_a_biased_candidate_is_rolled_back_at_its_first_step_within_60_s(store):
         state = read(home / FILE_NAME)
         assert (state.weight, state.state) == (0, "rolled_back")
         # every worker took it: production (here the good model promoted above) answers everyone
-        wait_until(lambda: sample_value(scrape(served.url), WEIGHT, model_tag=biased) == 0, timeout=10, what="weight 0")
+        wait_until(lambda: applied(served, biased) == {0}, timeout=10, what="every worker at weight 0")
         with httpx.Client(timeout=10) as http:
             after = {
                 http.post(f"{served.url}/predict", json=EXAMPLE_FLAT, headers={"X-Client-ID": f"late-{i}"}).json()[
@@ -182,7 +274,7 @@ def test_a_candidate_failing_on_2_percent_of_flats_is_rolled_back_at_its_first_s
         failed = {client for client, status, _ in answers if status != 200}
         assert failed and failed <= failing
         assert {status for _, status, _ in answers} <= {200, 500}
-        wait_until(lambda: sample_value(scrape(served.url), WEIGHT, model_tag=faulty) == 0, timeout=10, what="weight 0")
+        wait_until(lambda: applied(served, faulty) == {0}, timeout=10, what="every worker at weight 0")
         with httpx.Client(timeout=10) as http:
             statuses = {
                 http.post(f"{served.url}/predict", json=FLATS[i], headers={"X-Client-ID": f"client-{i}"}).status_code

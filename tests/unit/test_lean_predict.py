@@ -8,6 +8,7 @@ import pytest
 from flatprice.api.payloads import REQUEST_ID_HEADER
 from flatprice.schema import EXAMPLE_FLAT
 from flatprice.server import lean
+from tests.metrics_scrape import sample_value
 
 
 @pytest.fixture
@@ -56,3 +57,37 @@ def test_other_routes_and_methods_are_not_the_lean_paths(client, lean_calls):
     # a range level asked for: the handler reads and checks the query
     assert client.post("/predict?interval_level=0.9", json=EXAMPLE_FLAT).json()["interval"]["level"] == 0.9
     assert lean_calls == []
+
+
+def test_a_model_that_raises_answers_500_in_the_error_shape_and_is_counted_against_it(client, monkeypatch):
+    """A canary that raises on some flats: the client gets a 500 at once (it hung before), and the model's
+    failed requests count up (the rollout's error check reads them)."""
+    from flatprice.observability import metrics
+
+    runtime = lean._runtime
+    served = runtime.models[runtime.production]
+
+    def raising(rows):
+        raise ValueError("a deliberately faulty model")
+
+    monkeypatch.setitem(runtime.models, runtime.production, type(served)(**{**served.__dict__, "price": raising}))
+
+    def failed() -> float:
+        families = {m.name: m for m in metrics.MODEL_REQUESTS.collect()}
+        return sample_value(
+            families,
+            f"{metrics.NAMESPACE}_model_requests",
+            f"{metrics.NAMESPACE}_model_requests_total",
+            model_tag=runtime.production,
+            outcome="failed",
+        )
+
+    before = failed()
+    answer = client.post("/predict", json=EXAMPLE_FLAT)
+    assert answer.status_code == 500
+    assert answer.json()["detail"][0] == {
+        "type": "model_error",
+        "loc": ["body"],
+        "msg": "the model failed to price this flat",
+    }
+    assert failed() == before + 1
