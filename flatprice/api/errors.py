@@ -42,7 +42,7 @@ ERROR_STATUSES = {
     425: "POST /feedback: a flat answered moments ago is not recorded yet (none of the call recorded): send it again after Retry-After seconds",
     429: "Too many requests in flight in this worker (FLAT_PRICE_MAX_CONCURRENCY): retry after Retry-After seconds",
     431: "Request headers over the size limit (FLAT_PRICE_MAX_HEADER_BYTES)",
-    500: "Unexpected server error (or a fault injected on purpose, header X-Injected-Fault)",
+    500: "Unexpected server error, or the model failed to price a flat (type model_error), or a fault injected on purpose (header X-Injected-Fault)",
     503: "Not ready: the model is still loading; POST /feedback: the feedback ledger cannot be reached (nothing recorded)",
     504: "The request took longer than the service's timeout (FLAT_PRICE_TIMEOUT_S)",
 }
