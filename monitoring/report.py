@@ -27,7 +27,7 @@ import pandas as pd
 from flatprice import feedback_data, intervals
 from flatprice.config import Settings, bentoml_home
 from flatprice.observability.ledger_port import LedgerUnavailable
-from flatprice.observability.log_records import log_directory, read_flats
+from flatprice.observability.log_records import log_directory, read_flats, utc
 from flatprice.reference import (
     BINNED_FEATURES,
     DRIFT_MIN_ROWS,
@@ -353,7 +353,8 @@ def _sparkline(table: pd.DataFrame) -> str:
 def build(
     log_dir: Path, home: Path, start: datetime, actuals: str | None, tag: str | None, until: datetime | None = None
 ) -> tuple[str, dict]:
-    """The report's HTML and its figures (for tests and scripts)."""
+    """The report's HTML and its figures (for tests and scripts). Times in UTC, as the log keeps them."""
+    start = utc(start)
     flats = read_flats(log_dir, since=start, until=until)
     if flats.empty:
         raise SystemExit(f"cannot report: no flats logged since {start:%Y-%m-%d %H:%M} in {log_dir}")
@@ -374,7 +375,7 @@ def build(
     drifted_subjects = [s for s, row in judged.iterrows() if row.drifted]
     sections = [
         f"<h1>Flat-price model report</h1><p>{len(flats):,} flats in {flats['request'].nunique():,} requests "
-        f"logged {flats['timestamp'].min():%Y-%m-%d %H:%M} to {flats['timestamp'].max():%Y-%m-%d %H:%M} "
+        f"logged {flats['timestamp'].min():%Y-%m-%d %H:%M} to {flats['timestamp'].max():%Y-%m-%d %H:%M} UTC "
         f"(since {start:%Y-%m-%d %H:%M}); drift and quality of model <b>{html.escape(tag)}</b> "
         f"({len(served):,} flats) against its training data.</p>",
         _table(flats["model"].value_counts().rename("flats").to_frame()),

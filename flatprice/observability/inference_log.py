@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from datetime import datetime
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import orjson
 from ..config import Settings
 from ..schema import FEATURE_NAMES
 from . import metrics
-from .log_records import MONITOR_NAME, disk_has_room, log_directory
+from .log_records import MONITOR_NAME, disk_has_room, log_directory, utc
 
 LOG_CONFIG = Path(__file__).with_name("inference_log.yaml")
 FILES_PER_WORKER = 10  # the data file and 9 rotated ones
@@ -103,11 +104,18 @@ class BoundedFileHandler(RotatingFileHandler):
 
 
 class RecordFormatter(logging.Formatter):
-    """One JSON line per record: the monitor's dict, without the request-context columns."""
+    """One JSON line per record: the monitor's dict, without the request-context columns, its time in UTC with
+    the offset (BentoML's monitor writes the server's local time without one)."""
 
     def format(self, record: logging.LogRecord) -> str:
         data = record.msg if isinstance(record.msg, dict) else {"message": record.getMessage()}
-        return orjson.dumps({k: v for k, v in data.items() if k not in CONTEXT_COLUMNS}).decode()
+        kept = {k: v for k, v in data.items() if k not in CONTEXT_COLUMNS}
+        if isinstance(kept.get("timestamp"), str):
+            try:
+                kept["timestamp"] = utc(datetime.fromisoformat(kept["timestamp"])).isoformat()
+            except ValueError:  # not a time: left as BentoML wrote it (the readers count such lines)
+                pass
+        return orjson.dumps(kept).decode()
 
 
 class InferenceLog:

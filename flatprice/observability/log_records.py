@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,12 +42,19 @@ def data_files(directory: str | Path) -> list[Path]:
     return sorted((Path(directory) / MONITOR_NAME / "data").glob("data.*.log*"))
 
 
+def utc(moment: datetime) -> datetime:
+    """In UTC, with its offset; a time without one (logs written before they carried it, a local --since) is the
+    machine's local time."""
+    return (moment if moment.tzinfo is not None else moment.astimezone()).astimezone(UTC)
+
+
 def read_flats(directory: str | Path, since: datetime | None = None, until: datetime | None = None) -> pd.DataFrame:
-    """One row per flat: timestamp (server's local time), request, flat (index in the request),
+    """One row per flat: timestamp (UTC), request, flat (index in the request),
     model, the 15 features, price, and challenger/challenger_price when one was shadowing. A line that is
     not a whole record (torn by a crash, altered) is skipped and counted in `frame.attrs["corrupt_lines"]`."""
     import pandas as pd  # here: the service imports this module for `log_directory`, pandas brings pyarrow
 
+    since, until = (utc(t) if t is not None else None for t in (since, until))
     columns: dict[str, list] = {name: [] for name in (*ID_COLUMNS, *FEATURE_NAMES, "price")}
     shadow: dict[str, list] = {"challenger": [], "challenger_price": []}
     corrupt = 0
@@ -59,7 +66,7 @@ def read_flats(directory: str | Path, since: datetime | None = None, until: date
                 except (ValueError, KeyError, TypeError):  # a torn or altered line: skipped and counted
                     corrupt += 1
                     continue
-                at = datetime.fromisoformat(record["timestamp"])
+                at = utc(datetime.fromisoformat(record["timestamp"]))
                 if (since is not None and at < since) or (until is not None and at >= until):
                     continue
                 n = len(record["price"])

@@ -207,3 +207,42 @@ def test_a_stalled_ledger_holds_at_most_the_feedback_slots_and_the_next_call_get
         release.set()
         assert all(w.result(timeout=5).accepted == 0 for w in waiting)
     assert feedback.feedback_answer(Stalled(), [("a" * 32, 0, 1)]).accepted == 0  # the slots came back
+
+
+def test_inference_log_times_are_utc_with_their_offset_and_older_local_ones_read_alike(tmp_path, monkeypatch):
+    """BentoML's monitor stamps records with the server's local time and no offset: the log writes them in UTC
+    with it; lines written before (local, no offset) are read as local time, so both sort and filter together."""
+    import logging
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from flatprice.observability.inference_log import RecordFormatter
+    from flatprice.observability.log_records import MONITOR_NAME, read_flats
+    from flatprice.schema import FEATURE_NAMES
+
+    monkeypatch.setenv("TZ", "Europe/Moscow")  # UTC+3, no daylight saving
+    time.tzset()
+    try:
+
+        def record(stamp: str, request: str) -> dict:
+            return {"timestamp": stamp, "request": [request], "flats": [1], "model": "m:1", "price": [1_000_000]} | {
+                name: [1.0] for name in FEATURE_NAMES
+            }
+
+        old = record("2026-12-08T12:00:00", "a" * 32)  # written before: Moscow local time, no offset
+        line = RecordFormatter().format(logging.makeLogRecord({"msg": record("2026-12-08T12:30:00", "b" * 32)}))
+        assert json.loads(line)["timestamp"] == "2026-12-08T09:30:00+00:00"
+        data = tmp_path / MONITOR_NAME / "data"
+        data.mkdir(parents=True)
+        (data / "data.1.log").write_text(json.dumps(old) + "\n" + line + "\n")
+        flats = read_flats(tmp_path)
+        assert list(flats["timestamp"]) == [
+            datetime(2026, 12, 8, 9, 0, tzinfo=UTC),
+            datetime(2026, 12, 8, 9, 30, tzinfo=UTC),
+        ]
+        since = datetime(2026, 12, 8, 12, 15)  # a local --since, as the report takes it
+        assert list(read_flats(tmp_path, since=since)["request"]) == ["b" * 32]
+        moscow = timezone(timedelta(hours=3))
+        assert list(read_flats(tmp_path, until=datetime(2026, 12, 8, 12, 15, tzinfo=moscow))["request"]) == ["a" * 32]
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
