@@ -14,7 +14,8 @@ Measures, with the default model of the BentoML store:
     ceiling   — a BentoML service with the same settings and no model, answering a
                 constant: the framework's own ceiling;
 - 1,000-flat batch requests to the service (rows and columns) in rows/s;
-- worker RSS and CPU per request (from /proc, all processes of the server);
+- memory (the server's process tree: RSS summed, which counts shared pages once per process, and PSS,
+  which counts them once) and CPU per request (from /proc, all processes of the server);
 - that the service's prices equal the Pipeline's (relative difference).
 
 wrk runs one thread and the servers two workers, all on the same 2 cores: the load
@@ -38,7 +39,7 @@ import httpx
 import numpy as np
 
 from devtools.servers import REPO, BentoServer, Process, free_port, process_tree, worker_pids
-from devtools.wrk import json_flat, lua_pool, rss_mib, wrk
+from devtools.wrk import json_flat, lua_pool, pss_mib, rss_mib, wrk
 from flatprice import registry
 from flatprice.api.payloads import rubles
 from flatprice.schema import FEATURE_NAMES
@@ -278,9 +279,12 @@ def main() -> None:
                         flush=True,
                     )
                 # Every process of the server (BentoML's arbiter and monitor too), then its workers.
-                total = round(sum(rss_mib(p) for p in process_tree(root)))
+                tree = process_tree(root)
+                total, pss = round(sum(rss_mib(p) for p in tree)), round(sum(pss_mib(p) for p in tree))
                 workers = [round(rss_mib(p)) for p in worker_pids(root)]
-                results["rss_mib"].setdefault(name, []).append({"total": total, "workers": workers})
+                results["rss_mib"].setdefault(name, []).append(
+                    {"total": total, "total_pss": pss, "processes": len(tree), "workers": workers}
+                )
                 if name in ("service", "baseline"):  # the same batches to the earlier commit, to compare
                     for route, script in (("/predict_batch", rows_body), ("/predict_columns", columns_body)):
                         batch = wrk(f"{server.url}{route}", script, 8, args.duration, root)
@@ -354,7 +358,7 @@ def report(results: dict) -> None:
         print(
             f"  {name:8s} {statistics.mean(r['cpu_ms_per_request'] for r in http[name][8]) if 8 in http[name] else float('nan'):.2f}"
         )
-    print("\n== worker RSS after the runs (MiB) ==")
+    print("\n== memory after the runs (MiB): the server's process tree, RSS summed and PSS, and each worker's RSS ==")
     for name, runs in results["rss_mib"].items():
         print(f"  {name:8s} {runs}")
     in_rows = results["in_process"]["1,000 rows (rows/s)"]

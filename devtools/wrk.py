@@ -72,6 +72,13 @@ def rss_mib(pid: int) -> float:
     return int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024
 
 
+def pss_mib(pid: int) -> float:
+    """Proportional set size: pages shared between the server's processes (the forked workers share the arbiter's
+    libraries and copy-on-write pages) counted once over them, so a process tree's PSS adds up to what it uses."""
+    rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    return int(re.search(r"^Pss:\s+(\d+)", rollup, re.M).group(1)) / 1024
+
+
 def wrk_report(url: str, script: Path, connections: int, seconds: float) -> dict:
     """One wrk run against `url` (one thread, latency percentiles), its report parsed."""
     text = subprocess.run(
