@@ -155,6 +155,18 @@ def readme_block(start: str) -> str:
     return next(b for b in re.findall(r"```bash\n(.*?)```", text, re.S) if b.startswith(start))
 
 
+def test_the_readme_python_example_runs_with_the_interpreter_it_names(user):
+    """The README's Python block, `flat` set to the curl's JSON object, run by .venv/bin/python (its comment's)."""
+    text = (REPO / "README.md").read_text()
+    example = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    assert "run with .venv/bin/python" in example
+    body = readme_block("curl ").split("-d '", 1)[1].split("'", 1)[0]
+    script = user.repo / "example.py"
+    script.write_text(f"flat = {body}\n{example}")
+    printed = ok(user.run(".venv/bin/python example.py", timeout=60))
+    assert re.fullmatch(r"[\d,]+ ₽\n", printed), printed
+
+
 def test_make_serve_installs_trains_and_names_what_it_serves(user):
     log = (user.repo / "serve.log").read_text()
     assert "[make] installing .[train]" in log and "a model in the store?" in log
