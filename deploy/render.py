@@ -50,13 +50,6 @@ def dashboard_config_map() -> str:
 MAX_BODY_BYTES = Settings.model_fields["max_body_bytes"].default  # haproxy.cfg's limit too (tested)
 PROXY_ANSWERS = {  # status: (reason line, error type, message, loc, extra headers)
     503: ("Service Unavailable", "overloaded", SHED_REASON, "body", "Retry-After: 1\r\n"),
-    429: (
-        "Too Many Requests",
-        "too_many_uploads",
-        "too many large bodies being uploaded from your address at once: send the next when one is answered",
-        "body",
-        "Retry-After: 1\r\n",
-    ),
     404: ("Not Found", "not_found", "no public route at this path", "path", ""),
     413: (
         "Payload Too Large",
@@ -85,7 +78,6 @@ PROXY_SETTINGS = (  # (variable, default, meaning)
     ("FLAT_PRICE_REPLICA_MAXCONN", "2", "requests in flight per one-worker replica"),
     ("FLAT_PRICE_QUEUE_BUDGET_MS", "250", "the longest a request waits for a replica's slot, then 503"),
     ("FLAT_PRICE_SHED_QUEUE", "64", "past this many requests waiting per live replica, the rest get 503 at once"),
-    ("FLAT_PRICE_BULK_PER_SOURCE", "2", "large bodies (the bulk slots) one client address may upload at once; the next get 429"),
     ("FLAT_PRICE_HAPROXY_ERRORS", "deploy/haproxy/errors", "the folder of the proxy's own answers (relative to where it runs)"),
     ("HAPROXY_BIND", "127.0.0.1:8080", "where clients connect"),
     ("HAPROXY_METRICS_BIND", "", "where Prometheus reads the proxy's `/metrics`; unset: not served"),

@@ -155,47 +155,6 @@ def test_slow_uploads_do_not_take_the_slots_of_single_flats(proxy):
     assert statuses == [200] * 30
 
 
-def test_one_address_s_slow_uploads_cannot_starve_everyone_s_batches(served, tmp_path):
-    """4 slow uploads of a declared 1 MB batch from one address (127.0.0.2) beside 100-flat batches (34 KB, the
-    bulk slots too) from another (127.0.0.3): the slow address holds at most FLAT_PRICE_BULK_PER_SOURCE slots (1
-    here, of the one replica's 2) and its other uploads get 429 at once; every batch of the other address gets 200."""
-    with haproxy(tmp_path, [served.url.removeprefix("http://")], {"FLAT_PRICE_BULK_PER_SOURCE": "1"}) as running:
-        slow, stop = [], threading.Event()
-        try:
-            for _ in range(4):
-                sock = socket.create_connection(
-                    ("127.0.0.1", port_of(running.url)), timeout=10, source_address=("127.0.0.2", 0)
-                )
-                sock.sendall(
-                    b"POST /predict_batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                    b"Content-Length: 1000000\r\n\r\n" + b" " * 40_000
-                )
-                slow.append(sock)
-
-            def trickle():
-                while not stop.wait(0.5):
-                    for sock in slow:
-                        with contextlib.suppress(OSError):
-                            sock.sendall(b" ")
-
-            threading.Thread(target=trickle, daemon=True).start()
-            batch = {"flats": [EXAMPLE_FLAT] * 100}
-            other = httpx.HTTPTransport(local_address="127.0.0.3")
-            with httpx.Client(timeout=15, transport=other) as client:
-                statuses = [client.post(f"{running.url}/predict_batch", json=batch).status_code for _ in range(10)]
-            refused = []
-            for sock in slow:
-                sock.settimeout(0.5)
-                with contextlib.suppress(OSError):
-                    refused.append(sock.recv(200).split(b"\r\n")[0])
-        finally:
-            stop.set()
-            for sock in slow:
-                sock.close()
-    assert statuses == [200] * 10
-    assert refused.count(b"HTTP/1.1 429 Too Many Requests") == 3, refused  # the address's 2nd to 4th upload
-
-
 def test_real_prices_through_the_proxy_need_the_feedback_token(small_model, session_dir, tmp_path):
     token = "proxy-test-token-0123456789"
     with BentoServer(session_dir / "serve-token", env={"FLAT_PRICE_FEEDBACK_TOKEN": token}) as server:

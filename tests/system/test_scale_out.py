@@ -131,8 +131,6 @@ def test_the_operating_point_under_overload_is_a_setting(two, tmp_path):
         ("FLAT_PRICE_QUEUE_BUDGET_MS", "-1"),
         ("FLAT_PRICE_QUEUE_BUDGET_MS", "0"),
         ("FLAT_PRICE_QUEUE_BUDGET_MS", "00"),
-        ("FLAT_PRICE_BULK_PER_SOURCE", "x"),
-        ("FLAT_PRICE_BULK_PER_SOURCE", "-1"),
     ],
 )
 def test_a_bad_operating_point_stops_the_proxy_at_the_line_naming_it(tmp_path, variable, value):
