@@ -393,8 +393,8 @@ def loop_rules(actuals: str) -> list[dict]:
 
 
 def ledger_rules() -> list[dict]:
-    """The shared ledger (FLAT_PRICE_LEDGER_URL): a database that refuses writes is otherwise silent until buffers
-    overflow, while /feedback answers 503 and /readyz stays 200 (pricing does not need the ledger)."""
+    """The shared ledger (FLAT_PRICE_LEDGER_URL): a database that refuses writes was silent until buffers overflow
+    (FlatPriceLedgerDropping), while /feedback answers 503 and /readyz stays 200 (pricing does not need it)."""
     return [
         alert(
             "FlatPriceLedgerWritesFailing",
@@ -405,16 +405,6 @@ def ledger_rules() -> list[dict]:
             "Writes of priced flats to the shared ledger have failed for 5 minutes on {{ $labels.instance }} (a wrong "
             "password, the database down or full): POST /feedback answers 503, and the priced flats wait in the "
             "worker's buffer ({N}_ledger_buffered_flats) until it overflows.".replace("{N}", N),
-        ),
-        alert(
-            "FlatPriceLedgerDroppingFlats",
-            f"sum by (instance) (increase({N}_ledger_dropped_flats_total[5m])) > 0",
-            "0m",
-            "warning",
-            "{{ $labels.instance }} drops priced flats: their real prices can no longer be matched",
-            "{{ $value | humanize }} priced flats were dropped in 5 minutes on {{ $labels.instance }}: the shared "
-            "ledger is unreachable and the worker's buffer (FLAT_PRICE_LEDGER_BUFFER_FLATS) is full. Real prices of "
-            "these flats will answer 404; fix the database first.",
         ),
     ]
 
@@ -543,11 +533,6 @@ IN_SHORT = {
         "rate of `flat_price_ledger_write_failures_total`",
         "> 0",
         "the shared ledger refuses writes: /feedback answers 503 while /readyz stays 200",
-    ),
-    "FlatPriceLedgerDroppingFlats": (
-        "increase of `flat_price_ledger_dropped_flats_total`, 5 min",
-        "> 0",
-        "the worker's buffer is full: real prices of the dropped flats can no longer be matched",
     ),
     "FlatPriceCanaryStep": (
         "`changes(flat_price_canary_weight_percent[5m])`",

@@ -200,9 +200,16 @@ class PostgresLedger:
         except queue.Empty:
             db = None
         try:
-            if db is None or db.closed:
+            try:
+                if db is None or db.closed:
+                    db = self._connect()
+                outcome = self._settle(db, actuals)
+            except psycopg.OperationalError:
+                if db is None or not db.broken:  # no connection, or the statement timeout: the database said no
+                    raise
+                db.close()  # a kept connection the database closed (it restarted): once more on a new one
                 db = self._connect()
-            outcome = self._settle(db, actuals)
+                outcome = self._settle(db, actuals)
         except psycopg.Error as error:
             if db is not None:
                 db.close()
