@@ -71,17 +71,18 @@ def present(image: str) -> bool:
 def up(project: str, env: dict[str, str], timeout: float, say=print) -> list[str]:
     """The stack up and ready; returns the services started."""
     command = engine()
-    services = list(images(env))
+    named = images(env)
+    services = list(named)
     if command[0] != "docker":
         env.setdefault("FLAT_PRICE_HOST_GATEWAY", podman_gateway(f"{project}_default"))
-        missing = [name for name, image in images(env).items() if not present(image)]
+        missing = [name for name, image in named.items() if not present(image)]
         if "flat-price" in missing:
             raise ComposeError(
-                f"the service's image {images(env)['flat-price']} is not here: build it with `make images` (podman) "
+                f"the service's image {named['flat-price']} is not here: build it with `make images` (podman) "
                 "or `make image`"
             )
         for name in missing:
-            say(f"[compose] {name} left out: its image {images(env)[name]} is not here (no registry to pull it from)")
+            say(f"[compose] {name} left out: its image {named[name]} is not here (no registry to pull it from)")
         services = [name for name in services if name not in missing]
         services = [s for s in services if not depends_on_missing(s, missing)]
     started = time.monotonic()

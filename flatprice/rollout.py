@@ -144,7 +144,7 @@ class Watcher:
             weight, state = self.start_weight, "manual"
             if rollout is not None:
                 logger.warning(
-                    "canary rollout file %s names %s, this server's canary is %s: its weight stays %g%%",
+                    "canary rollout file %s names %r, this server's canary is %s: its weight stays %g%%",
                     self.path,
                     rollout.canary[:200],
                     self.split.canary,

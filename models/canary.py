@@ -207,7 +207,7 @@ class Rollback(Exception):
 class CanaryRun:
     def __init__(self, options: Options, say: Callable[[str], None] = print, clock=time.monotonic, sleep=time.sleep):
         self.options, self.say, self.clock, self.sleep = options, say, clock, sleep
-        self.path = options.rollout_file or path_of(Settings().rollout_file, bentoml_home())
+        self.path = options.rollout_file or path_of(Settings.load().rollout_file, bentoml_home())
         self.audit_path = self.path.with_name(self.path.stem + ".audit.jsonl")
         self.prometheus = Prometheus(options.prometheus)
 

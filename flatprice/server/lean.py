@@ -28,6 +28,16 @@ from .guard import replay, send_error
 _CLIENT = CLIENT_HEADER.lower().encode()
 logger = logging.getLogger(__name__)
 _runtime: Runtime | None = None  # this worker's, once the service's __init__ has loaded it
+_failures = 0  # of the model on this route, in this worker
+
+
+def _model_failed(error: Exception) -> None:
+    """One log line for the first failure and every 1,000th: each is counted on /metrics already
+    (flat_price_model_requests_total{outcome="failed"}), and a model failing on every request must not flood the log."""
+    global _failures
+    _failures += 1
+    if _failures == 1 or _failures % 1000 == 0:
+        logger.error("the model failed to price a flat (%d failures so far): %s", _failures, type(error).__name__)
 
 
 def serve_with(runtime: Runtime) -> None:
@@ -71,7 +81,7 @@ class LeanPredict:
         try:
             priced = runtime.priced(row_of(flat.__dict__), client=client.decode("latin-1") if client else None)
         except Exception as error:  # a model that raises (a bad canary): a 500 in the error shape, never a hang
-            logger.error("the model failed to price a flat: %s", type(error).__name__)
+            _model_failed(error)
             return await send_error(send, 500, "the model failed to price this flat", "model_error")
         answer = prediction_json(priced)
         headers = [

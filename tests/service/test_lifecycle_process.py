@@ -138,9 +138,9 @@ def test_production_serves_and_a_challenger_prices_every_flat_in_the_shadow(stor
     )
 
 
-def test_an_unknown_model_stops_the_start_listing_the_stored_ones(store):
-    home = store[0]
-    env = {**os.environ, "BENTOML_HOME": str(home), "FLAT_PRICE_MODEL": "flat_price:nosuchversion"}
+def refused_start(home, **settings: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """`bentoml serve` on `home` with `settings`, which must stop at start: the run and its `cannot serve:` lines."""
+    env = {**os.environ, "BENTOML_HOME": str(home), **settings}
     refused = subprocess.run(
         [sys.executable, "-m", "bentoml", "serve", "service:FlatPriceService", "--port", str(free_port())],
         cwd=REPO,
@@ -150,7 +150,12 @@ def test_an_unknown_model_stops_the_start_listing_the_stored_ones(store):
         timeout=60,
     )
     assert refused.returncode != 0
-    message = [line for line in refused.stderr.splitlines() if line.startswith("cannot serve:")]
+    return refused, [line for line in refused.stderr.splitlines() if line.startswith("cannot serve:")]
+
+
+def test_an_unknown_model_stops_the_start_listing_the_stored_ones(store):
+    home = store[0]
+    refused, message = refused_start(home, FLAT_PRICE_MODEL="flat_price:nosuchversion")
     assert len(message) == 1, refused.stderr[-2000:]
     assert "FLAT_PRICE_MODEL=flat_price:nosuchversion: no such model" in message[0]
     for tag in stages(home):
@@ -226,16 +231,6 @@ def test_a_damaged_store_stops_the_start_in_one_line_not_a_worker_crash_loop(sma
     else:
         described.write_text("{{{ not yaml")
         expected = "cannot read the model store at"
-    env = {**os.environ, "BENTOML_HOME": str(home)}
-    refused = subprocess.run(
-        [sys.executable, "-m", "bentoml", "serve", "service:FlatPriceService", "--port", str(free_port())],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert refused.returncode != 0
-    message = [line for line in refused.stderr.splitlines() if line.startswith("cannot serve:")]
+    refused, message = refused_start(home)
     assert len(message) == 1 and expected in message[0], refused.stderr[-2000:]
     assert "Traceback" not in refused.stderr

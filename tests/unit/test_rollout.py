@@ -249,3 +249,13 @@ def test_a_signal_mid_step_rolls_back_and_says_so(tmp_path, stubbed_store):
     code, audit, _ = run_with(tmp_path, healthy, hook=interrupt)
     assert code == 3 and audit[-1]["reason"] == "interrupted by signal SIGTERM"
     assert read(tmp_path / "rollout.json").state == "rolled_back"
+
+
+def test_the_series_the_command_queries_are_the_ones_the_service_exposes():
+    """models/canary.py names its series as PromQL needs them; each must be one the service defines."""
+    exposed = set()
+    for name, kind in (metrics.EXPOSED | metrics.CANARY_EXPOSED).items():
+        exposed |= {f"{name}_total"} if kind == "counter" else {name, f"{name}_bucket", f"{name}_count"}
+    queried = {canary._REQUESTS, canary._PRICING, canary._PAIRED, canary._WEIGHT}
+    queried |= {f"{canary._DIFFERENCE}_count", f"{canary._DIFFERENCE}_bucket"}
+    assert queried <= exposed, queried - exposed
